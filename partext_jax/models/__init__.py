@@ -1,0 +1,1 @@
+"""Flax models: the masked-diffusion denoiser and the Llama-family causal LM."""

