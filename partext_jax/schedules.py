@@ -61,7 +61,8 @@ class MaskingSchedule:
       return 1.0 - t, t, -jnp.ones_like(t)
     if self.kind == "cosine":
       phase = 0.5 * math.pi * (1.0 - t)
-      return 1.0 - jnp.cos(phase), jnp.cos(phase), -0.5 * math.pi * jnp.sin(phase)
+      # 1 - cos(phase) = 2 sin^2(phase / 2): no cancellation near t = 1 (alpha -> 0).
+      return 2.0 * jnp.sin(0.5 * phase) ** 2, jnp.cos(phase), -0.5 * math.pi * jnp.sin(phase)
     k = self.exponent
     return 1.0 - t**k, t**k, -k * t ** (k - 1.0)
 

@@ -70,3 +70,17 @@ def test_time_conditioning_changes_output_once_trained():
 def test_bad_config(kw, match):
   with pytest.raises(ValueError, match=match):
     _cfg(**kw)
+
+
+def test_new_parameters_reuse_the_compiled_sampler():
+  from partext_jax.samplers import tau_leaping as tl
+  cfg = _cfg()
+  x = jnp.full((2, 16), cfg.mask_id, jnp.int32)
+  before = tl._sample.dynamic._cache_size()
+  outs = []
+  for seed in (0, 1):  # Two different parameter sets (e.g. two checkpoints).
+    fn = denoiser.make_denoise_fn(cfg, denoiser.init_params(jax.random.key(seed), cfg))
+    sampler = tl.tau_leaping(fn, mask_id=cfg.mask_id, num_steps=4)
+    outs.append(sampler.sample(jax.random.key(0), x)[0])
+  assert tl._sample.dynamic._cache_size() - before == 1
+  assert not bool(jnp.all(outs[0] == outs[1]))  # the parameters really were arguments

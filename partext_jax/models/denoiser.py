@@ -181,14 +181,24 @@ def param_logical_axes(cfg: DenoiserConfig):
   return layers.logical_axes(boxed)
 
 
-def make_denoise_fn(cfg: DenoiserConfig, params):
-  """Closes over parameters: the ``denoise_fn(tokens, t) -> logits`` samplers take."""
-  model = Denoiser(cfg)
+@dataclasses.dataclass(frozen=True)
+class DenoiserApply:
+  """Hashable ``(params, tokens, t) -> logits`` for a config (the function of a ``Partial``)."""
 
-  def denoise_fn(tokens, t):
-    return model.apply({"params": params}, tokens, t)
+  cfg: DenoiserConfig
 
-  return denoise_fn
+  def __call__(self, params, tokens, t):
+    return Denoiser(self.cfg).apply({"params": params}, tokens, t)
+
+
+def make_denoise_fn(cfg: DenoiserConfig, params) -> jax.tree_util.Partial:
+  """The ``denoise_fn(tokens, t) -> logits`` samplers take, closing over ``params``.
+
+  Returned as a ``jax.tree_util.Partial``: samplers trace the parameters as arguments (not
+  compile-time constants), so sampling with new parameters of the same config reuses the
+  compiled program.
+  """
+  return jax.tree_util.Partial(DenoiserApply(cfg), params)
 
 
 def count_params(params) -> int:

@@ -11,6 +11,12 @@ hyper-parameters and returns a :class:`MaskedSampler`:
 The model is any JAX callable ``denoise_fn(tokens int32[B, L], t float32[B]) -> logits
 float32[B, L, V]`` over the ``V`` real tokens; the MASK id is given separately and is never a
 valid output (SUBS parameterisation: the sampler, not the model, enforces carry-over).
+
+Parameters: a plain closure over arrays is fine for toys, but ``jit`` then embeds those arrays
+in the compiled program as constants and a new closure recompiles. Wrap real models as
+``jax.tree_util.Partial(apply_fn, params)`` (what ``models.denoiser.make_denoise_fn`` returns):
+samplers pass such a model to ``jit`` as a pytree, so parameters are traced arguments and new
+parameters of the same shapes reuse the compiled sampler.
 """
 
 from __future__ import annotations
@@ -27,6 +33,23 @@ class MaskedSampler(NamedTuple):
   init: Callable[[jax.Array], Any]
   step: Callable[[jax.Array, Any], tuple[Any, Any]]
   sample: Callable[[jax.Array, jax.Array], tuple[jax.Array, Any]]
+
+
+def model_jit(fn, *, static_argnames: tuple[str, ...]):
+  """``jax.jit`` for a sampler entry point with a keyword argument ``denoise_fn``.
+
+  A ``jax.tree_util.Partial`` model is passed as a traced pytree (its arrays are arguments; its
+  function, which must be hashable, is part of the cache key); any other callable is static.
+  """
+  dynamic = jax.jit(fn, static_argnames=static_argnames)
+  static = jax.jit(fn, static_argnames=tuple(static_argnames) + ("denoise_fn",))
+
+  def call(*args, denoise_fn, **kwargs):
+    target = dynamic if isinstance(denoise_fn, jax.tree_util.Partial) else static
+    return target(*args, denoise_fn=denoise_fn, **kwargs)
+
+  call.dynamic, call.static = dynamic, static
+  return call
 
 
 def validate_x_init(x_init, *, name: str = "x_init") -> None:

@@ -1,0 +1,99 @@
+r"""Benchmark: MDM training tokens/s and tau-leaping sampling tokens/s, in one run.
+
+Sampling is measured side by side with and without the MDLM output cache (exact for the
+time-independent default denoiser), at several step counts; each row reports the denoiser calls
+(NFE) so the cache's saving is visible. Times are wall-clock after one compilation, median of
+``--repeats``.
+
+    python experiments/bench_mdm.py --config=configs/default.py --out=experiments/results/bench_mdm_cpu.md
+"""
+
+import datetime
+import platform
+import statistics
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+
+from partext_jax.models import denoiser
+from partext_jax.samplers.tau_leaping import tau_leaping
+from partext_jax.training import datasets, trainer
+from partext_jax.training.config import parse_config
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", lock_config=True)
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 10, "Timed training steps.")
+_SAMPLE_STEPS = flags.DEFINE_list("sample_steps", ["16", "64", "256"], "tau-leaping step counts.")
+_SAMPLE_BATCH = flags.DEFINE_integer("sample_batch", 16, "Rows per sampling call.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats per sampling row (median).")
+_OUT = flags.DEFINE_string("out", None, "Also write the markdown table here.")
+
+
+def _timed(fn, repeats):
+  jax.block_until_ready(fn())  # compile
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def main(argv):
+  del argv
+  cfg = parse_config(_CONFIG.value)
+  data = datasets.build_dataset(cfg.data, workdir=None)
+  model_cfg = cfg.model.denoiser_config(vocab_size=data.vocab_size, max_len=cfg.data.seq_len)
+  optimizer = trainer.make_optimizer(cfg.train)
+  state = trainer.init_train_state(jax.random.PRNGKey(0), model_cfg, optimizer)
+  step = trainer.make_train_step(model_cfg, optimizer, schedule=cfg.diffusion.masking_schedule(),
+                                 antithetic=cfg.diffusion.antithetic, ema_decay=cfg.train.ema_decay)
+  bsz, seq = cfg.train.batch_size, cfg.data.seq_len
+  batches = [jnp.asarray(data.train[(i * bsz) % (len(data.train) - bsz):][:bsz])
+             for i in range(_TRAIN_STEPS.value + 1)]
+  state, _ = step(state, batches[0], jax.random.PRNGKey(1))  # compile
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for i, batch in enumerate(batches[1:]):
+    state, metrics = step(state, batch, jax.random.PRNGKey(i))
+  jax.block_until_ready(metrics)
+  train_s = (time.perf_counter() - start) / _TRAIN_STEPS.value
+  rows = [("train step", bsz, "-", "-", train_s, bsz * seq / train_s)]
+
+  denoise_fn = denoiser.make_denoise_fn(model_cfg, state.ema_params)
+  x_init = jnp.full((_SAMPLE_BATCH.value, seq), model_cfg.mask_id, jnp.int32)
+  for n in map(int, _SAMPLE_STEPS.value):
+    for cache in (False, True):
+      sampler = tau_leaping(denoise_fn, mask_id=model_cfg.mask_id, num_steps=n,
+                            schedule=cfg.diffusion.masking_schedule(), cache_outputs=cache)
+      sample = jax.jit(sampler.sample)
+      secs = _timed(lambda: sample(jax.random.PRNGKey(0), x_init), _REPEATS.value)
+      _, info = sample(jax.random.PRNGKey(0), x_init)
+      nfe = int(np.asarray(info.nfe).sum())
+      rows.append((f"tau-leaping{' + output cache' if cache else ''}", _SAMPLE_BATCH.value, n,
+                   nfe, secs, x_init.size / secs))
+
+  params = denoiser.count_params(state.params)
+  lines = [
+      f"MDM benchmark, {datetime.date.today()}, {platform.processor() or platform.machine()}, "
+      f"{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}; model "
+      f"{params / 1e6:.2f} M params, seq_len {seq}, vocab {data.vocab_size}",
+      "",
+      "| what | batch | steps | NFE | seconds | tokens/s |",
+      "|---|---|---|---|---|---|",
+  ]
+  for what, b, n, nfe, secs, tps in rows:
+    lines.append(f"| {what} | {b} | {n} | {nfe} | {secs:.3f} | {tps:,.0f} |")
+  table = "\n".join(lines)
+  print(table)
+  if _OUT.value:
+    with open(_OUT.value, "w", encoding="utf-8") as f:
+      f.write(table + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
