@@ -21,10 +21,13 @@ parameters of the same shapes reuse the compiled sampler.
 
 from __future__ import annotations
 
+import functools
+import itertools
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -35,21 +38,98 @@ class MaskedSampler(NamedTuple):
   sample: Callable[[jax.Array, jax.Array], tuple[jax.Array, Any]]
 
 
-def model_jit(fn, *, static_argnames: tuple[str, ...]):
-  """``jax.jit`` for a sampler entry point with a keyword argument ``denoise_fn``.
+def model_jit(fn, *, static_argnames: tuple[str, ...],
+              model_argnames: tuple[str, ...] = ("denoise_fn",)):
+  """``jax.jit`` for a sampler entry point whose keyword arguments ``model_argnames`` are models.
 
-  A ``jax.tree_util.Partial`` model is passed as a traced pytree (its arrays are arguments; its
-  function, which must be hashable, is part of the cache key); any other callable is static.
+  Each model that is a ``jax.tree_util.Partial`` is passed as a traced pytree (its arrays are
+  arguments; its function, which must be hashable, is part of the cache key); any other callable
+  is static. ``call.jits[flags]`` is the jitted function for one tuple of "is a Partial" flags
+  (``call.dynamic`` is the all-Partial one).
   """
-  dynamic = jax.jit(fn, static_argnames=static_argnames)
-  static = jax.jit(fn, static_argnames=tuple(static_argnames) + ("denoise_fn",))
+  jits = {}
+  for flags in itertools.product((False, True), repeat=len(model_argnames)):
+    static = tuple(static_argnames) + tuple(
+        name for name, dynamic in zip(model_argnames, flags) if not dynamic)
+    jits[flags] = jax.jit(fn, static_argnames=static)
 
-  def call(*args, denoise_fn, **kwargs):
-    target = dynamic if isinstance(denoise_fn, jax.tree_util.Partial) else static
-    return target(*args, denoise_fn=denoise_fn, **kwargs)
+  def call(*args, **kwargs):
+    flags = tuple(isinstance(kwargs[name], jax.tree_util.Partial) for name in model_argnames)
+    return jits[flags](*args, **kwargs)
 
-  call.dynamic, call.static = dynamic, static
+  call.jits = jits
+  call.dynamic = jits[(True,) * len(model_argnames)]
   return call
+
+
+def validate_key(rng_key) -> None:
+  """``rng_key`` must be one PRNG key (new-style ``jax.random.key`` or raw ``PRNGKey``)."""
+  dtype = getattr(rng_key, "dtype", None)
+  shape = getattr(rng_key, "shape", None)
+  if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+    if shape != ():
+      raise ValueError(f"rng_key must be a single PRNG key, got a key array of shape={shape}")
+    return
+  if dtype != jnp.uint32 or shape is None or len(shape) != 1:
+    raise TypeError(f"rng_key must be a single PRNG key (jax.random.key(0) or "
+                    f"jax.random.PRNGKey(0)), got dtype={dtype}, shape={shape}")
+
+
+def validate_token_values(x_init, vocab_size: int, mask_id: int) -> None:
+  """Token-range check on concrete inputs (skipped under tracing)."""
+  if isinstance(x_init, jax.core.Tracer):
+    return
+  x = np.asarray(x_init)
+  bad = (x < 0) | ((x >= vocab_size) & (x != mask_id))
+  if bad.any():
+    raise ValueError(
+        f"x_init holds token ids outside [0, {vocab_size}) that are not mask_id={mask_id}: "
+        f"{np.unique(x[bad])[:10].tolist()}")
+
+
+def assemble_sampler(denoise_fn: DenoiseFn, mask_id: int, *,
+                     kernel: Callable[[int], Callable],
+                     init_state: Callable[[jax.Array, int], Any],
+                     sample: Callable[[jax.Array, jax.Array, int], tuple[jax.Array, Any]],
+                     check_shape: Callable[[int, int, int], None] | None = None,
+                     check_input: Callable[[jax.Array, int], None] | None = None
+                     ) -> MaskedSampler:
+  """The :class:`MaskedSampler` every masked sampler returns, with its input checks.
+
+  Each hook receives the vocabulary size ``V`` found by abstract evaluation of ``denoise_fn``:
+  ``kernel(V)`` is the pure step function, ``init_state(x_init, V)`` the initial state,
+  ``sample(rng_key, x_init, V)`` the jitted whole loop. All checks run before compilation:
+  ``x_init`` dtype/rank/values, the key, ``mask_id`` outside the vocabulary, then the optional
+  ``check_shape(B, L, V)`` (once per shape) and ``check_input(x_init, V)`` (every call).
+  """
+
+  @functools.lru_cache(maxsize=None)
+  def vocab_size_for(b: int, l: int) -> int:
+    vocab_size = vocab_size_of(denoise_fn, jax.ShapeDtypeStruct((b, l), jnp.int32))
+    validate_mask_id(mask_id, vocab_size)
+    if check_shape is not None:
+      check_shape(b, l, vocab_size)
+    return vocab_size
+
+  def checked_vocab_size(x_init) -> int:
+    validate_x_init(x_init)
+    vocab_size = vocab_size_for(*x_init.shape)
+    validate_token_values(x_init, vocab_size, mask_id)
+    if check_input is not None:
+      check_input(x_init, vocab_size)
+    return vocab_size
+
+  def init_fn(x_init):
+    return init_state(x_init, checked_vocab_size(x_init))
+
+  def step_fn(rng_key, state):
+    return kernel(vocab_size_for(*state.tokens.shape))(rng_key, state)
+
+  def sample_fn(rng_key, x_init):
+    validate_key(rng_key)
+    return sample(rng_key, x_init, checked_vocab_size(x_init))
+
+  return MaskedSampler(init=init_fn, step=step_fn, sample=sample_fn)
 
 
 def validate_x_init(x_init, *, name: str = "x_init") -> None:

@@ -78,8 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from partext_jax.samplers import categorical
-from partext_jax.samplers.base import (DenoiseFn, MaskedSampler, model_jit, validate_mask_id,
-                                       validate_x_init, vocab_size_of)
+from partext_jax.samplers.base import DenoiseFn, MaskedSampler, assemble_sampler, model_jit
 from partext_jax.schedules import MaskingSchedule
 
 METHODS = ("analytic", "euler")
@@ -195,30 +194,6 @@ def unmask_probability(config: TauLeapingConfig, t, s):
   # alpha(t) == 1 (e.g. t**k underflowing near 0): nothing should be masked any more at t.
   p = jnp.where(1.0 - a_t > 0, p, 1.0)
   return jnp.clip(p, 0.0, 1.0).astype(jnp.float32)
-
-
-def _validate_key(rng_key) -> None:
-  dtype = getattr(rng_key, "dtype", None)
-  shape = getattr(rng_key, "shape", None)
-  if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
-    if shape != ():
-      raise ValueError(f"rng_key must be a single PRNG key, got a key array of shape={shape}")
-    return
-  if dtype != jnp.uint32 or shape is None or len(shape) != 1:
-    raise TypeError(f"rng_key must be a single PRNG key (jax.random.key(0) or "
-                    f"jax.random.PRNGKey(0)), got dtype={dtype}, shape={shape}")
-
-
-def _validate_values(x_init, vocab_size: int, mask_id: int) -> None:
-  """Token-range check on concrete inputs (skipped under tracing)."""
-  if isinstance(x_init, jax.core.Tracer):
-    return
-  x = np.asarray(x_init)
-  bad = (x < 0) | ((x >= vocab_size) & (x != mask_id))
-  if bad.any():
-    raise ValueError(
-        f"x_init holds token ids outside [0, {vocab_size}) that are not mask_id={mask_id}: "
-        f"{np.unique(x[bad])[:10].tolist()}")
 
 
 def build_kernel(denoise_fn: DenoiseFn, config: TauLeapingConfig, vocab_size: int):
@@ -349,31 +324,15 @@ def tau_leaping(denoise_fn: DenoiseFn, *, mask_id: int, num_steps: int,
   if config.draw == "float64":
     categorical.require_x64("tau_leaping(draw='float64')")
 
-  @functools.lru_cache(maxsize=None)
-  def vocab_size_for(b: int, l: int) -> int:
-    vocab_size = vocab_size_of(denoise_fn, jax.ShapeDtypeStruct((b, l), jnp.int32))
-    validate_mask_id(config.mask_id, vocab_size)
-    return vocab_size
-
-  def checked_vocab_size(x_init) -> int:
-    validate_x_init(x_init)
-    vocab_size = vocab_size_for(*x_init.shape)
-    _validate_values(x_init, vocab_size, config.mask_id)
+  def check_input(x_init, vocab_size):
+    del x_init, vocab_size
     if config.draw == "float64":
       categorical.require_x64("tau_leaping(draw='float64')")
-    return vocab_size
 
-  def init(x_init) -> TauLeapingState:
-    return _init_state(x_init, config, checked_vocab_size(x_init))
-
-  def step(rng_key, state: TauLeapingState):
-    b, l = state.tokens.shape
-    return build_kernel(denoise_fn, config, vocab_size_for(b, l))(rng_key, state)
-
-  def sample(rng_key, x_init):
-    _validate_key(rng_key)
-    vocab_size = checked_vocab_size(x_init)
-    return _sample(rng_key, x_init, denoise_fn=denoise_fn, config=config,
-                   vocab_size=vocab_size)
-
-  return MaskedSampler(init=init, step=step, sample=sample)
+  return assemble_sampler(
+      denoise_fn, config.mask_id,
+      kernel=lambda v: build_kernel(denoise_fn, config, v),
+      init_state=lambda x, v: _init_state(x, config, v),
+      sample=lambda key, x, v: _sample(key, x, denoise_fn=denoise_fn, config=config,
+                                       vocab_size=v),
+      check_input=check_input)
