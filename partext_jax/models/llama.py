@@ -1,0 +1,314 @@
+"""Llama-family causal LM (Flax linen) with a static-shape KV cache.
+
+Architecture (pre-norm, as HF ``LlamaForCausalLM``)::
+
+    h_0     = E[tokens]
+    a_l     = Attn(RMSNorm(h_l), positions)                      # RoPE (rotate-half), GQA
+    h_l'    = h_l + a_l
+    h_{l+1} = h_l' + W_down (silu(W_gate n) * W_up n),  n = RMSNorm(h_l')
+    logits  = RMSNorm(h_L) W_out,        W_out = E^T when ``tie_embeddings``
+
+KV cache. :class:`KVCache` holds ``k, v: [layers, B, max_len, kv_heads, head_dim]`` and nothing
+else: which slots are valid, and where each row's sequence starts, is the caller's business and is
+expressed entirely by the attention mask. A call with a cache
+
+1. computes the block's ``K, V`` (``T`` tokens per row, RoPE at ``positions[b, t]``),
+2. writes them at cache slots ``write_slots[b] + t`` (``t < T``; a slot ``>= max_len`` is
+   dropped), then
+3. lets query ``t`` of row ``b`` attend to cache slot ``s`` iff ``attn_mask[b, t, s]``
+   (``bool[B, T, max_len]``, evaluated *after* the write, so the block sees itself).
+
+So one call scores a prompt (``write_slots = 0``, causal mask), one new token (``T = 1``) or a
+block of draft / tree tokens with any mask (e.g. an ancestor mask over cache + block). Slots and
+positions are decoupled: with left padding, row ``b`` may start at slot ``first[b]`` with position
+0. :func:`causal_cache_mask` builds the usual mask.
+
+Without a cache the call attends within the block: ``attn_mask`` is ``bool[B, T, T]`` (default:
+causal by block index).
+
+Usage::
+
+    config = LlamaConfig.tiny()
+    model = LlamaLM(config)
+    params = model.init(jax.random.key(0))
+    cache = model.init_cache(batch=1, max_len=32)
+    tokens, pos = jnp.array([[1, 5, 9, 4, 3]]), jnp.arange(5)[None]
+    mask = causal_cache_mask(pos, 0, 32)          # bool[1, 5, 32]
+    logits, cache = model(params, tokens, pos, mask, cache, jnp.zeros(1, jnp.int32))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from partext_jax.models import attention as attention_lib
+from partext_jax.models.layers import (RMSNorm, SwiGLU, apply_rope, default_init, head_projection,
+                                       logical, logical_axes, output_projection)
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  """Static hyper-parameters (hashable: usable as a ``static_argnames`` value).
+
+  ``dtype`` is the activation / matmul dtype name (``"float32"`` or ``"bfloat16"``);
+  ``attention_impl`` one of :func:`partext_jax.models.attention.available`.
+  """
+
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rope_theta: float = 10000.0
+  rms_eps: float = 1e-5
+  context_length: int = 2048
+  tie_embeddings: bool = True
+  bos_id: int | None = None
+  eos_id: int | None = None
+  pad_id: int | None = None
+  dtype: str = "float32"
+  attention_impl: str = "xla"
+
+  def __post_init__(self):
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                 "num_kv_heads", "head_dim", "context_length"):
+      v = getattr(self, name)
+      if not isinstance(v, int) or v <= 0:
+        raise ValueError(f"LlamaConfig.{name}={v!r} must be a positive int")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
+                       f"num_kv_heads={self.num_kv_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"head_dim={self.head_dim} must be even (RoPE)")
+    if self.dtype not in ("float32", "bfloat16", "float16"):
+      raise ValueError(f"dtype={self.dtype!r} is not one of ('float32', 'bfloat16', 'float16')")
+
+  def replace(self, **changes) -> "LlamaConfig":
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @classmethod
+  def tiny(cls, **overrides) -> "LlamaConfig":
+    """A 2-layer random-weight test double (GQA, untied head, fast to compile)."""
+    kw = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+              num_kv_heads=2, head_dim=8, rope_theta=10000.0, context_length=128,
+              tie_embeddings=False, bos_id=1, eos_id=2, pad_id=0)
+    kw.update(overrides)
+    return cls(**kw)
+
+
+class KVCache(NamedTuple):
+  """``k, v: [layers, B, max_len, kv_heads, head_dim]`` (see the module docstring)."""
+
+  k: jax.Array
+  v: jax.Array
+
+  @property
+  def max_len(self) -> int:
+    return self.k.shape[2]
+
+  @property
+  def nbytes(self) -> int:
+    return self.k.size * self.k.dtype.itemsize + self.v.size * self.v.dtype.itemsize
+
+
+def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+  """A zero cache; ``dtype`` defaults to ``config.dtype``."""
+  shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+  dt = config.compute_dtype if dtype is None else dtype
+  return KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt))
+
+
+def causal_cache_mask(positions_or_slots, first_slot, max_len: int):
+  """``mask[b, t, s] = first_slot[b] <= s <= q_slot[b, t]``: causal attention over a cache.
+
+  Args:
+    positions_or_slots: ``int[B, T]`` cache slot of every query (the slot its K/V is written to).
+    first_slot: ``int[B]`` (or scalar) first valid slot of each row (left-padding offset).
+    max_len: cache length.
+  Returns:
+    ``bool[B, T, max_len]``.
+  """
+  q = jnp.asarray(positions_or_slots)[:, :, None]
+  first = jnp.broadcast_to(jnp.asarray(first_slot), (q.shape[0],))[:, None, None]
+  s = jnp.arange(max_len)[None, None, :]
+  return (s >= first) & (s <= q)
+
+
+class Attention(nn.Module):
+  """GQA self-attention reading and writing one layer of the KV cache."""
+
+  config: LlamaConfig
+  layer: int
+
+  @nn.compact
+  def __call__(self, x, positions, mask, cache, write_slots):
+    c = self.config
+    dt = c.compute_dtype
+    q = head_projection(c.num_heads, c.head_dim, "heads", dt, "q")(x)
+    k = head_projection(c.num_kv_heads, c.head_dim, "kv_heads", dt, "k")(x)
+    v = head_projection(c.num_kv_heads, c.head_dim, "kv_heads", dt, "v")(x)
+    q = apply_rope(q, positions, theta=c.rope_theta)
+    k = apply_rope(k, positions, theta=c.rope_theta)
+    if cache is None:
+      keys, values = k, v
+    else:
+      b, t = x.shape[:2]
+      rows = jnp.arange(b)[:, None]
+      slots = write_slots[:, None] + jnp.arange(t)[None, :]  # [B, T]
+      # Scatter only the B*T new rows; inside a jit with the cache carried / donated this is an
+      # in-place update, never a copy of the whole cache.
+      ck = cache.k.at[self.layer, rows, slots].set(k.astype(cache.k.dtype), mode="drop")
+      cv = cache.v.at[self.layer, rows, slots].set(v.astype(cache.v.dtype), mode="drop")
+      cache = KVCache(ck, cv)
+      keys, values = ck[self.layer], cv[self.layer]
+    out = attention_lib.attention(q, keys, values, mask, impl=c.attention_impl)
+    return output_projection(c.hidden_size, dt, "o")(out), cache
+
+
+class DecoderLayer(nn.Module):
+  config: LlamaConfig
+  layer: int
+
+  @nn.compact
+  def __call__(self, x, positions, mask, cache, write_slots):
+    c = self.config
+    h = RMSNorm(c.rms_eps, c.compute_dtype, name="attn_norm")(x)
+    a, cache = Attention(c, self.layer, name="attn")(h, positions, mask, cache, write_slots)
+    x = x + a
+    h = RMSNorm(c.rms_eps, c.compute_dtype, name="mlp_norm")(x)
+    return x + SwiGLU(c.intermediate_size, c.compute_dtype, name="mlp")(h), cache
+
+
+class Llama(nn.Module):
+  """The causal LM. ``__call__(tokens, positions, attn_mask=None, cache=None, write_slots=None,
+  *, logits_at=None, return_hidden=False)``.
+
+  Args:
+    tokens: ``int[B, T]``.
+    positions: ``int[B, T]`` RoPE positions.
+    attn_mask: ``bool[B, T, max_len]`` with a cache, ``bool[B, T, T]`` without (anything
+      broadcastable works); ``None`` means causal (:func:`causal_cache_mask` with
+      ``q_slot = write_slots[b] + t`` and ``first = 0`` when a cache is given).
+    cache: a :class:`KVCache` or ``None``.
+    write_slots: ``int[B]`` first cache slot of the block (required with a cache).
+    logits_at: optional ``int[B, K]`` block indices; logits (and hidden) are computed only there
+      (saves the ``T x V`` head matmul of a prefill).
+    return_hidden: also return the final hidden states (after the final RMSNorm, i.e. the LM
+      head's input), ``[B, T or K, hidden]``.
+  Returns:
+    ``(logits [B, T or K, V] float32, new_cache)`` (+ ``hidden`` when ``return_hidden``).
+  """
+
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, tokens, positions, attn_mask=None, cache=None, write_slots=None, *,
+               logits_at=None, return_hidden=False):
+    c = self.config
+    b, t = tokens.shape
+    embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.compute_dtype, name="embed",
+                     embedding_init=logical(default_init, ("vocab", "embed")))
+    x = embed(tokens)
+    if cache is not None:
+      if write_slots is None:
+        raise ValueError("write_slots (int[B]) is required when a cache is given")
+      write_slots = jnp.broadcast_to(jnp.asarray(write_slots, jnp.int32), (b,))
+      if attn_mask is None:
+        slots = write_slots[:, None] + jnp.arange(t)[None]
+        attn_mask = causal_cache_mask(slots, 0, cache.max_len)
+    elif attn_mask is None:
+      attn_mask = jnp.tril(jnp.ones((t, t), bool))[None]
+    for i in range(c.num_layers):
+      x, cache = DecoderLayer(c, i, name=f"layers_{i}")(x, positions, attn_mask, cache,
+                                                        write_slots)
+    if logits_at is not None:
+      x = jnp.take_along_axis(x, logits_at[:, :, None].astype(jnp.int32), axis=1)
+    hidden = RMSNorm(c.rms_eps, c.compute_dtype, name="final_norm")(x)
+    if c.tie_embeddings:
+      # ``hidden @ E^T`` as a dot_general contracting E's second axis: ``embed.attend`` (an
+      # explicit ``E.T``) made XLA:CPU materialise a transposed copy of E at every decode step.
+      table = embed.embedding.astype(c.compute_dtype)
+      logits = jax.lax.dot_general(hidden.astype(c.compute_dtype), table,
+                                   (((hidden.ndim - 1,), (1,)), ((), ())))
+    else:
+      logits = nn.Dense(c.vocab_size, use_bias=False, dtype=c.compute_dtype, name="lm_head",
+                        kernel_init=logical(default_init, ("embed", "vocab")))(hidden)
+    logits = logits.astype(jnp.float32)
+    if return_hidden:
+      return logits, cache, hidden
+    return logits, cache
+
+
+def forward(params, tokens, positions, attn_mask=None, cache=None, write_slots=None, *,
+            config: LlamaConfig, logits_at=None, return_hidden=False):
+  """Pure-function form of :class:`Llama` (``params`` is the unboxed ``"params"`` collection)."""
+  return Llama(config).apply({"params": params}, tokens, positions, attn_mask, cache, write_slots,
+                             logits_at=logits_at, return_hidden=return_hidden)
+
+
+def init_params(rng_key, config: LlamaConfig, *, boxed: bool = False):
+  """Random parameters (``boxed=True`` keeps the logical-partitioning metadata)."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  variables = Llama(config).init(rng_key, tokens, tokens)
+  params = variables["params"]
+  return params if boxed else nn.meta.unbox(params)
+
+
+def param_logical_axes(config: LlamaConfig):
+  """``PartitionSpec`` tree of logical axis names (vocab/embed/mlp/heads/kv_heads/head_dim)."""
+  boxed = jax.eval_shape(lambda k: init_params(k, config, boxed=True), jax.random.key(0))
+  return logical_axes(boxed)
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaLM:
+  """The model as the samplers see it: a hashable callable plus cache/params constructors.
+
+  ``model(params, tokens, positions, attn_mask, cache, write_slots, logits_at=None)
+  -> (logits, cache)``. Being a frozen dataclass of a frozen config, it can be a static
+  argument of ``jax.jit``; two equal configs hit the same compilation cache entry.
+  """
+
+  config: LlamaConfig
+
+  def __call__(self, params, tokens, positions, attn_mask, cache, write_slots, *, logits_at=None,
+               return_hidden=False):
+    return forward(params, tokens, positions, attn_mask, cache, write_slots, config=self.config,
+                   logits_at=logits_at, return_hidden=return_hidden)
+
+  def init(self, rng_key):
+    return init_params(rng_key, self.config)
+
+  def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+    return init_cache(self.config, batch, max_len, dtype)
+
+  @property
+  def context_length(self) -> int:
+    return self.config.context_length
+
+  @property
+  def eos_id(self):
+    return self.config.eos_id
+
+  @property
+  def pad_id(self):
+    return self.config.pad_id
+
+
+class ModelBundle(NamedTuple):
+  """What :func:`partext_jax.samplers.autoregressive.generate_text` needs."""
+
+  model: LlamaLM
+  params: Any
+  tokenizer: Any  # partext_jax.models.gguf_tokenizer.GGUFTokenizer

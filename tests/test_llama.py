@@ -1,0 +1,323 @@
+"""Llama causal LM: cache/mask structure (tiny random model) and parity with transformers (real
+SmolLM2-135M-Instruct GGUF)."""
+
+import os
+import time
+
+import gguf
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from partext_jax.models import gguf_loader, llama
+
+# Jitted forward: tiny-model calls compile in well under a second instead of dispatching op by op.
+_fwd = jax.jit(llama.forward, static_argnames=("config", "return_hidden"))
+
+# ----------------------------------------------------------------------------- tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  config = llama.LlamaConfig.tiny()
+  params = jax.jit(llama.init_params, static_argnames="config")(jax.random.key(0), config=config)
+  return config, params
+
+
+def _full_logits(config, params, tokens):
+  pos = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+  return _fwd(params, tokens, pos, config=config)[0]
+
+
+def test_cached_decoding_equals_full_forward(tiny):
+  config, params = tiny
+  b, t, prefix, max_len = 2, 10, 4, 16
+  tokens = jax.random.randint(jax.random.key(1), (b, t), 0, config.vocab_size)
+  full = _full_logits(config, params, tokens)
+  cache = llama.init_cache(config, b, max_len)
+  pos = jnp.broadcast_to(jnp.arange(prefix), (b, prefix))
+  logits, cache = _fwd(params, tokens[:, :prefix], pos,
+                                llama.causal_cache_mask(pos, 0, max_len), cache,
+                                jnp.zeros(b, jnp.int32), config=config)
+  np.testing.assert_allclose(logits, full[:, :prefix], atol=1e-5, rtol=1e-5)
+  step = jax.jit(lambda p, x, i, c: _fwd(
+      p, x, jnp.full((b, 1), i), llama.causal_cache_mask(jnp.full((b, 1), i), 0, max_len), c,
+      jnp.full((b,), i), config=config))
+  for i in range(prefix, t):
+    logits, cache = step(params, tokens[:, i:i + 1], i, cache)
+    np.testing.assert_allclose(logits[:, 0], full[:, i], atol=1e-5, rtol=1e-5)
+  assert cache.k.shape == (config.num_layers, b, max_len, config.num_kv_heads, config.head_dim)
+  # Slots after the last write stay zero: the cache holds exactly what was written.
+  assert not np.any(np.asarray(cache.k[:, :, t:]))
+
+
+def test_block_with_causal_mask_equals_full_forward(tiny):
+  config, params = tiny
+  b, t, prefix, max_len = 2, 9, 3, 12
+  tokens = jax.random.randint(jax.random.key(2), (b, t), 0, config.vocab_size)
+  full = _full_logits(config, params, tokens)
+  cache = llama.init_cache(config, b, max_len)
+  pos = jnp.broadcast_to(jnp.arange(prefix), (b, prefix))
+  _, cache = _fwd(params, tokens[:, :prefix], pos, None, cache, jnp.zeros(b, jnp.int32),
+                           config=config)
+  blk = jnp.broadcast_to(jnp.arange(prefix, t), (b, t - prefix))
+  logits, _ = _fwd(params, tokens[:, prefix:], blk,
+                            llama.causal_cache_mask(blk, 0, max_len), cache,
+                            jnp.full((b,), prefix), config=config)
+  np.testing.assert_allclose(logits, full[:, prefix:], atol=1e-5, rtol=1e-5)
+
+
+def test_tree_block_with_ancestor_mask(tiny):
+  """Tree nodes x1 -> x2 and sibling y1 after a prefix, scored in one call."""
+  config, params = tiny
+  prefix = jnp.array([[5, 17, 33, 8]])
+  x1, x2, y1 = 40, 41, 60
+  max_len = 8
+  cache = llama.init_cache(config, 1, max_len)
+  pos = jnp.arange(4)[None]
+  _, cache = _fwd(params, prefix, pos, None, cache, jnp.zeros(1, jnp.int32),
+                           config=config)
+  block = jnp.array([[x1, x2, y1]])
+  block_pos = jnp.array([[4, 5, 4]])
+  mask = np.zeros((1, 3, max_len), bool)
+  mask[0, :, :4] = True  # the prefix
+  mask[0, 0, 4] = True  # x1: itself
+  mask[0, 1, [4, 5]] = True  # x2: x1 and itself
+  mask[0, 2, 6] = True  # y1: itself only
+  logits, _ = _fwd(params, block, block_pos, jnp.asarray(mask), cache,
+                            jnp.array([4]), config=config)
+  path_x = _full_logits(config, params, jnp.array([[5, 17, 33, 8, x1, x2]]))
+  path_y = _full_logits(config, params, jnp.array([[5, 17, 33, 8, y1]]))
+  np.testing.assert_allclose(logits[0, 0], path_x[0, 4], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(logits[0, 1], path_x[0, 5], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(logits[0, 2], path_y[0, 4], atol=1e-5, rtol=1e-5)
+
+
+def test_logits_at_and_hidden(tiny):
+  config, params = tiny
+  tokens = jax.random.randint(jax.random.key(3), (2, 7), 0, config.vocab_size)
+  pos = jnp.broadcast_to(jnp.arange(7), (2, 7))
+  full, _, hidden = _fwd(params, tokens, pos, config=config, return_hidden=True)
+  at = jnp.array([[6], [2]])
+  part, _ = _fwd(params, tokens, pos, config=config, logits_at=at)
+  np.testing.assert_allclose(part[:, 0], full[jnp.arange(2), at[:, 0]], atol=1e-6)
+  assert hidden.shape == (2, 7, config.hidden_size)
+  np.testing.assert_allclose(hidden @ params["lm_head"]["kernel"], full, atol=1e-5, rtol=1e-5)
+
+
+def test_logical_axes_and_tied_embeddings():
+  config = llama.LlamaConfig.tiny(tie_embeddings=True)
+  axes = llama.param_logical_axes(config)
+  assert tuple(axes["embed"]["embedding"]) == ("vocab", "embed")
+  assert tuple(axes["layers_0"]["attn"]["k"]["kernel"]) == ("embed", "kv_heads", "head_dim")
+  assert tuple(axes["layers_0"]["mlp"]["down"]["kernel"]) == ("mlp", "embed")
+  assert "lm_head" not in axes
+  params = llama.init_params(jax.random.key(0), config)
+  tokens = jnp.array([[3, 4, 5]])
+  logits, _, hidden = _fwd(params, tokens, jnp.arange(3)[None], config=config,
+                                    return_hidden=True)
+  np.testing.assert_allclose(logits, hidden @ params["embed"]["embedding"].T, atol=1e-5)
+
+
+def test_qk_permutation_roundtrip():
+  w = np.random.default_rng(0).normal(size=(3 * 8, 5)).astype(np.float32)
+  np.testing.assert_array_equal(gguf_loader.unpermute_qk(gguf_loader.permute_qk(w, 3), 3), w)
+  assert not np.array_equal(gguf_loader.permute_qk(w, 3), w)
+
+
+def test_config_validation():
+  with pytest.raises(ValueError, match="num_kv_heads"):
+    llama.LlamaConfig.tiny(num_heads=3, num_kv_heads=2)
+  with pytest.raises(ValueError, match="dtype"):
+    llama.LlamaConfig.tiny(dtype="float8")
+
+
+# ----------------------------------------------------------------------------- bad GGUF files
+
+
+def test_missing_file(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    gguf_loader.load_gguf(tmp_path / "nope.gguf")
+
+
+def test_not_a_gguf(tmp_path):
+  p = tmp_path / "x.gguf"
+  p.write_bytes(b"PK\x03\x04 definitely a zip")
+  with pytest.raises(gguf_loader.GGUFError, match="not a GGUF file"):
+    gguf_loader.load_gguf(p)
+
+
+def test_non_llama_architecture(tmp_path):
+  p = str(tmp_path / "gpt2.gguf")
+  w = gguf.GGUFWriter(p, "gpt2")
+  w.add_block_count(1)
+  w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+  with pytest.raises(gguf_loader.GGUFError, match=r"gpt2.*supported architectures.*llama"):
+    gguf_loader.load_gguf(p)
+
+
+def _tiny_llama_gguf(path, *, qtype=None, drop=()):
+  """A 1-layer llama GGUF with random F32 tensors (and optionally one odd-typed tensor)."""
+  e, f, h, g, d, v = 8, 16, 2, 1, 4, 11
+  w = gguf.GGUFWriter(path, "llama")
+  w.add_block_count(1)
+  w.add_context_length(32)
+  w.add_embedding_length(e)
+  w.add_feed_forward_length(f)
+  w.add_head_count(h)
+  w.add_head_count_kv(g)
+  w.add_layer_norm_rms_eps(1e-5)
+  w.add_rope_freq_base(10000.0)
+  w.add_vocab_size(v)
+  rng = np.random.default_rng(0)
+  shapes = {"token_embd.weight": (v, e), "output_norm.weight": (e,),
+            "blk.0.attn_norm.weight": (e,), "blk.0.ffn_norm.weight": (e,),
+            "blk.0.attn_q.weight": (h * d, e), "blk.0.attn_k.weight": (g * d, e),
+            "blk.0.attn_v.weight": (g * d, e), "blk.0.attn_output.weight": (e, h * d),
+            "blk.0.ffn_gate.weight": (f, e), "blk.0.ffn_up.weight": (f, e),
+            "blk.0.ffn_down.weight": (e, f)}
+  for name, shape in shapes.items():
+    if name in drop:
+      continue
+    arr = rng.normal(size=shape).astype(np.float32)
+    if qtype is not None and name == "blk.0.ffn_up.weight":
+      w.add_tensor(name, arr.astype(np.int8), raw_dtype=qtype)
+    else:
+      w.add_tensor(name, arr)
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+
+
+def test_small_llama_gguf_loads_and_missing_tensor(tmp_path):
+  p = str(tmp_path / "ok.gguf")
+  _tiny_llama_gguf(p)
+  config, params = gguf_loader.load_gguf(p)
+  assert config.num_layers == 1 and config.num_kv_heads == 1 and config.tie_embeddings
+  logits, _ = llama.forward(params, jnp.array([[1, 2, 3]]), jnp.arange(3)[None], config=config)
+  assert logits.shape == (1, 3, 11) and np.all(np.isfinite(logits))
+  p2 = str(tmp_path / "missing.gguf")
+  _tiny_llama_gguf(p2, drop=("blk.0.ffn_gate.weight",))
+  with pytest.raises(gguf_loader.GGUFError, match="blk.0.ffn_gate.weight"):
+    gguf_loader.load_gguf(p2)
+
+
+def test_unsupported_tensor_type(tmp_path):
+  p = str(tmp_path / "i8.gguf")
+  _tiny_llama_gguf(p, qtype=gguf.GGMLQuantizationType.I8)
+  with pytest.raises(gguf_loader.GGUFError, match=r"blk.0.ffn_up.weight.*I8.*not supported"):
+    gguf_loader.load_gguf(p)
+
+
+def test_truncated_file(tmp_path):
+  src = tmp_path / "ok.gguf"
+  _tiny_llama_gguf(str(src))
+  data = src.read_bytes()
+  for n in (12, len(data) // 2, len(data) - 8):
+    p = tmp_path / f"trunc{n}.gguf"
+    p.write_bytes(data[:n])
+    with pytest.raises(gguf_loader.GGUFError, match="truncated"):
+      gguf_loader.load_gguf(p)
+
+
+# ----------------------------------------------------------------------------- real model
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain photosynthesis in one sentence.",
+    "List three prime numbers.",
+    "How do I reverse a list in Python?",
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+  try:
+    path = gguf_loader.smollm2_path()
+  except FileNotFoundError as e:
+    pytest.fail(str(e))
+  from partext_jax.models import gguf_tokenizer
+  config, params = gguf_loader.load_gguf(path)
+  return path, config, params, gguf_tokenizer.load_tokenizer(path)
+
+
+@pytest.fixture(scope="module")
+def hf_model(smollm2):
+  try:
+    import torch
+    import transformers
+  except ImportError as e:
+    print(f"\nSKIPPING transformers parity: transformers/torch not installed ({e})")
+    pytest.skip(f"transformers parity needs torch + transformers + accelerate: {e}")
+  path = smollm2[0]
+  # One intra-op thread: on a loaded 2-core machine torch's OpenMP threads spin-wait on each
+  # other and run 5-10x slower than single-threaded (measured).
+  torch.set_num_threads(1)
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
+  model.eval()
+  return model
+
+
+@pytest.mark.slow
+def test_smollm2_config(smollm2):
+  _, config, params, _ = smollm2
+  assert (config.num_layers, config.hidden_size, config.intermediate_size) == (30, 576, 1536)
+  assert (config.num_heads, config.num_kv_heads, config.head_dim) == (9, 3, 64)
+  assert config.rope_theta == 100000.0 and config.tie_embeddings and config.eos_id == 2
+  n = sum(x.size for x in jax.tree.leaves(params))
+  assert 134_000_000 < n < 135_000_000
+
+
+@pytest.mark.slow
+def test_prompt_logits_match_transformers(smollm2, hf_model):
+  import torch
+  path, config, params, tok = smollm2
+  ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": PROMPTS[2]}]))
+  tokens = np.array([ids])
+  ours = np.asarray(jax.jit(lambda p, t: llama.forward(
+      p, t, jnp.arange(t.shape[1])[None], config=config)[0])(params, tokens))
+  with torch.no_grad():
+    theirs = hf_model(torch.tensor(tokens)).logits.numpy()
+  diff = float(np.abs(ours - theirs).max())
+  print(f"\nmax |logit diff| vs transformers over {tokens.shape[1]} positions: {diff:.2e}")
+  assert diff < 1e-3
+  assert np.array_equal(ours.argmax(-1), theirs.argmax(-1))
+
+
+@pytest.mark.slow
+def test_greedy_continuations_match_transformers(smollm2, hf_model):
+  import torch
+  from partext_jax.samplers import autoregressive as ar
+  path, config, params, tok = smollm2
+  n = 64
+  prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": p}]))
+             for p in PROMPTS]
+  # All five prompts in one left-padded batch on both sides (one compilation here, one generate
+  # call there; both sides also agree with unbatched runs prompt by prompt).
+  ours, info = ar.generate(jax.random.key(0), llama.LlamaLM(config), params, prompts,
+                           max_new_tokens=n, eos_id=None)
+  ours = np.asarray(ours)
+  assert int(info.num_steps) == n
+  width = max(map(len, prompts))
+  x = torch.tensor([[0] * (width - len(q)) + q for q in prompts])
+  # An explicit attention mask: the prompt contains <|im_end|> (id 2) = pad_token_id, which
+  # transformers would otherwise take for padding and mask out.
+  am = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in prompts])
+  start = time.perf_counter()
+  with torch.no_grad():
+    out = hf_model.generate(x, attention_mask=am, max_new_tokens=n, do_sample=False,
+                            eos_token_id=None, pad_token_id=0)
+  theirs = out[:, width:].numpy()
+  print(f"\ntransformers generate: {time.perf_counter() - start:.1f} s")
+  agree = [ours[i].tolist() == theirs[i].tolist() for i in range(len(prompts))]
+  print(f"\ngreedy {n}-token continuations identical to transformers: {sum(agree)}/{len(agree)}")
+  for i, ok in enumerate(agree):
+    assert ok, (i, tok.decode(ours[i]), tok.decode(theirs[i]))
