@@ -1,0 +1,159 @@
+"""Checkpoints of the full train state, on orbax's ``CheckpointManager``.
+
+Each step directory ``<workdir>/checkpoints/<step>/`` holds two items:
+
+* ``state``: the :class:`TrainState` pytree (step, params, EMA params, optimiser state, rng key);
+* ``metadata``: JSON (the experiment config, the tokenizer's JSON, anything else the caller adds).
+
+Saves are atomic (orbax writes into a temporary directory and renames it when complete, so an
+interrupted save never shows up as the latest step) and only the newest ``keep`` are kept.
+Restoring is exact: the same arrays, dtypes and tree structure as were saved. Anything orbax
+raises while reading (a truncated or corrupted step directory) is re-raised as
+:class:`CheckpointError` naming the directory.
+
+Example::
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=2)
+    ckpt.save(state, metadata={"config": cfg.to_dict()})
+    if ckpt.latest_step() is not None:
+      state, metadata = ckpt.restore(abstract_state)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be written or read; the message names the directory."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run needs to continue exactly.
+
+  ``rng`` is the run's base key (raw ``uint32[2]``); step ``k`` uses ``fold_in(rng, k)``, so the
+  key never has to be advanced and a resumed run draws the same randomness.
+  """
+
+  step: jax.Array  # int32 scalar: number of completed optimiser steps.
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def abstract_like(tree):
+  """``ShapeDtypeStruct`` tree of ``tree`` (a restore target that allocates nothing)."""
+  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
+                                tree)
+
+
+class Checkpointer:
+  """Saves and restores :class:`TrainState` plus JSON metadata under ``directory``."""
+
+  def __init__(self, directory: str, *, keep: int):
+    if keep < 1:
+      raise ValueError(f"keep={keep} must be >= 1")
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=False,
+        cleanup_tmp_directories=True)  # Leftovers of a save killed mid-way are removed.
+    try:
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=options, item_names=("state", "metadata"))
+    except Exception as e:  # noqa: BLE001 - any failure to open is reported with the path.
+      raise CheckpointError(f"cannot open checkpoint directory {self.directory!r}: {e}") from e
+
+  def all_steps(self) -> list[int]:
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    self._manager.reload()
+    return self._manager.latest_step()
+
+  def step_directory(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def save(self, state: TrainState, *, metadata: dict[str, Any], force: bool = True) -> int:
+    """Saves ``state`` at ``int(state.step)``; returns the step."""
+    step = int(jax.device_get(state.step))
+    try:
+      self._manager.save(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  metadata=ocp.args.JsonSave(metadata)),
+          force=force)
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(f"saving checkpoint step {step} under {self.directory!r} failed: "
+                            f"{type(e).__name__}: {e}") from e
+    return step
+
+  def restore(self, target: TrainState, *, step: int | None = None
+              ) -> tuple[TrainState, dict[str, Any]]:
+    """Restores ``step`` (default: the latest) into the structure of ``target``.
+
+    ``target`` may hold arrays or ``ShapeDtypeStruct`` (see :func:`abstract_like`).
+    """
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        raise CheckpointError(f"no checkpoint found in {self.directory!r}")
+    path = self.step_directory(step)
+    try:
+      restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_like(target)),
+                                  metadata=ocp.args.JsonRestore()))
+      state, metadata = restored["state"], restored["metadata"]
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types; name the path.
+      raise CheckpointError(
+          f"checkpoint at {path!r} is unreadable (truncated or corrupt?): {type(e).__name__}: "
+          f"{_first_line(e)}. Delete that step directory to fall back to an older checkpoint."
+      ) from e
+    if state is None or metadata is None:
+      raise CheckpointError(f"checkpoint at {path!r} is incomplete (missing state or metadata)")
+    if jax.tree_util.tree_structure(state) != jax.tree_util.tree_structure(target):
+      raise CheckpointError(f"checkpoint at {path!r} does not match the expected train state "
+                            f"structure (was it written by a different config?)")
+    return state, dict(metadata)
+
+  def restore_metadata(self, *, step: int | None = None) -> dict[str, Any]:
+    """Only the JSON metadata (e.g. to rebuild the config and tokenizer before the state)."""
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        raise CheckpointError(f"no checkpoint found in {self.directory!r}")
+    path = self.step_directory(step)
+    try:
+      restored = self._manager.restore(
+          step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+      metadata = restored["metadata"]
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(f"checkpoint metadata at {path!r} is unreadable: "
+                            f"{type(e).__name__}: {_first_line(e)}") from e
+    if metadata is None:
+      raise CheckpointError(f"checkpoint at {path!r} has no metadata")
+    return dict(metadata)
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:300] if text else "(no message)"
