@@ -62,6 +62,15 @@ def model_jit(fn, *, static_argnames: tuple[str, ...],
   return call
 
 
+def checked_int(name: str, value, *, minimum: int, hint: str = "") -> int:
+  """``value`` as a Python int ``>= minimum``; a clear error naming ``name`` otherwise."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{name} must be an int >= {minimum}{hint}, got {value!r}")
+  if value < minimum:
+    raise ValueError(f"{name}={value} must be >= {minimum}{hint}")
+  return int(value)
+
+
 def validate_key(rng_key) -> None:
   """``rng_key`` must be one PRNG key (new-style ``jax.random.key`` or raw ``PRNGKey``)."""
   dtype = getattr(rng_key, "dtype", None)

@@ -80,7 +80,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from partext_jax.samplers import semi_ar as blocks
-from partext_jax.samplers.base import DenoiseFn, MaskedSampler, assemble_sampler, model_jit
+from partext_jax.samplers.base import (DenoiseFn, MaskedSampler, assemble_sampler, checked_int,
+                                       model_jit)
 
 RULES = ("topk", "threshold", "factor")
 PROXIES = ("max_prob", "margin", "neg_entropy", "sampled_prob")
@@ -296,12 +297,8 @@ class DecodeConfig:
   record_trajectory: bool = False
 
   def __post_init__(self):
-    if isinstance(self.mask_id, bool) or not isinstance(self.mask_id, (int, np.integer)):
-      raise TypeError(f"mask_id must be an int (usually V, the vocabulary size), got "
-                      f"{self.mask_id!r}")
-    if self.mask_id < 0:
-      raise ValueError(f"mask_id={self.mask_id} must be >= 0 (usually V, the vocabulary size)")
-    object.__setattr__(self, "mask_id", int(self.mask_id))
+    object.__setattr__(self, "mask_id", checked_int(
+        "mask_id", self.mask_id, minimum=0, hint=" (usually V, the vocabulary size)"))
     if not (callable(getattr(self.rule, "select", None))
             and hasattr(self.rule, "uses_count_schedule")):
       raise TypeError(f"rule must be a rule object with select() (e.g. TopKRule()), got "

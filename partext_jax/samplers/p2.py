@@ -73,7 +73,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from partext_jax.samplers import categorical
-from partext_jax.samplers.base import DenoiseFn, MaskedSampler, assemble_sampler, model_jit
+from partext_jax.samplers.base import (DenoiseFn, MaskedSampler, assemble_sampler, checked_int,
+                                       model_jit)
 
 KAPPA_KINDS = ("linear", "cosine", "sine", "polynomial", "geometric")
 PRECISIONS = ("float32", "float64")
@@ -167,17 +168,9 @@ class P2Config:
   record_trajectory: bool = False
 
   def __post_init__(self):
-    if isinstance(self.mask_id, bool) or not isinstance(self.mask_id, (int, np.integer)):
-      raise TypeError(f"mask_id must be an int (usually V, the vocabulary size), got "
-                      f"{self.mask_id!r}")
-    if self.mask_id < 0:
-      raise ValueError(f"mask_id={self.mask_id} must be >= 0 (usually V, the vocabulary size)")
-    object.__setattr__(self, "mask_id", int(self.mask_id))
-    if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, (int, np.integer)):
-      raise TypeError(f"num_steps must be an int >= 1, got {self.num_steps!r}")
-    if self.num_steps < 1:
-      raise ValueError(f"num_steps={self.num_steps} must be >= 1")
-    object.__setattr__(self, "num_steps", int(self.num_steps))
+    object.__setattr__(self, "mask_id", checked_int(
+        "mask_id", self.mask_id, minimum=0, hint=" (usually V, the vocabulary size)"))
+    object.__setattr__(self, "num_steps", checked_int("num_steps", self.num_steps, minimum=1))
     for name in ("tau", "eta"):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
