@@ -21,33 +21,15 @@ from partext_jax import testing
 from partext_jax.samplers.confidence import (DecodeInfo, DecodeState, confidence,
                                              confidence_scores, llada_num_transfer,
                                              select_factor, select_threshold, select_topk)
+from partext_jax.testing import toys
 
 V, L = 3, 3
 MASK = V
 SYSTEMATIC = 1e-4     # float32 rounding of the exact denoiser (see module docstring)
 
 
-@pytest.fixture(scope="module")
-def joint():
-  return testing.random_joint(0, vocab_size=V, length=L, concentration=0.5)
+# Fixtures `joint` and `denoiser` (V = L = 3, MASK = 3) come from tests/conftest.py.
 
-
-@pytest.fixture(scope="module")
-def denoiser(joint):
-  return testing.exact_denoiser(joint, mask_id=MASK)
-
-
-def _mixing_denoiser(v, l, seed=0):
-  """A context-dependent toy model: logits[b, i] = bias[i] + sum_j W[i, j, tokens[b, j]]."""
-  k1, k2 = jax.random.split(jax.random.key(seed))
-  w = 1.5 * jax.random.normal(k1, (l, l, v + 1, v))
-  bias = jax.random.normal(k2, (l, v))
-
-  def denoise_fn(tokens, t):
-    del t
-    return bias[None] + jnp.einsum("bjw,ijwv->biv", jax.nn.one_hot(tokens, v + 1), w)
-
-  return denoise_fn
 
 
 # ------------------------------------------------------------------ pure pieces
@@ -167,7 +149,7 @@ def test_one_hot_logits_give_exact_tokens(kwargs):
 def test_topk_one_step_is_greedy_one_shot():
   """k = (number of masks) at one step, tau = 0: the argmax of p_theta(. | x_init) everywhere."""
   v, l = 6, 7
-  den = _mixing_denoiser(v, l)
+  den = toys.mixing_denoiser(v, l)
   x = jax.random.randint(jax.random.key(1), (5, l), 0, v)
   x = jnp.where(jax.random.uniform(jax.random.key(2), (5, l)) < 0.3, x, v).astype(jnp.int32)
   sampler = confidence(den, mask_id=v, num_steps=1)
@@ -181,7 +163,7 @@ def test_threshold_one_decodes_the_most_confident_one_per_step():
   """threshold = 1.0 (max probs < 1 here): exactly one token per step, at the position of highest
   max-prob among the masked ones given the current state, with its argmax (tau = 0)."""
   v, l = 6, 7
-  den = _mixing_denoiser(v, l, seed=1)
+  den = toys.mixing_denoiser(v, l, seed=1)
   x = jnp.full((4, l), v, jnp.int32).at[2, 3].set(0)
   sampler = confidence(den, mask_id=v, rule="threshold", threshold=1.0,
                        record_trajectory=True)
@@ -208,7 +190,7 @@ def test_topk_count_schedule_and_nfe():
   steps decoding nothing in every row do not call the denoiser; state/info types."""
   v, l = 4, 3
   x = jnp.full((2, l), v, jnp.int32).at[1, 0].set(2)
-  sampler = confidence(_mixing_denoiser(v, l), mask_id=v, num_steps=5)
+  sampler = confidence(toys.mixing_denoiser(v, l), mask_id=v, num_steps=5)
   tokens, info = sampler.sample(jax.random.key(0), x)
   np.testing.assert_array_equal(np.asarray(info.num_decoded).T, [[1, 1, 1, 0, 0],
                                                                  [1, 1, 0, 0, 0]])
@@ -281,7 +263,7 @@ def test_sample_compiles_once():
   """A new key or a new prompt of the same shape, or a new sampler with the same model and
   hyper-parameters, does not retrace."""
   traces = []
-  base = _mixing_denoiser(3, 4)
+  base = toys.mixing_denoiser(3, 4)
 
   def counting(tokens, t):
     traces.append(tokens.shape)

@@ -13,21 +13,11 @@ import pytest
 
 from partext_jax import testing
 from partext_jax.samplers.eb import EntropyBoundRule, eb_sampler, select_entropy_bound
+from partext_jax.testing import toys
 
 V, L = 3, 3
 MASK = V
 
-
-def _mixing_denoiser(v, l, seed=0):
-  k1, k2 = jax.random.split(jax.random.key(seed))
-  w = 1.5 * jax.random.normal(k1, (l, l, v + 1, v))
-  bias = jax.random.normal(k2, (l, v))
-
-  def denoise_fn(tokens, t):
-    del t
-    return bias[None] + jnp.einsum("bjw,ijwv->biv", jax.nn.one_hot(tokens, v + 1), w)
-
-  return denoise_fn
 
 
 def test_select_entropy_bound_hand_examples():
@@ -51,7 +41,7 @@ def test_gamma_zero_decodes_the_lowest_entropy_one_per_step():
   """gamma = 0 (entropies > 0 here): one token per step, at the masked position of lowest
   entropy of p_theta(. | current state), with its argmax (tau = 0); NFE = number of masks."""
   v, l = 6, 7
-  den = _mixing_denoiser(v, l, seed=2)
+  den = toys.mixing_denoiser(v, l, seed=2)
   x = jnp.full((3, l), v, jnp.int32).at[1, 4].set(2)
   sampler = eb_sampler(den, mask_id=v, gamma=0.0, record_trajectory=True)
   tokens, info = sampler.sample(jax.random.key(0), x)
@@ -126,7 +116,7 @@ def test_gamma_zero_samples_the_joint():
 
 def test_compiles_once_and_bad_arguments():
   traces = []
-  base = _mixing_denoiser(3, 4)
+  base = toys.mixing_denoiser(3, 4)
 
   def counting(tokens, t):
     traces.append(tokens.shape)

@@ -45,14 +45,7 @@ V, L = 3, 3
 MASK = V
 
 
-@pytest.fixture(scope="module")
-def joint():
-  return testing.random_joint(0, vocab_size=V, length=L, concentration=0.5)
-
-
-@pytest.fixture(scope="module")
-def denoiser(joint):
-  return testing.exact_denoiser(joint, mask_id=MASK)
+# Fixtures `joint` and `denoiser` (V = L = 3, MASK = 3) come from tests/conftest.py.
 
 
 def _random_prompts(key, b, l, v, mask_id, frac=0.3):

@@ -10,18 +10,8 @@ from partext_jax import testing
 from partext_jax.samplers.confidence import confidence
 from partext_jax.samplers.eb import eb_sampler
 from partext_jax.samplers.semi_ar import BlockLayout, resolve_layout, semi_ar
+from partext_jax.testing import toys
 
-
-def _mixing_denoiser(v, l, seed=0):
-  k1, k2 = jax.random.split(jax.random.key(seed))
-  w = 1.5 * jax.random.normal(k1, (l, l, v + 1, v))
-  bias = jax.random.normal(k2, (l, v))
-
-  def denoise_fn(tokens, t):
-    del t
-    return bias[None] + jnp.einsum("bjw,ijwv->biv", jax.nn.one_hot(tokens, v + 1), w)
-
-  return denoise_fn
 
 
 V, L, PROMPT, BLOCK = 4, 10, 2, 4      # window of 8 after a 2-token prompt: 2 blocks of 4
@@ -58,7 +48,7 @@ def _check_blocks(x, info, layout):
 def test_topk_blocks_in_order_with_even_step_split():
   """num_steps = 6 over 2 blocks: 3 steps per block, LLaDA counts per block (4 masks -> 2, 1, 1;
   row 1's first block has 3 masks -> 1, 1, 1); block b is decoded exactly in steps 3b..3b+2."""
-  den = _mixing_denoiser(V, L)
+  den = toys.mixing_denoiser(V, L)
   sampler = semi_ar(confidence, den, block_length=BLOCK, gen_length=L - PROMPT, mask_id=V,
                     num_steps=6, record_trajectory=True)
   x = _x()
@@ -76,7 +66,7 @@ def test_topk_blocks_in_order_with_even_step_split():
     (confidence, dict(rule="threshold", threshold=0.5)),
 ], ids=["eb", "threshold"])
 def test_variable_rules_finish_each_block_before_the_next(builder, kwargs):
-  den = _mixing_denoiser(V, L, seed=3)
+  den = toys.mixing_denoiser(V, L, seed=3)
   sampler = semi_ar(builder, den, block_length=BLOCK, gen_length=L - PROMPT, mask_id=V,
                     record_trajectory=True, **kwargs)
   x = _x()
@@ -110,7 +100,7 @@ def test_layout():
 
 
 def test_layout_errors():
-  den = _mixing_denoiser(V, L)
+  den = toys.mixing_denoiser(V, L)
   key, x = jax.random.key(0), _x()
   with pytest.raises(ValueError, match="gen_length=8 must be a multiple of block_length=3"):
     semi_ar(confidence, den, block_length=3, gen_length=8, mask_id=V, num_steps=6).sample(key, x)

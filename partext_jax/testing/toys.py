@@ -134,6 +134,26 @@ def exact_denoiser(probs, *, mask_id: int):
   return denoise_fn
 
 
+def mixing_denoiser(vocab_size: int, length: int, seed: int = 0):
+  """A context-dependent, time-independent toy model over ``V`` tokens and ``MASK = V``.
+
+  ``logits[b, i] = bias[i] + sum_j W[i, j, tokens[b, j]]`` with ``W ~ 1.5 N(0, 1)`` of shape
+  ``[L, L, V + 1, V]`` and ``bias ~ N(0, 1)``: every position sees every other (including MASKs),
+  so samplers' position choices and carry-over are exercised on a model that is not an exact
+  denoiser. Deterministic in ``seed``.
+  """
+  k1, k2 = jax.random.split(jax.random.key(seed))
+  w = 1.5 * jax.random.normal(k1, (length, length, vocab_size + 1, vocab_size))
+  bias = jax.random.normal(k2, (length, vocab_size))
+
+  def denoise_fn(tokens, t):
+    del t
+    one_hot = jax.nn.one_hot(tokens, vocab_size + 1)
+    return bias[None] + jnp.einsum("bjw,ijwv->biv", one_hot, w)
+
+  return denoise_fn
+
+
 def constant_denoiser(logits):
   """A denoiser returning the same ``logits float[V]`` (or ``[L, V]``) for every input."""
   logits = jnp.asarray(logits, jnp.float32)
