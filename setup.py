@@ -41,7 +41,9 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["partext_jax", "partext_jax.*"])
     + ["partext_jax.kernels"],
     package_dir={"partext_jax.kernels": "kernels"},
-    package_data={"partext_jax": ["assets/*"]},
+    package_data={"partext_jax": ["assets/*"],
+                  # Trained Medusa heads for SmolLM2 (an orbax checkpoint directory tree).
+                  "partext_jax.speculative": ["assets/**/*"]},
     install_requires=CORE,
     extras_require=EXTRAS,
     license="Apache-2.0",

@@ -125,4 +125,14 @@ def get_config():
   # Seed of the sampler.
   config.sample.seed = 0
 
+  config.mesh = ml_collections.ConfigDict()
+  # Device mesh (partext_jax.sharding); the three sizes multiply to the device count of all
+  # processes, one of them may be -1 (= the devices left). One CPU/GPU: leave as is.
+  # Data parallelism: batch rows split over this axis (-1: every device not used below).
+  config.mesh.data = -1
+  # Fully sharded data parallelism: batch rows and the parameters' embed dimension.
+  config.mesh.fsdp = 1
+  # Tensor parallelism: the parameters' vocab / mlp / heads dimensions.
+  config.mesh.tensor = 1
+
   return config

@@ -4,6 +4,11 @@ r"""Trains a masked-diffusion denoiser: a thin launcher around ``train_and_evalu
     python experiments/train.py --config=configs/tiny.py --workdir=/tmp/tiny \
         --config.train.num_steps=40
 
+The device mesh is the config's ``mesh`` section, e.g. ``--config.mesh.data=2
+--config.mesh.fsdp=2 --config.mesh.tensor=2`` on 8 devices (default: all devices on ``data``).
+Multi-host: start the same command on every host with ``--coordinator_address=host0:1234
+--num_processes=N --process_id=i`` (``jax.distributed.initialize``).
+
 Re-running with the same workdir resumes from the latest checkpoint (exactly: same data order
 and randomness), or only re-evaluates and samples when the run has finished.
 """
@@ -18,6 +23,7 @@ import jax
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from partext_jax import sharding  # noqa: E402
 from partext_jax.training import trainer  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -25,12 +31,20 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, samples.")
 config_flags.DEFINE_config_file(
     "config", None, "File path to the training configuration.", lock_config=True)
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0; set to run multi-process (jax.distributed).")
+flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process run.")
+flags.DEFINE_integer("process_id", 0, "This process's index in a multi-process run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
+  if FLAGS.coordinator_address:
+    sharding.initialize_distributed(coordinator_address=FLAGS.coordinator_address,
+                                    num_processes=FLAGS.num_processes,
+                                    process_id=FLAGS.process_id)
   logging.info("JAX devices: %s", jax.devices())
   logging.info("workdir: %s", FLAGS.workdir)
   trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)

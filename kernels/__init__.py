@@ -1,1 +1,21 @@
-"""Pallas kernels (installed as ``partext_jax.kernels``), each beside its jnp reference."""
+"""Pallas kernels (installed as ``partext_jax.kernels``), each beside its jnp reference.
+
+* :mod:`~partext_jax.kernels.tree_attention`: ``T`` draft-tree nodes over a ragged prefix cache
+  plus their ancestors (speculative tree verification).
+* :mod:`~partext_jax.kernels.block_attention`: a block of queries over a prefix cache range,
+  itself (bidirectional or block-causal) and an optional suffix range (Fast-dLLM prefix / dual
+  cache, exact block-causal caching).
+
+Both stream only the valid cache blocks with an online softmax, merge with the small in-block
+part through an exact log-sum-exp merge, run in interpret mode on CPU (the default there) and
+lower to Triton (GPU) and Mosaic (TPU).
+
+Import the modules (``from partext_jax.kernels import tree_attention as ta``; then
+``ta.tree_attention(...)``): the functions are not re-exported here because they share their
+modules' names.
+"""
+
+from partext_jax.kernels import block_attention, tree_attention
+from partext_jax.kernels._common import BlockSizes
+
+__all__ = ["BlockSizes", "block_attention", "tree_attention"]

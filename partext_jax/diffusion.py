@@ -55,6 +55,22 @@ def subs_log_probs(logits, x_t, *, mask_id: int):
   return jnp.where((x_t == mask_id)[..., None], log_p, carry)
 
 
+def _subs_call(denoise_fn, mask_id, tokens, t):
+  return subs_log_probs(denoise_fn(tokens, t), tokens, mask_id=mask_id)
+
+
+def with_carry_over(denoise_fn: DenoiseFn, *, mask_id: int) -> jax.tree_util.Partial:
+  """``denoise_fn`` with SUBS applied to its output: log-probabilities at masked positions, a
+  one-hot (``0`` / ``-inf``) on the held token elsewhere.
+
+  A model trained with the MDM loss never sees a loss at unmasked positions, so its raw logits
+  there are untrained; MDLM applies this parameterisation inside the model. Samplers that read
+  the model at unmasked positions (P2 self-planning scores decoded tokens there) then see
+  ``log p = 0`` for every held token. Returned as a ``Partial`` so parameters stay traced.
+  """
+  return jax.tree_util.Partial(_subs_call, denoise_fn, mask_id)
+
+
 def nelbo_given_mask(denoise_fn: DenoiseFn, x0, x_t, t, *, schedule: MaskingSchedule,
                      mask_id: int):
   """The loss integrand for given ``(t, x_t)``: ``-alpha'/(1-alpha) * sum_masked -log p``, per row.

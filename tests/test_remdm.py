@@ -146,21 +146,47 @@ def test_one_step_conf_event_probabilities():
                              np.array([0.5, 0.3, 0.2])[new[:, 4:][fresh]], rtol=1e-5)
 
 
-# ------------------------------------------------------------------ exactness (ReMDM, cap)
+# ------------------------------------------------------------------ exactness (cap, rescale, loop)
 
-def test_cap_many_steps_matches_joint(joint, denoiser):
-  """cap (eta = 0.004), N = 128, t_min = 0, noise_removal=False, exact denoiser: the output law is
-  within d (module docstring, computed here: 0.037) of the joint. n = 20000 samples, K = 27:
-  tv_tolerance = 0.037, bound 0.074. Power: TV(joint, product of marginals) = 0.25 > 2 bound."""
-  n, num_steps, eta = 20_000, 128, 0.004
-  sampler = remdm(denoiser, mask_id=MASK, num_steps=num_steps, eta=eta, noise_removal=False)
+def _hand_alpha(strategy, t, t_on=0.55, t_off=0.05, alpha_on=0.9):
+  """alpha(t): linear 1 - t, or the loop strategy's piecewise-linear alpha (written out here
+  independently of the module)."""
+  if strategy != "loop":
+    return 1.0 - t
+  return np.where(t > t_on, alpha_on * (1 - t) / (1 - t_on),
+                  np.where(t > t_off, alpha_on, 1 - (1 - alpha_on) * t / t_off))
+
+
+def _hand_sigma(strategy, eta, a_t, a_s, t, t_on=0.55, t_off=0.05):
+  smax = np.where(a_t > 0, (1 - a_s) / np.where(a_t > 0, a_t, 1), np.inf)
+  if strategy == "cap":
+    return np.minimum(eta, smax)
+  if strategy == "rescale":
+    return eta * np.minimum(1.0, smax)
+  in_loop = (t > t_off) & (t <= t_on)  # the phase is chosen by the step's start time
+  return np.where(in_loop, np.minimum(eta, smax), 0.0)
+
+
+@pytest.mark.parametrize("strategy,eta,num_steps", [("cap", 0.004, 128), ("rescale", 0.004, 128),
+                                                    ("loop", 0.005, 256)])
+def test_time_only_strategies_match_joint(joint, denoiser, strategy, eta, num_steps):
+  """Exact denoiser, t_min = 0, noise_removal=False: the output law is within d (module
+  docstring; computed here from hand-written alpha / sigma schedules, d < 0.05) of the joint.
+  n = 20000 samples, K = 27: tv_tolerance = 0.037. Power: TV(joint, product of marginals) =
+  0.25 > 2 bound, and remasking does happen."""
+  n = 20_000
+  sampler = remdm(denoiser, mask_id=MASK, num_steps=num_steps, strategy=strategy, eta=eta,
+                  noise_removal=False)
   tokens, info = sampler.sample(jax.random.key(6), jnp.full((n, L), MASK, jnp.int32))
   assert int(info.num_remasked.sum()) > 0
-  t = 1.0 - np.arange(num_steps + 1) / num_steps
-  a_t, a_s = 1.0 - t[:-1], 1.0 - t[1:]
-  sigma = np.where(a_t > 0, np.minimum(eta, (1 - a_s) / np.where(a_t > 0, a_t, 1)), eta)
+  grid = 1.0 - np.arange(num_steps + 1) / num_steps
+  t, s = grid[:-1], grid[1:]
+  a_t, a_s = _hand_alpha(strategy, t), _hand_alpha(strategy, s)
+  sigma = _hand_sigma(strategy, eta, a_t, a_s, t)
+  sigma = np.where(a_t > 0, sigma, np.where(strategy == "loop", 0.0, eta))
   sigma[-1] = 0.0
-  q = a_s - (1 - sigma) * a_t
+  np.testing.assert_allclose(np.asarray(info.sigma), sigma, rtol=1e-5, atol=1e-7)
+  q = a_s - (1 - sigma) * a_t  # per-position unmask probability of the step
   d = float(np.sum(1 - (1 - q) ** L - L * q * (1 - q) ** (L - 1)))
   bound = testing.tv_tolerance(n, V**L) + d
   assert d < 0.05

@@ -1,8 +1,18 @@
 """One attention entry point with a swappable implementation.
 
-Both models call :func:`attention`; ``impl`` selects the implementation. Today only ``"xla"``
-(plain jnp, the reference every kernel is tested against) exists; the Pallas kernels of
-``partext_jax.kernels`` register themselves here under their own names.
+Both models call :func:`attention`; ``impl`` selects the implementation: ``"xla"`` (plain jnp,
+the reference every kernel is tested against) or ``"pallas"`` (the kernels of
+``partext_jax.kernels``; imported on first use).
+
+Masks. ``mask`` is either a dense boolean array broadcastable to ``[B, Tq, Tk]`` or a
+:class:`CacheBlockMask`, the structured mask of a block of ``T`` queries whose K/V were just
+written into a cache at slots ``write_slots[b] + j``: query ``t`` sees the cache range
+``[start[b], start[b] + prefix_len[b])`` and block slot ``write_slots[b] + j`` iff
+``block_mask[b, t, j]`` (a causal chunk, a draft chain, a token tree's ancestor mask, a
+bidirectional diffusion block). ``"xla"`` expands it with :meth:`CacheBlockMask.to_dense`;
+``"pallas"`` runs :func:`partext_jax.kernels.tree_attention.tree_attention`, which never builds
+the ``[T, max_len]`` mask and reads only the valid prefix. ``"pallas"`` with a dense mask (or
+none) falls back to ``"xla"``: dense masks carry no structure to exploit.
 
 Math (per batch row ``b``, query head ``h`` with KV head ``g = h // (H / G)``)::
 
@@ -14,18 +24,72 @@ allowed key returns zeros (never NaN): padding rows are harmless.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 AttentionFn = Callable[..., jax.Array]
 _IMPLS: dict[str, AttentionFn] = {}
+_STRUCTURED: set[str] = set()
 
 
-def register(name: str, fn: AttentionFn) -> None:
-  """Makes ``fn(q, k, v, mask) -> out`` selectable as ``attention(..., impl=name)``."""
+class CacheBlockMask(NamedTuple):
+  """Structured mask for a block of ``T`` queries over a KV cache (see the module docstring).
+
+  Attributes:
+    start: ``int[B]`` first valid cache slot of each row (left padding).
+    prefix_len: ``int[B]`` valid slots from ``start`` (0 allowed). The range must end at or
+      before ``write_slots`` (the prefix never includes the block itself).
+    block_mask: ``bool[B, T, T]``; ``block_mask[b, t, j]``: query ``t`` sees block token ``j``.
+    write_slots: ``int[B]`` cache slot of block token 0; the model fills it in when ``None``.
+      Block tokens at slots ``>= max_len`` are dropped by the cache write and invisible here.
+
+  Usage (a token tree of ``T`` nodes after a ragged prompt of ``n[b]`` tokens)::
+
+      mask = CacheBlockMask(start=first, prefix_len=n - first, block_mask=ancestors)
+      logits, cache = model(params, tree_tokens, tree_positions, mask, cache, write_slots=n)
+  """
+
+  start: jax.Array
+  prefix_len: jax.Array
+  block_mask: jax.Array
+  write_slots: jax.Array | None = None
+
+  def block_slots(self) -> jax.Array:
+    """``int[B, T]`` cache slot of every block token."""
+    if self.write_slots is None:
+      raise ValueError("CacheBlockMask.write_slots is None: pass write_slots to the model")
+    t = self.block_mask.shape[-1]
+    return jnp.asarray(self.write_slots, jnp.int32)[:, None] + jnp.arange(t)[None, :]
+
+  def to_dense(self, max_len: int) -> jax.Array:
+    """The equivalent dense ``bool[B, T, max_len]`` mask (what ``"xla"`` attends with)."""
+    bm = jnp.asarray(self.block_mask, bool)
+    b, t = bm.shape[0], bm.shape[1]
+    start = jnp.broadcast_to(jnp.asarray(self.start, jnp.int32), (b,))[:, None, None]
+    n = jnp.broadcast_to(jnp.asarray(self.prefix_len, jnp.int32), (b,))[:, None, None]
+    s = jnp.arange(max_len)[None, None, :]
+    dense = jnp.broadcast_to((s >= start) & (s < start + n), (b, t, max_len))
+    # Column ``slot[b, j]`` gets ``block_mask[b, :, j]``; slots >= max_len are dropped.
+    slots = self.block_slots()
+    rows = jnp.arange(b)[:, None]
+    cols = jnp.swapaxes(bm, 1, 2)                   # [B, T_key, T_query]
+    old = dense[rows, :, jnp.minimum(slots, max_len - 1)]
+    return dense.at[rows, :, slots].set(old | cols, mode="drop")
+
+
+def register(name: str, fn: AttentionFn, *, structured: bool = False) -> None:
+  """Makes ``fn(q, k, v, mask) -> out`` selectable as ``attention(..., impl=name)``.
+
+  With ``structured=True`` ``fn`` also receives :class:`CacheBlockMask` masks as they are;
+  otherwise they are expanded to dense masks before the call.
+  """
   _IMPLS[name] = fn
+  if structured:
+    _STRUCTURED.add(name)
+  else:
+    _STRUCTURED.discard(name)
 
 
 def available() -> tuple[str, ...]:
@@ -62,11 +126,41 @@ def xla_attention(q, k, v, mask):
 register("xla", xla_attention)
 
 
+def pallas_attention(q, k, v, mask):
+  """``"pallas"``: :class:`CacheBlockMask` -> the tree-attention kernel; dense -> ``"xla"``.
+
+  ``k, v`` are the whole cache ``[B, max_len, G, D]`` *after* the block was written, so the
+  block's own keys are gathered from ``write_slots[b] + j`` (``T`` rows, not the cache).
+  """
+  if not isinstance(mask, CacheBlockMask):
+    return xla_attention(q, k, v, mask)
+  # The kernels import Pallas: loaded on first use, so the xla path never pays for it.
+  # pylint: disable-next=import-outside-toplevel
+  from partext_jax.kernels import tree_attention as kernel
+  max_len = k.shape[1]
+  slots = mask.block_slots()
+  idx = jnp.minimum(slots, max_len - 1)[:, :, None, None]
+  k_block = jnp.take_along_axis(k, idx, axis=1)
+  v_block = jnp.take_along_axis(v, idx, axis=1)
+  block_mask = jnp.asarray(mask.block_mask, bool) & (slots < max_len)[:, None, :]
+  return kernel.tree_attention(q, k, v, k_block, v_block, block_mask, mask.start,
+                               mask.prefix_len)
+
+
+register("pallas", pallas_attention, structured=True)
+
+
 def attention(q, k, v, mask=None, *, impl: str = "xla"):
-  """Dispatches to the implementation named ``impl`` (see :func:`available`)."""
+  """Dispatches to the implementation named ``impl`` (see :func:`available`).
+
+  ``mask`` is a dense boolean mask, ``None``, or a :class:`CacheBlockMask` (expanded to a dense
+  mask for implementations that were not registered as ``structured``).
+  """
   if impl not in _IMPLS:
     raise ValueError(f"attention impl={impl!r} is not one of {available()}")
   h, g = q.shape[2], k.shape[2]
   if h % g:
     raise ValueError(f"query heads ({h}) must be a multiple of key/value heads ({g})")
+  if isinstance(mask, CacheBlockMask) and impl not in _STRUCTURED:
+    mask = mask.to_dense(k.shape[1])
   return _IMPLS[impl](q, k, v, mask)

@@ -12,12 +12,40 @@ embedding of ``t`` (``(1 + scale(t)) * norm(x) + shift(t)``, zero-initialised so
 from the unconditioned model). Masked diffusion with the absorbing process does not need ``t``
 (the denoiser's optimum is time-independent, MDLM section 3), which is why it is off by default
 and why samplers may cache its outputs.
+
+Cached calls (Fast-dLLM-style block decoding, :mod:`partext_jax.samplers.block_cache`). Each
+layer ``l`` stores the rotary-embedded keys and values of every position it processed,
+``K_l, V_l [B, T, H, D]``. A call with ``context=(cache, ranges)`` -- ``cache`` a
+:class:`KVCache` ``[num_layers, B, S, H, D]`` from an earlier call, ``ranges`` static
+``((start, stop), ...)`` rows of it, e.g. the prefix and the suffix of the current block -- runs
+only the ``T`` query positions ``tokens`` (at ``positions``) through the network; in every layer
+they attend to the stored rows ``C`` in ``ranges`` and to their own fresh keys and values::
+
+    out_l[q] = sum_{k in C  U  fresh} softmax_k(q.k_l[k] / sqrt(D)) v_l[k]
+
+With a context computed (by a full pass) from the current tokens this equals the full forward
+pass on the query rows, up to float rounding, for any depth. A context computed before some
+*query* tokens changed is stale in layers ``>= 1`` (their rows saw the old query tokens): the
+Fast-dLLM approximation. Layer 0's rows depend only on their own token (and ``t``), so a
+1-layer model without time conditioning stays exact while the context tokens are unchanged.
+``return_kv=True`` also returns the query rows' ``KVCache``::
+
+    fn = make_cached_denoise_fn(cfg, params)
+    logits, kv = fn(tokens, t, positions, None)         # full pass, K/V of every position
+    # prefix cache: block and suffix [s, L) over the stored rows [0, s)
+    logits_s, _ = fn(tokens[:, s:], t, positions[:, s:], (kv, ((0, s),)))
+    # dual cache: block [s, e) over the stored rows [0, s) and [e, L)
+    logits_b, _ = fn(tokens[:, s:e], t, positions[:, s:e], (kv, ((0, s), (e, L))))
+
+The context attention runs in jnp (``context_impl="xla"``) or through the Pallas block attention
+kernel (``context_impl="pallas"``, :mod:`partext_jax.kernels.block_attention`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +55,13 @@ from partext_jax.models import attention as attention_lib
 from partext_jax.models import layers
 
 DTYPES = ("float32", "bfloat16")
+CONTEXT_ATTENTION_IMPLS = ("xla", "pallas")
+
+
+class KVCache(NamedTuple):
+  """Per-layer rotary-embedded keys and values, each ``[num_layers, B, T, H, D]``."""
+  k: jax.Array
+  v: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,43 +145,85 @@ class _ModulatedNorm(nn.Module):
     return y * (1.0 + scale) + shift
 
 
+def context_attention(q, k, v, cache_k, cache_v, ranges, *, impl: str = "xla"):
+  """Queries attend, without a mask, to stored cache rows and to their own fresh rows.
+
+  ``q, k, v [B, T, H, D]`` (the queries, their fresh keys/values); ``cache_k, cache_v [B, S, H,
+  D]`` a stored cache of which the rows in ``ranges`` (static ``((start, stop), ...)``, at most
+  two, disjoint: prefix and suffix) are the context ``C``:
+  ``out = softmax(q [cache_k[C]; k]^T / sqrt(D)) [cache_v[C]; v]``. ``impl="xla"`` gathers the
+  ranges and calls the jnp reference; ``impl="pallas"`` calls
+  :func:`partext_jax.kernels.block_attention.block_attention` with the ranges as its prefix and
+  suffix (no copy of the cache, no mask in memory).
+  """
+  if impl == "xla":
+    ks = [cache_k[:, a:b] for a, b in ranges] + [k.astype(cache_k.dtype)]
+    vs = [cache_v[:, a:b] for a, b in ranges] + [v.astype(cache_v.dtype)]
+    return attention_lib.xla_attention(q, jnp.concatenate(ks, 1), jnp.concatenate(vs, 1), None)
+  if impl == "pallas":
+    from partext_jax.kernels import block_attention  # pylint: disable=import-outside-toplevel
+    if not 1 <= len(ranges) <= 2:
+      raise ValueError(f"the block attention kernel takes one or two cache ranges (prefix, "
+                       f"suffix), got ranges={ranges}")
+    (p0, p1), *suffix = ranges
+    s0, s1 = suffix[0] if suffix else (None, None)
+    return block_attention.block_attention(
+        q, cache_k, cache_v, k.astype(cache_k.dtype), v.astype(cache_v.dtype), p0, p1 - p0,
+        s0, None if s0 is None else s1 - s0).astype(q.dtype)
+  raise ValueError(f"context attention impl={impl!r} is not one of {CONTEXT_ATTENTION_IMPLS}")
+
+
 class _SelfAttention(nn.Module):
   cfg: DenoiserConfig
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, positions=None, context=None, context_impl: str = "xla"):
+    """``context``: ``(cache_k, cache_v, ranges)``, stored rows to attend to besides ``x``'s."""
     cfg = self.cfg
     b, l, _ = x.shape
     q = layers.head_projection(cfg.num_heads, cfg.head_dim, "heads", cfg.jnp_dtype, "q")(x)
     k = layers.head_projection(cfg.num_heads, cfg.head_dim, "heads", cfg.jnp_dtype, "k")(x)
     v = layers.head_projection(cfg.num_heads, cfg.head_dim, "heads", cfg.jnp_dtype, "v")(x)
-    positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
     q = layers.apply_rope(q, positions, theta=cfg.rope_theta)
     k = layers.apply_rope(k, positions, theta=cfg.rope_theta)
-    out = attention_lib.attention(q, k, v, None, impl=cfg.attention_impl)
-    return layers.output_projection(cfg.d_model, cfg.jnp_dtype, "o")(out)
+    if context is None:
+      out = attention_lib.attention(q, k, v, None, impl=cfg.attention_impl)
+    else:
+      out = context_attention(q, k, v, *context, impl=context_impl)
+    return layers.output_projection(cfg.d_model, cfg.jnp_dtype, "o")(out), (k, v)
 
 
 class _Block(nn.Module):
   cfg: DenoiserConfig
 
   @nn.compact
-  def __call__(self, x, cond, deterministic: bool):
+  def __call__(self, x, cond, deterministic: bool, positions=None, context=None,
+               context_impl: str = "xla"):
     drop = nn.Dropout(self.cfg.dropout_rate)
-    h = _SelfAttention(self.cfg, name="attn")(_ModulatedNorm(self.cfg, name="attn_norm")(x, cond))
+    h, kv = _SelfAttention(self.cfg, name="attn")(
+        _ModulatedNorm(self.cfg, name="attn_norm")(x, cond), positions, context, context_impl)
     x = x + drop(h, deterministic=deterministic)
     h = layers.SwiGLU(self.cfg.mlp_dim, dtype=self.cfg.jnp_dtype, name="mlp")(
         _ModulatedNorm(self.cfg, name="mlp_norm")(x, cond))
-    return x + drop(h, deterministic=deterministic)
+    return x + drop(h, deterministic=deterministic), kv
 
 
 class Denoiser(nn.Module):
-  """``(tokens int32[B, L], t float32[B]) -> logits float32[B, L, V]`` (see module docstring)."""
+  """``(tokens int32[B, L], t float32[B]) -> logits float32[B, L, V]`` (see module docstring).
+
+  Optional keywords (cached calls): ``positions int32[B, T]`` of the query tokens (default
+  ``0..T-1``); ``context`` ``(KVCache, ranges)``, stored rows every layer also attends to;
+  ``return_kv`` returns ``(logits, KVCache)`` of the query rows; ``context_impl`` ``"xla"`` or
+  ``"pallas"`` for the context attention.
+  """
 
   cfg: DenoiserConfig
 
   @nn.compact
-  def __call__(self, tokens, t, *, deterministic: bool = True):
+  def __call__(self, tokens, t, *, deterministic: bool = True, positions=None, context=None,
+               return_kv: bool = False, context_impl: str = "xla"):
     cfg = self.cfg
     x = nn.Embed(cfg.vocab_size + 1, cfg.d_model, name="embed",
                  embedding_init=layers.logical(layers.default_init, ("vocab", "embed")))(tokens)
@@ -157,12 +234,35 @@ class Denoiser(nn.Module):
       cond = nn.silu(nn.Dense(cfg.d_model, name="time_mlp",
                               kernel_init=layers.logical(layers.default_init, (None, "embed")),
                               bias_init=layers.logical(nn.initializers.zeros, ("embed",)))(cond))
+    keys, values = [], []
     for i in range(cfg.num_layers):
-      x = _Block(cfg, name=f"block_{i}")(x, cond, deterministic)
+      layer_context = None
+      if context is not None:
+        cache, ranges = context
+        layer_context = (cache.k[i], cache.v[i], _checked_ranges(ranges, cache.k.shape[2]))
+      x, (k, v) = _Block(cfg, name=f"block_{i}")(x, cond, deterministic, positions,
+                                                  layer_context, context_impl)
+      keys.append(k)
+      values.append(v)
     x = layers.RMSNorm(dtype=cfg.jnp_dtype, name="final_norm")(x)
     logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.jnp_dtype, name="head",
                       kernel_init=layers.logical(layers.default_init, ("embed", "vocab")))(x)
-    return logits.astype(jnp.float32)
+    logits = logits.astype(jnp.float32)
+    if return_kv:
+      return logits, KVCache(jnp.stack(keys), jnp.stack(values))
+    return logits
+
+
+def _checked_ranges(ranges, length: int):
+  if any(isinstance(x, jax.core.Tracer) for r in ranges for x in r):
+    raise TypeError(f"context ranges must be static Python ints (close over them, do not pass "
+                    f"them through jit), got {ranges}")
+  ranges = tuple((int(a), int(b)) for a, b in ranges)
+  ends = [x for r in sorted(ranges) for x in r]
+  if any(not 0 <= a <= b <= length for a, b in ranges) or ends != sorted(ends):
+    raise ValueError(f"context ranges={ranges} must be disjoint (start, stop) pairs inside "
+                     f"[0, {length}] (static ints)")
+  return ranges
 
 
 def _boxed_params(rng, cfg: DenoiserConfig):
@@ -199,6 +299,38 @@ def make_denoise_fn(cfg: DenoiserConfig, params) -> jax.tree_util.Partial:
   compiled program.
   """
   return jax.tree_util.Partial(DenoiserApply(cfg), params)
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedDenoiserApply:
+  """Hashable ``(params, tokens, t, positions, context) -> (logits, KVCache)`` for a config."""
+
+  cfg: DenoiserConfig
+  context_impl: str = "xla"
+
+  def __post_init__(self):
+    if self.context_impl not in CONTEXT_ATTENTION_IMPLS:
+      raise ValueError(f"context_impl={self.context_impl!r} is not one of "
+                       f"{CONTEXT_ATTENTION_IMPLS}")
+
+  def __call__(self, params, tokens, t, positions, context):
+    return Denoiser(self.cfg).apply({"params": params}, tokens, t, positions=positions,
+                                    context=context, return_kv=True,
+                                    context_impl=self.context_impl)
+
+
+def make_cached_denoise_fn(cfg: DenoiserConfig, params, *,
+                           context_impl: str = "xla") -> jax.tree_util.Partial:
+  """The ``kv_denoise_fn`` cached samplers take (:mod:`partext_jax.samplers.block_cache`).
+
+  ``kv_denoise_fn(tokens int32[B, T], t float32[B], positions int32[B, T], context) ->
+  (logits float32[B, T, V], KVCache)``; ``context`` is ``None`` (a plain forward pass over the
+  ``T`` positions) or ``(KVCache [num_layers, B, S, H, D], ranges)``: the stored rows in the
+  static ``ranges = ((start, stop), ...)`` that the queries also attend to (module docstring).
+  ``context_impl="pallas"`` runs the context attention through the block attention kernel. A
+  ``jax.tree_util.Partial`` over ``params``, as :func:`make_denoise_fn`.
+  """
+  return jax.tree_util.Partial(CachedDenoiserApply(cfg, context_impl), params)
 
 
 def count_params(params) -> int:

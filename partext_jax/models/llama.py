@@ -23,6 +23,13 @@ block of draft / tree tokens with any mask (e.g. an ancestor mask over cache + b
 positions are decoupled: with left padding, row ``b`` may start at slot ``first[b]`` with position
 0. :func:`causal_cache_mask` builds the usual mask.
 
+Structured masks. Instead of the dense ``bool[B, T, max_len]``, ``attn_mask`` may be a
+:class:`partext_jax.models.attention.CacheBlockMask` ``(start, prefix_len, block_mask)``: query
+``t`` sees cache slots ``[start[b], start[b] + prefix_len[b])`` and block token ``j`` (slot
+``write_slots[b] + j``) iff ``block_mask[b, t, j]``. With ``attention_impl="xla"`` it is expanded
+to the equivalent dense mask; with ``"pallas"`` the tree-attention kernel reads only the valid
+prefix and never builds the ``[T, max_len]`` mask (the fast path for tree / draft verification).
+
 Without a cache the call attends within the block: ``attn_mask`` is ``bool[B, T, T]`` (default:
 causal by block index).
 
@@ -198,7 +205,9 @@ class Llama(nn.Module):
     tokens: ``int[B, T]``.
     positions: ``int[B, T]`` RoPE positions.
     attn_mask: ``bool[B, T, max_len]`` with a cache, ``bool[B, T, T]`` without (anything
-      broadcastable works); ``None`` means causal (:func:`causal_cache_mask` with
+      broadcastable works), or with a cache a structured
+      :class:`~partext_jax.models.attention.CacheBlockMask` (its ``write_slots`` defaults to
+      ``write_slots``); ``None`` means causal (:func:`causal_cache_mask` with
       ``q_slot = write_slots[b] + t`` and ``first = 0`` when a cache is given).
     cache: a :class:`KVCache` or ``None``.
     write_slots: ``int[B]`` first cache slot of the block (required with a cache).
@@ -224,9 +233,13 @@ class Llama(nn.Module):
       if write_slots is None:
         raise ValueError("write_slots (int[B]) is required when a cache is given")
       write_slots = jnp.broadcast_to(jnp.asarray(write_slots, jnp.int32), (b,))
+      if isinstance(attn_mask, attention_lib.CacheBlockMask) and attn_mask.write_slots is None:
+        attn_mask = attn_mask._replace(write_slots=write_slots)
       if attn_mask is None:
         slots = write_slots[:, None] + jnp.arange(t)[None]
         attn_mask = causal_cache_mask(slots, 0, cache.max_len)
+    elif isinstance(attn_mask, attention_lib.CacheBlockMask):
+      raise ValueError("a CacheBlockMask attn_mask needs a cache (and write_slots)")
     elif attn_mask is None:
       attn_mask = jnp.tril(jnp.ones((t, t), bool))[None]
     for i in range(c.num_layers):

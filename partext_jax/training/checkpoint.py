@@ -50,9 +50,21 @@ class TrainState:
 
 
 def abstract_like(tree):
-  """``ShapeDtypeStruct`` tree of ``tree`` (a restore target that allocates nothing)."""
-  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
-                                tree)
+  """``ShapeDtypeStruct`` tree of ``tree`` (a restore target that allocates nothing).
+
+  Each leaf keeps its array's sharding (restoring onto the same mesh), and a leaf without one
+  (a ``ShapeDtypeStruct`` from ``jax.eval_shape``) is placed on the first device, so a
+  checkpoint written on a mesh restores on one device instead of failing with orbax's
+  "topology mismatch".
+  """
+
+  def one(x):
+    sharding = getattr(x, "sharding", None)
+    if not isinstance(sharding, jax.sharding.Sharding):
+      sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x), sharding=sharding)
+
+  return jax.tree_util.tree_map(one, tree)
 
 
 class Checkpointer:

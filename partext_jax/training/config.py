@@ -164,12 +164,35 @@ class SampleConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Device mesh of the run (:func:`partext_jax.sharding.make_mesh`); ``-1`` fills the rest.
+
+  ``data`` and ``fsdp`` split the batch, ``fsdp`` also the parameters' ``embed`` dimension,
+  ``tensor`` their ``vocab``/``mlp``/``heads`` dimensions. The product must equal the number of
+  devices (all processes together), and ``data * fsdp`` must divide the batch sizes.
+  """
+
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+
+  def __post_init__(self):
+    sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+    for name, v in sizes.items():
+      if v < 1 and v != -1:
+        raise ConfigError(f"mesh.{name}={v} must be >= 1 or -1 (fill in the remaining devices)")
+    if sum(v == -1 for v in sizes.values()) > 1:
+      raise ConfigError(f"at most one mesh axis may be -1, got {sizes}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   data: DataConfig = DataConfig()
   model: ModelConfig = ModelConfig()
   diffusion: DiffusionConfig = DiffusionConfig()
   train: TrainConfig = TrainConfig()
   sample: SampleConfig = SampleConfig()
+  mesh: MeshConfig = MeshConfig()
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -179,7 +202,7 @@ class ExperimentConfig:
 
 
 _SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig,
-                  "train": TrainConfig, "sample": SampleConfig}
+                  "train": TrainConfig, "sample": SampleConfig, "mesh": MeshConfig}
 
 
 def _items(section: Any, where: str) -> dict[str, Any]:

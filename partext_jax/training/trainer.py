@@ -16,6 +16,10 @@
   steps since the previous log line, ``eval/*`` at ``eval_every`` and at the end); lines after
   the restored step are dropped on resume. ``metrics.png`` is drawn at the end.
 * Checkpoints every ``checkpoint_every`` steps and at the end, newest ``keep_checkpoints`` kept.
+* Devices: the run's ``mesh`` section (:mod:`partext_jax.sharding`) builds a ``(data, fsdp,
+  tensor)`` mesh; the state is created sharded, each batch split over ``data * fsdp``, and the
+  step jitted with in/out shardings. On one device this is a 1-device mesh (same numbers as
+  unsharded); on several, the same numbers up to float summation order.
 * At the end: the validation bound beside the unigram entropy of the training tokens, and a few
   tau-leaping samples (printed and written to ``<workdir>/samples.txt``).
 
@@ -41,8 +45,10 @@ import optax
 from absl import logging
 
 from partext_jax import diffusion
+from partext_jax import sharding
 from partext_jax.data import corpus
-from partext_jax.models.denoiser import Denoiser, DenoiserConfig, count_params, init_params
+from partext_jax.models.denoiser import (Denoiser, DenoiserApply, DenoiserConfig, count_params,
+                                         init_params, param_logical_axes)
 from partext_jax.training import checkpoint as checkpoint_lib
 from partext_jax.training import datasets
 from partext_jax.training import sampling
@@ -74,10 +80,15 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def init_train_state(rng: jax.Array, model_cfg: DenoiserConfig,
-                     optimizer: optax.GradientTransformation) -> checkpoint_lib.TrainState:
-  """Fresh state; ``rng`` (raw key) seeds the parameters and becomes the run's base key."""
+                     optimizer: optax.GradientTransformation, *,
+                     shardings: checkpoint_lib.TrainState | None = None
+                     ) -> checkpoint_lib.TrainState:
+  """Fresh state; ``rng`` (raw key) seeds the parameters and becomes the run's base key.
 
-  @jax.jit  # One compilation instead of hundreds of eager initialiser ops.
+  With ``shardings`` (:func:`train_state_shardings`) every array is created directly in its
+  shards (``out_shardings``): no device ever holds the whole unsharded state.
+  """
+
   def init(rng):
     init_rng, run_rng = jax.random.split(rng)
     params = init_params(init_rng, model_cfg)
@@ -86,12 +97,38 @@ def init_train_state(rng: jax.Array, model_cfg: DenoiserConfig,
         ema_params=jax.tree_util.tree_map(jnp.copy, params),  # Own buffers (state is donated).
         opt_state=optimizer.init(params), rng=run_rng)
 
-  return init(rng)
+  # One compilation instead of hundreds of eager initialiser ops.
+  return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def train_state_shardings(model_cfg: DenoiserConfig, optimizer: optax.GradientTransformation,
+                          mesh, *, rules=sharding.DEFAULT_RULES) -> checkpoint_lib.TrainState:
+  """``NamedSharding`` tree of the train state on ``mesh``.
+
+  Parameters, their EMA and the optimiser's parameter-shaped moments follow the logical-axis
+  rules (:mod:`partext_jax.sharding`); ``step``, ``rng`` and scalar optimiser state (counts) are
+  replicated.
+  """
+  abstract = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), model_cfg))
+  params = sharding.param_shardings(param_logical_axes(model_cfg), abstract, mesh, rules=rules)
+  repl = sharding.replicated(mesh)
+  opt_state = optax.tree_map_params(
+      optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, abstract), params,
+      transform_non_params=lambda _: repl)
+  return checkpoint_lib.TrainState(step=repl, params=params, ema_params=params,
+                                   opt_state=opt_state, rng=repl)
 
 
 def make_train_step(model_cfg: DenoiserConfig, optimizer: optax.GradientTransformation, *,
-                    schedule, antithetic: bool, ema_decay: float):
-  """The jitted ``train_step(state, batch, rng) -> (state, metrics)`` (``state`` is donated)."""
+                    schedule, antithetic: bool, ema_decay: float, mesh=None,
+                    rules=sharding.DEFAULT_RULES):
+  """The jitted ``train_step(state, batch, rng) -> (state, metrics)`` (``state`` is donated).
+
+  With a ``mesh`` the step is compiled with ``in_shardings`` / ``out_shardings``: the state as
+  :func:`train_state_shardings`, the batch split over the batch axes, key and metrics
+  replicated. XLA inserts the gradient reductions (data/fsdp) and the parameter all-gathers
+  (fsdp/tensor); the arithmetic is the same as on one device up to summation order.
+  """
   model = Denoiser(model_cfg)
 
   def train_step(state, batch, rng):
@@ -116,7 +153,13 @@ def make_train_step(model_cfg: DenoiserConfig, optimizer: optax.GradientTransfor
                               opt_state=opt_state)
     return new_state, metrics
 
-  return jax.jit(train_step, donate_argnames=("state",))
+  if mesh is None:
+    return jax.jit(train_step, donate_argnames=("state",))
+  state_sh = train_state_shardings(model_cfg, optimizer, mesh, rules=rules)
+  repl = sharding.replicated(mesh)
+  return jax.jit(train_step, donate_argnames=("state",),
+                 in_shardings=(state_sh, sharding.batch_sharding(mesh, 2, rules=rules), repl),
+                 out_shardings=(state_sh, repl))
 
 
 def make_eval_step(model_cfg: DenoiserConfig, *, schedule, num_time_samples: int):
@@ -137,15 +180,17 @@ def make_eval_step(model_cfg: DenoiserConfig, *, schedule, num_time_samples: int
   return eval_step
 
 
-def evaluate_params(eval_step, params, batches, rng, *, chars_per_token: float | None
-                    ) -> dict[str, float]:
+def evaluate_params(eval_step, params, batches, rng, *, chars_per_token: float | None,
+                    mesh=None) -> dict[str, float]:
   """Monte-Carlo NELBO over ``batches``: bits/token (and /char), perplexity bound, stderr.
 
   Same estimator and keys as :func:`partext_jax.diffusion.evaluate_bound`, with the parameters
-  as a jit argument so repeated evaluations reuse one compilation.
+  as a jit argument so repeated evaluations reuse one compilation. With a ``mesh`` each batch is
+  split over its batch axes.
   """
+  place = jnp.asarray if mesh is None else functools.partial(sharding.shard_batch, mesh=mesh)
   values = np.concatenate([
-      np.asarray(eval_step(params, jnp.asarray(x0), jax.random.fold_in(rng, i)))
+      sharding.to_host(eval_step(params, place(x0), jax.random.fold_in(rng, i)))
       for i, x0 in enumerate(batches)])
   nats = float(values.mean())
   stderr = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
@@ -173,6 +218,8 @@ def _read_metrics(path: str) -> list[dict[str, Any]]:
 
 def _reset_metrics(path: str, *, keep_until_step: int) -> None:
   """Keeps only records with ``step <= keep_until_step`` (what the restored state has seen)."""
+  if jax.process_index() != 0:  # One writer in a multi-process run.
+    return
   rows = [r for r in _read_metrics(path) if r["step"] <= keep_until_step]
   with open(path, "w", encoding="utf-8") as f:
     for r in rows:
@@ -180,6 +227,8 @@ def _reset_metrics(path: str, *, keep_until_step: int) -> None:
 
 
 def _append_metrics(path: str, record: dict[str, Any]) -> None:
+  if jax.process_index() != 0:
+    return
   with open(path, "a", encoding="utf-8") as f:
     f.write(json.dumps(record) + "\n")
 
@@ -191,6 +240,8 @@ def plot_metrics(metrics_path: str, plot_path: str, *, unigram_bits: float | Non
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
+  if jax.process_index() != 0:
+    return
   rows = _read_metrics(metrics_path)
   train = [(r["step"], r["train/bits_per_token"]) for r in rows if "train/bits_per_token" in r]
   valid = [(r["step"], r["eval/bits_per_token"]) for r in rows if "eval/bits_per_token" in r]
@@ -227,8 +278,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   tcfg = cfg.train
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(cfg.to_json())
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(cfg.to_json())
 
   data = datasets.build_dataset(cfg.data, workdir=workdir)
   logging.info("data: %s; %d train / %d validation examples of %d tokens", data.description,
@@ -238,8 +290,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   optimizer = make_optimizer(tcfg)
   lr_fn = learning_rate_schedule(tcfg)
 
+  mesh = sharding.mesh_from_config(cfg.mesh)
+  sharding.check_batch(tcfg.batch_size, mesh, name="train.batch_size")
+  sharding.check_batch(tcfg.eval_batch_size, mesh, name="train.eval_batch_size")
+  state_sh = train_state_shardings(model_cfg, optimizer, mesh)
+  logging.info("mesh: %s", sharding.describe(mesh))
+
   root = jax.random.PRNGKey(tcfg.seed)
-  state = init_train_state(jax.random.fold_in(root, 0), model_cfg, optimizer)
+  state = init_train_state(jax.random.fold_in(root, 0), model_cfg, optimizer, shardings=state_sh)
   eval_rng = jax.random.fold_in(root, 1)  # The same masks at every evaluation.
   sample_rng = jax.random.PRNGKey(cfg.sample.seed)
   logging.info("model: %d parameters", count_params(state.params))
@@ -252,18 +310,20 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   latest = ckpt.latest_step()
   if latest is not None:
     state, _ = ckpt.restore(state)
+    state = sharding.put_tree(state, state_sh)
     logging.info("restored checkpoint step %d from %s", int(state.step), ckpt.directory)
   start = int(state.step)
   _reset_metrics(metrics_path, keep_until_step=start)
 
   train_step = make_train_step(model_cfg, optimizer, schedule=schedule,
-                               antithetic=cfg.diffusion.antithetic, ema_decay=tcfg.ema_decay)
+                               antithetic=cfg.diffusion.antithetic, ema_decay=tcfg.ema_decay,
+                               mesh=mesh)
   eval_step = make_eval_step(model_cfg, schedule=schedule,
                              num_time_samples=tcfg.eval_time_samples)
   valid_batches = corpus.eval_batches(data.valid, batch_size=tcfg.eval_batch_size,
                                       max_batches=tcfg.eval_batches)
   evaluate = functools.partial(evaluate_params, eval_step, batches=valid_batches, rng=eval_rng,
-                               chars_per_token=data.chars_per_token)
+                               chars_per_token=data.chars_per_token, mesh=mesh)
   last_train: dict[str, float] = {}
   last_eval: dict[str, float] = {}
 
@@ -281,8 +341,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     pending: list[dict[str, jax.Array]] = []
     interval_start = time.perf_counter()
     for step in range(start, tcfg.num_steps):
-      batch = jnp.asarray(corpus.batch_at(data.train, step=step, batch_size=tcfg.batch_size,
-                                          seed=tcfg.seed))
+      batch = sharding.shard_batch(corpus.batch_at(data.train, step=step,
+                                                   batch_size=tcfg.batch_size, seed=tcfg.seed),
+                                   mesh)
       state, metrics = train_step(state, batch, jax.random.fold_in(state.rng, step))
       pending.append(metrics)
       done = step + 1
@@ -333,12 +394,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   summary = _summary(cfg, data, last_eval, final_step)
   print(summary, flush=True)
 
-  samples = _draw_samples(cfg, model_cfg, state.ema_params, data, sample_rng, schedule)
-  with open(os.path.join(workdir, SAMPLES_FILE), "w", encoding="utf-8") as f:
-    f.write(f"# {cfg.sample.num_samples} tau-leaping samples ({cfg.sample.num_steps} steps, "
-            f"{cfg.sample.method}, temperature {cfg.sample.temperature}) at step {final_step}\n")
-    for i, text in enumerate(samples):
-      f.write(f"\n===== sample {i} =====\n{text}\n")
+  samples = _draw_samples(cfg, model_cfg, state.ema_params, data, sample_rng, schedule, mesh)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, SAMPLES_FILE), "w", encoding="utf-8") as f:
+      f.write(f"# {cfg.sample.num_samples} tau-leaping samples ({cfg.sample.num_steps} steps, "
+              f"{cfg.sample.method}, temperature {cfg.sample.temperature}) at step "
+              f"{final_step}\n")
+      for i, text in enumerate(samples):
+        f.write(f"\n===== sample {i} =====\n{text}\n")
   for i, text in enumerate(samples):
     print(f"===== sample {i} =====\n{text}", flush=True)
 
@@ -376,7 +439,20 @@ def _summary(cfg: ExperimentConfig, data: datasets.Dataset, last_eval: dict[str,
   return "\n".join(lines)
 
 
-def _draw_samples(cfg, model_cfg, params, data, rng, schedule) -> list[str]:
-  tokens, _ = sampling.generate(rng, params, model_cfg, sample_cfg=cfg.sample,
-                                schedule=schedule, seq_len=cfg.data.seq_len)
+def _draw_samples(cfg, model_cfg, params, data, rng, schedule, mesh) -> list[str]:
+  if jax.process_count() == 1:
+    tokens, _ = sampling.generate(rng, params, model_cfg, sample_cfg=cfg.sample,
+                                  schedule=schedule, seq_len=cfg.data.seq_len)
+  else:  # Global parameters: sample on the mesh, rows padded to the batch axes.
+    from partext_jax.samplers.tau_leaping import tau_leaping  # pylint: disable=g-import-not-at-top
+    split = math.prod(sharding.mesh_shape(mesh)[a] for a in sharding.batch_axes(mesh))
+    rows = -(-cfg.sample.num_samples // split) * split
+    x_init = np.full((rows, cfg.data.seq_len), model_cfg.mask_id, np.int32)
+    build = functools.partial(
+        tau_leaping, mask_id=model_cfg.mask_id, num_steps=cfg.sample.num_steps,
+        schedule=schedule, method=cfg.sample.method, temperature=cfg.sample.temperature,
+        noise_removal=cfg.sample.noise_removal)
+    tokens, _ = sharding.sample(build, rng, x_init, params=params,
+                                apply_fn=DenoiserApply(model_cfg), mesh=mesh)
+    tokens = sharding.to_host(tokens)[:cfg.sample.num_samples]
   return [data.decode(row) for row in tokens]

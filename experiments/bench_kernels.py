@@ -1,0 +1,158 @@
+r"""Pallas tree / block attention vs XLA dense-masked attention over the whole cache.
+
+    python experiments/bench_kernels.py                      # realistic shapes (accelerator)
+    python experiments/bench_kernels.py --smoke --out experiments/results/bench_kernels_cpu.md
+
+What is compared. The XLA path is what ``partext_jax.models.llama`` does with a dense mask: the
+block is written into the cache and every query scores all ``max_len`` slots under a
+``bool[B, T, max_len]`` mask (``partext_jax.models.attention.xla_attention``). The kernels read
+only the valid prefix (``tree_attention``: prefix + ancestor mask; ``block_attention``: Fast-dLLM
+dual cache, prefix + block + suffix) and never build the mask.
+
+Metric. Best of ``--reps`` wall times of a jitted call (compilation excluded by a warm-up call).
+Effective bandwidth = the bytes the attention must read at least (valid K/V cache rows, q, the
+block's K/V) plus the output written, divided by the time; the same numerator for both paths,
+so the ratio of bandwidths is the speedup and the kernel's figure can be compared with the
+device's peak (H100 SXM: ~3.35 TB/s).
+
+Shapes (defaults): SmolLM2-135M attention (9 query heads, 3 KV heads, head_dim 64), batch 1 and
+4, cache ``max_len = 8192``, valid prefix 2048 / 8192 - 256, tree 16 / 64 / 128 nodes, block 32 /
+64 (dual cache: suffix = the rest of a 2048 / 8192 sequence). ``--smoke`` runs tiny shapes in
+Pallas interpret mode (the CPU path): a check that the script runs, not a measurement.
+"""
+
+import datetime
+import platform
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from partext_jax.kernels import block_attention as ba
+from partext_jax.kernels import tree_attention as ta
+from partext_jax.models import attention as attention_lib
+
+_SMOKE = flags.DEFINE_bool("smoke", False, "Tiny shapes, interpret mode (CPU smoke test).")
+_REPS = flags.DEFINE_integer("reps", 10, "Timed repetitions (the best is kept).")
+_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "K/V/q dtype.")
+_SPLITS = flags.DEFINE_integer("num_splits", 0, "Kernel split-K programs (0 = auto: enough "
+                               "programs for ~132 SMs).")
+_OUT = flags.DEFINE_string("out", None, "Also write the markdown table here.")
+
+
+def _best_time(fn, *args, reps):
+  jax.block_until_ready(fn(*args))  # compile + warm up
+  best = float("inf")
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def _inputs(b, t, h, g, d, s, dtype, seed=0):
+  rng = np.random.default_rng(seed)
+  mk = lambda *shape: jnp.asarray(rng.standard_normal(shape, np.float32), dtype)
+  return mk(b, t, h, d), mk(b, s, g, d), mk(b, s, g, d), mk(b, t, g, d), mk(b, t, g, d)
+
+
+def _block_sizes(b, g, rows, max_len):
+  """Default tiles; split-K so that the grid has about 132 programs (H100 SMs)."""
+  bs = ta.BlockSizes(block_k=min(128, max_len)).resolve(rows, max_len)
+  splits = _SPLITS.value or max(1, min(32, 132 // (b * g * -(-rows // bs.block_q))))
+  return ta.BlockSizes(block_q=bs.block_q, block_k=bs.block_k, num_splits=splits)
+
+
+def bench_tree(b, h, g, d, max_len, prefix, t, dtype, interpret, reps):
+  q, kc, vc, kt, vt = _inputs(b, t, h, g, d, max_len, dtype)
+  mask = ta.ancestor_mask(np.concatenate([[-1], np.arange(t - 1) // 2]))  # a binary tree
+  mask = jnp.broadcast_to(mask, (b, t, t))
+  start, plen = jnp.zeros(b, jnp.int32), jnp.full((b,), prefix, jnp.int32)
+  bs = _block_sizes(b, g, t * h // g, max_len)
+  kernel = jax.jit(lambda *a: ta.tree_attention(*a, block_sizes=bs, interpret=interpret))
+  # XLA path: the tree written at slots [prefix, prefix + t) of the cache, dense mask.
+  slots = prefix + jnp.arange(t)
+  kc_full, vc_full = kc.at[:, slots].set(kt), vc.at[:, slots].set(vt)
+  dense = attention_lib.CacheBlockMask(start, plen, mask, jnp.full((b,), prefix)).to_dense(
+      max_len)
+  xla = jax.jit(attention_lib.xla_attention)
+  out_k = kernel(q, kc, vc, kt, vt, mask, start, plen)
+  out_x = xla(q, kc_full, vc_full, dense)
+  err = float(jnp.max(jnp.abs(out_k.astype(jnp.float32) - out_x.astype(jnp.float32))))
+  t_k = _best_time(kernel, q, kc, vc, kt, vt, mask, start, plen, reps=reps)
+  t_x = _best_time(xla, q, kc_full, vc_full, dense, reps=reps)
+  nbytes = (2 * b * (prefix + t) * g * d + 2 * b * t * h * d) * jnp.dtype(dtype).itemsize
+  return dict(kernel="tree", shape=f"B={b} T={t} prefix={prefix} S={max_len}", t_k=t_k,
+              t_x=t_x, nbytes=nbytes, err=err)
+
+
+def bench_block(b, h, g, d, max_len, prefix, q_len, seq_len, dtype, interpret, reps):
+  q, kc, vc, kb, vb = _inputs(b, q_len, h, g, d, max_len, dtype, seed=1)
+  suffix_start, suffix_len = prefix + q_len, seq_len - prefix - q_len
+  bs = _block_sizes(b, g, q_len * h // g, max_len)
+  kernel = jax.jit(lambda *a: ba.block_attention(*a, block_sizes=bs, interpret=interpret))
+  slots = prefix + jnp.arange(q_len)
+  kc_full, vc_full = kc.at[:, slots].set(kb), vc.at[:, slots].set(vb)
+  s = jnp.arange(max_len)
+  dense = jnp.broadcast_to((s < seq_len)[None, None], (b, q_len, max_len))
+  xla = jax.jit(attention_lib.xla_attention)
+  args = (q, kc, vc, kb, vb, jnp.zeros(b, jnp.int32), jnp.full((b,), prefix),
+          jnp.full((b,), suffix_start), jnp.full((b,), suffix_len))
+  out_k = kernel(*args)
+  out_x = xla(q, kc_full, vc_full, dense)
+  err = float(jnp.max(jnp.abs(out_k.astype(jnp.float32) - out_x.astype(jnp.float32))))
+  t_k = _best_time(kernel, *args, reps=reps)
+  t_x = _best_time(xla, q, kc_full, vc_full, dense, reps=reps)
+  nbytes = (2 * b * seq_len * g * d + 2 * b * q_len * h * d) * jnp.dtype(dtype).itemsize
+  return dict(kernel="block (dual cache)", shape=f"B={b} Q={q_len} seq={seq_len} "
+              f"prefix={prefix} S={max_len}", t_k=t_k, t_x=t_x, nbytes=nbytes, err=err)
+
+
+def main(argv):
+  del argv
+  smoke = _SMOKE.value
+  interpret = jax.default_backend() == "cpu"
+  dtype = jnp.dtype(_DTYPE.value)
+  reps = 2 if smoke else _REPS.value
+  h, g, d = (4, 2, 32) if smoke else (9, 3, 64)
+  rows = []
+  if smoke:
+    rows.append(bench_tree(1, h, g, d, 256, 200, 8, dtype, interpret, reps))
+    rows.append(bench_block(1, h, g, d, 256, 64, 16, 200, dtype, interpret, reps))
+  else:
+    for b in (1, 4):
+      for max_len, prefix in ((8192, 2048), (8192, 8192 - 256)):
+        for t in (16, 64, 128):
+          rows.append(bench_tree(b, h, g, d, max_len, prefix, t, dtype, interpret, reps))
+      for seq_len in (2048, 8192):
+        for q_len in (32, 64):
+          prefix = seq_len // 2
+          rows.append(bench_block(b, h, g, d, 8192, prefix, q_len, seq_len, dtype, interpret,
+                                  reps))
+  device = jax.devices()[0]
+  lines = [
+      f"Command: `python experiments/bench_kernels.py{' --smoke' if smoke else ''} "
+      f"--dtype={dtype.name}`  ",
+      f"Device: {device.device_kind} ({jax.default_backend()}), Pallas "
+      f"{'interpret mode' if interpret else 'compiled'}; host {platform.machine()}; "
+      f"jax {jax.__version__}; {datetime.date.today().isoformat()}  ",
+      f"Heads: H={h}, G={g}, D={d}; best of {reps}.",
+      "",
+      "| kernel | shape | Pallas ms | XLA ms | speedup | Pallas GB/s | XLA GB/s | max abs diff |",
+      "|---|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    lines.append(f"| {r['kernel']} | {r['shape']} | {1e3 * r['t_k']:.3f} | {1e3 * r['t_x']:.3f} "
+                 f"| {r['t_x'] / r['t_k']:.2f} | {r['nbytes'] / r['t_k'] / 1e9:.1f} "
+                 f"| {r['nbytes'] / r['t_x'] / 1e9:.1f} | {r['err']:.2e} |")
+  text = "\n".join(lines)
+  print(text)
+  if _OUT.value:
+    with open(_OUT.value, "w", encoding="utf-8") as f:
+      f.write(text + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)

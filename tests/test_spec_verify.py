@@ -1,0 +1,136 @@
+"""Losslessness of speculative decoding on enumerable toy n-gram models (ALGORITHMS.md 6, 8.5).
+
+The first ``K`` generated tokens of ``n`` independent rows are compared with the target's exact
+joint (enumerated). Statistic: Pearson's ``X^2 = n sum (f - p)^2 / p`` over the cells with
+``p > 0``; under the null it has mean ``df`` and standard deviation ``sqrt(2 df)``; we reject
+beyond ``df + 6 sqrt(2 df)`` (a ~1e-6 tail for these df). Cells with ``p = 0`` must stay empty.
+The same test flags a deliberately mismatched rule (i.i.d. rule on without-replacement siblings).
+"""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from partext_jax.samplers import logits_processors as lp
+from partext_jax.speculative import decode, drafters, toys, verify
+
+V, K, N_ROWS = 4, 3, 3000
+PROMPT = [1, 2]
+TARGET_TABLE = toys.random_ngram(0, vocab_size=V, order=3, concentration=1.0)
+TARGET = toys.ngram_lm(TARGET_TABLE)
+# A drafter that puts zero mass on token 0 (which the target likes) and differs elsewhere.
+DRAFT = toys.ngram_lm(toys.random_ngram(5, vocab_size=V, order=2, concentration=0.7,
+                                        zero_tokens=(0,)))
+TREE = ((0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0))
+
+# The toys run in milliseconds: compile for compile time (same program, LLVM -O0).
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+PROCS = {"t1": lp.identity(), "t06_topk_topp": lp.build(temperature=0.6, top_k=3, top_p=0.9)}
+
+
+@functools.lru_cache(maxsize=None)
+def exact_probs(proc: str, num_tokens: int = K):
+  """The target's exact joint of the first ``num_tokens`` tokens (cached: shared by the cases)."""
+  return toys.exact_continuation_probs(TARGET_TABLE, PROMPT, num_tokens=num_tokens,
+                                       processor=jax.jit(PROCS[proc]))
+
+
+def chi2(samples, probs):
+  idx = np.ravel_multi_index(tuple(samples[:, i] for i in range(samples.shape[1])), probs.shape)
+  counts = np.bincount(idx, minlength=probs.size)
+  p = probs.ravel()
+  n = counts.sum()
+  pos = p > 0
+  stat = float(np.sum((counts[pos] - n * p[pos]) ** 2 / (n * p[pos])))
+  df = int(pos.sum()) - 1
+  return stat, df, int(counts[~pos].sum())
+
+
+def run(drafter, proc, rule=None, seed=0):
+  out, info = decode.generate(jax.random.key(seed), TARGET, None, [PROMPT] * N_ROWS,
+                              drafter=drafter, max_new_tokens=K, processor=proc, rule=rule,
+                              eos_id=None, min_bucket=len(PROMPT), compiler_options=FAST_COMPILE)
+  return np.asarray(out), info
+
+
+CASES = [
+    ("chain_iid", lambda: drafters.LMDrafter(DRAFT, mode="chain", gamma=3), "t1"),
+    ("chain_iid", lambda: drafters.LMDrafter(DRAFT, mode="chain", gamma=3), "t06_topk_topp"),
+    ("tree_iid", lambda: drafters.LMDrafter(DRAFT, mode="tree_iid", choices=TREE), "t1"),
+    ("tree_wor", lambda: drafters.LMDrafter(DRAFT, mode="tree_wor", choices=TREE),
+     "t06_topk_topp"),
+    ("tree_topk", lambda: drafters.LMDrafter(DRAFT, mode="tree_topk", choices=TREE),
+     "t06_topk_topp"),
+    ("eagle", lambda: drafters.LMDrafter(DRAFT, mode="eagle", gamma=2, top_k=2, num_nodes=5),
+     "t1"),
+    ("prompt_lookup", lambda: drafters.PromptLookupDrafter(gamma=3, max_ngram=2), "t1"),
+]
+
+
+@pytest.mark.parametrize("name,make,proc", CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
+def test_lossless(name, make, proc):
+  exact = exact_probs(proc)
+  samples, info = run(make(), PROCS[proc])
+  stat, df, zero_hits = chi2(samples, exact)
+  assert zero_hits == 0, f"{name}: {zero_hits} samples of probability-0 sequences"
+  assert stat < df + 6 * np.sqrt(2 * df), (name, stat, df)
+  # Speculation happened (more than one token per target forward on average).
+  assert np.asarray(info.lengths).sum() > np.asarray(info.target_calls).sum()
+
+
+def test_sample_and_match_oracle_on_wor_tree():
+  exact = exact_probs("t1")
+  samples, _ = run(drafters.LMDrafter(DRAFT, mode="tree_wor", choices=TREE), PROCS["t1"],
+                   rule="match")
+  stat, df, zero_hits = chi2(samples, exact)
+  assert zero_hits == 0 and stat < df + 6 * np.sqrt(2 * df), (stat, df)
+
+
+def test_mismatched_rule_is_detected():
+  """The i.i.d. rule on without-replacement siblings is biased; the same test rejects it."""
+  t = toys.random_ngram(3, vocab_size=V, order=2, concentration=0.5)
+  q = toys.ngram_lm(toys.random_ngram(4, vocab_size=V, order=2, concentration=5.0))
+  exact = toys.exact_continuation_probs(t, PROMPT, num_tokens=1, processor=lp.identity())
+  wide = ((0,), (1,), (2,), (3,))
+  # X^2 grows like n times the bias's chi2-divergence: with 4 N_ROWS samples two seeds gave
+  # 64 and 89 against the threshold 17.7 (the matching rule: 0.9 and 3.6, df = 3).
+  out, _ = decode.generate(jax.random.key(1), toys.ngram_lm(t), None, [PROMPT] * (4 * N_ROWS),
+                           drafter=drafters.LMDrafter(q, mode="tree_wor", choices=wide),
+                           max_new_tokens=1, processor=lp.identity(), rule="iid", eos_id=None,
+                           min_bucket=len(PROMPT), compiler_options=FAST_COMPILE)
+  stat, df, zero_hits = chi2(np.asarray(out), exact)
+  assert stat > df + 6 * np.sqrt(2 * df), (stat, df)
+
+
+_verify = jax.jit(verify.verify, static_argnames=("rule", "greedy"))  # eager: op-by-op compiles
+
+
+def test_verify_greedy_exact_match_and_bad_rule():
+  from partext_jax.speculative import trees
+  spec = trees.TreeSpec.from_choices(((0,), (1,), (0, 0)))
+  tree = spec.tree(np.array([[9, 3, 2, 5]]))
+  p = np.zeros((1, 4, 10), np.float32)
+  p[0, 0, 2] = 1  # after root: 2 (node 2)
+  p[0, 2, 7] = 1  # after node 2: 7 (no child matches -> emit 7)
+  res = _verify(jax.random.key(0), tree, p, rule="match", greedy=True)
+  assert res.path.tolist() == [[0, 2, -1, -1]] and res.num_accepted.tolist() == [1]
+  assert res.next_token.tolist() == [7]
+  with pytest.raises(ValueError, match="rule"):
+    _verify(jax.random.key(0), tree, p, rule="nope")
+  with pytest.raises(ValueError, match="q_probs"):
+    _verify(jax.random.key(0), tree, p, rule="iid")
+
+
+def test_typical_acceptance_is_explicit_and_lossy_by_design():
+  """``rule="typical"`` accepts a likely-enough child without residual correction."""
+  from partext_jax.speculative import trees
+  tree = trees.TreeSpec.chain(1).tree(np.array([[0, 1]]))
+  p = np.array([[[0.0, 0.6, 0.4], [1.0, 0.0, 0.0]]], np.float32)
+  res = _verify(jax.random.key(0), tree, p, rule="typical")
+  assert res.num_accepted.tolist() == [1] and res.next_token.tolist() == [0]
+  p_low = np.array([[[0.0, 0.05, 0.95], [1.0, 0.0, 0.0]]], np.float32)
+  res = _verify(jax.random.key(0), tree, p_low, rule="typical")
+  assert res.num_accepted.tolist() == [0]
+  assert "typical" not in verify.LOSSLESS_RULES
