@@ -156,12 +156,13 @@ def _plot(rows, path):
   fig, (ax_ppl, ax_ent) = plt.subplots(1, 2, figsize=(13, 5))
   data_row = next((r for r in rows if r["sampler"] == "data"), None)
   names = [n for n in dict.fromkeys(r["sampler"] for r in rows) if n != "data"]
-  for name in names:
+  colors = plt.cm.tab20(np.linspace(0, 1, max(len(names), 2)))
+  for name, color in zip(names, colors):
     pts = sorted((r["nfe"], r["ppl"], r["entropy"]) for r in rows if r["sampler"] == name)
     x = [p[0] for p in pts]
     style = "--" if name.startswith(("ReMDM", "MDLM")) else "-"
-    ax_ppl.plot(x, [p[1] for p in pts], style, marker="o", ms=3, label=name)
-    ax_ent.plot(x, [p[2] for p in pts], style, marker="o", ms=3, label=name)
+    ax_ppl.plot(x, [p[1] for p in pts], style, marker="o", ms=3, label=name, color=color)
+    ax_ent.plot(x, [p[2] for p in pts], style, marker="o", ms=3, label=name, color=color)
   if data_row is not None:
     ax_ppl.axhline(data_row["ppl"], color="k", lw=1, ls=":", label="held-out data")
     ax_ent.axhline(data_row["entropy"], color="k", lw=1, ls=":", label="held-out data")

@@ -170,3 +170,16 @@ def test_smollm2_greedy_speculative_equals_ar(smollm2, name):
                               drafter_params=dp, max_new_tokens=64, eos_id=None)
   np.testing.assert_array_equal(np.asarray(out), ref)
   assert np.asarray(info.lengths).sum() > np.asarray(info.target_calls).sum()
+
+
+def test_smollm2_pallas_tree_attention_gives_the_same_tokens(smollm2):
+  """The target scores each EAGLE tree with the Pallas tree-attention kernel (interpret mode on
+  CPU) instead of the dense XLA mask: greedy output is still plain greedy, 5 prompts."""
+  from partext_jax.models import llama  # pylint: disable=import-outside-toplevel
+  bundle, ids, ref = smollm2
+  target = llama.LlamaLM(bundle.model.config.replace(attention_impl="pallas"))
+  d, dp = _drafter("early_exit_eagle", bundle.model, bundle.params)
+  out, info = decode.generate(jax.random.key(0), target, bundle.params, ids, drafter=d,
+                              drafter_params=dp, max_new_tokens=16, eos_id=None)
+  np.testing.assert_array_equal(np.asarray(out), ref[:, :16])
+  assert np.asarray(info.lengths).sum() > np.asarray(info.target_calls).sum()

@@ -167,3 +167,30 @@ def validate_mask_id(mask_id: int, vocab_size: int) -> None:
     raise ValueError(
         f"mask_id={mask_id!r} lies inside the model's vocabulary [0, {vocab_size}); the MASK id "
         f"must be an int >= V (usually exactly V={vocab_size})")
+
+
+def run_blockwise_loop(step, rng_key, state, buffers, *, num_steps: int, mask_id: int,
+                       in_window, record_trajectory: bool):
+  """``while_loop`` driver shared by the block-decoding samplers.
+
+  Calls ``step(rng_key, state) -> (state, info)`` while some position of the generation window
+  (``in_window bool[L]``) is MASK and fewer than ``num_steps`` steps ran, writing step ``i``'s
+  info into row ``i`` of the preallocated ``buffers``. With ``record_trajectory`` the rows after
+  the last step repeat the final tokens. Returns ``(tokens, info)``.
+  """
+
+  def cond(carry):
+    st, _ = carry
+    return (st.step < num_steps) & jnp.any((st.tokens == mask_id) & in_window)
+
+  def body(carry):
+    st, bufs = carry
+    new, info = step(rng_key, st)
+    bufs = jax.tree.map(lambda buf, v: buf.at[st.step].set(v), bufs, info)
+    return new, bufs
+
+  state, info = jax.lax.while_loop(cond, body, (state, buffers))
+  if record_trajectory:
+    done = jnp.arange(num_steps)[:, None, None] >= state.step
+    info = info._replace(tokens=jnp.where(done, state.tokens[None], info.tokens))
+  return state.tokens, info

@@ -75,7 +75,8 @@ import jax
 import jax.numpy as jnp
 
 from partext_jax.samplers import semi_ar as blocks
-from partext_jax.samplers.base import MaskedSampler, assemble_sampler, model_jit
+from partext_jax.samplers.base import (MaskedSampler, assemble_sampler, model_jit,
+                                       run_blockwise_loop)
 from partext_jax.samplers.confidence import (DecodeConfig, FactorRule, ThresholdRule, TopKRule,
                                              _check_choice, _sample_x0)
 from partext_jax.samplers.eb import EntropyBoundRule
@@ -265,22 +266,9 @@ def _sample_impl(rng_key, x_init, *, kv_denoise_fn, config, cache_mode, vocab_si
       cost=jnp.zeros((num,), jnp.float32), num_decoded=jnp.zeros((num, b), jnp.int32),
       block=jnp.full((num, b), -1, jnp.int32),
       tokens=jnp.zeros((num, b, l), jnp.int32) if config.record_trajectory else None)
-
-  def cond(carry):
-    st, _ = carry
-    return (st.step < num) & jnp.any((st.tokens == config.mask_id) & in_window)
-
-  def body(carry):
-    st, bufs = carry
-    new, info = step(rng_key, st)
-    bufs = jax.tree.map(lambda buf, v: buf.at[st.step].set(v), bufs, info)
-    return new, bufs
-
-  state, info = jax.lax.while_loop(cond, body, (state, buffers))
-  if config.record_trajectory:
-    done = jnp.arange(num)[:, None, None] >= state.step
-    info = info._replace(tokens=jnp.where(done, state.tokens[None], info.tokens))
-  return state.tokens, info
+  return run_blockwise_loop(step, rng_key, state, buffers, num_steps=num,
+                            mask_id=config.mask_id, in_window=in_window,
+                            record_trajectory=config.record_trajectory)
 
 
 _sample = model_jit(_sample_impl, static_argnames=("config", "cache_mode", "vocab_size"),

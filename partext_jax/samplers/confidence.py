@@ -81,7 +81,7 @@ import numpy as np
 
 from partext_jax.samplers import semi_ar as blocks
 from partext_jax.samplers.base import (DenoiseFn, MaskedSampler, assemble_sampler, checked_int,
-                                       model_jit)
+                                       model_jit, run_blockwise_loop)
 
 RULES = ("topk", "threshold", "factor")
 PROXIES = ("max_prob", "margin", "neg_entropy", "sampled_prob")
@@ -416,22 +416,9 @@ def _sample_impl(rng_key, x_init, *, denoise_fn, config, vocab_size):
       nfe=jnp.zeros((num,), jnp.int32), num_decoded=jnp.zeros((num, b), jnp.int32),
       block=jnp.full((num, b), -1, jnp.int32),
       tokens=jnp.zeros((num, b, l), jnp.int32) if config.record_trajectory else None)
-
-  def cond(carry):
-    st, _ = carry
-    return (st.step < num) & jnp.any((st.tokens == config.mask_id) & in_window)
-
-  def body(carry):
-    st, bufs = carry
-    new, info = step(rng_key, st)
-    bufs = jax.tree.map(lambda buf, v: buf.at[st.step].set(v), bufs, info)
-    return new, bufs
-
-  state, info = jax.lax.while_loop(cond, body, (state, buffers))
-  if config.record_trajectory:
-    done = jnp.arange(num)[:, None, None] >= state.step
-    info = info._replace(tokens=jnp.where(done, state.tokens[None], info.tokens))
-  return state.tokens, info
+  return run_blockwise_loop(step, rng_key, state, buffers, num_steps=num,
+                            mask_id=config.mask_id, in_window=in_window,
+                            record_trajectory=config.record_trajectory)
 
 
 _sample = model_jit(_sample_impl, static_argnames=("config", "vocab_size"))

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from partext_jax.models import attention as attention_lib
 from partext_jax.models.llama import KVCache
 from partext_jax.samplers import autoregressive as ar
 from partext_jax.samplers import logits_processors as lp
@@ -145,6 +146,8 @@ def _generate_impl(rng_key, params, drafter_params, tokens, prompt_lengths, *, m
                     jnp.zeros((b,), bool), jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32),
                     jnp.zeros((b,), jnp.int32))
   rows = jnp.arange(b)[:, None]
+  # A Llama target configured with attention_impl="pallas" scores the tree with the kernel.
+  structured_mask = getattr(getattr(model, "config", None), "attention_impl", "xla") == "pallas"
 
   def cond(st):
     return ~jnp.all(st.done)
@@ -158,8 +161,14 @@ def _generate_impl(rng_key, params, drafter_params, tokens, prompt_lengths, *, m
     tree = tree._replace(tokens=tree.tokens.at[:, 0].set(st.root))
 
     def tree_forward(c):
-      mask = tree_attention_mask(tree, root_slot=st.root_slot, first_slot=first,
-                                 cache_len=s_len)
+      if structured_mask:
+        # Same visibility as tree_attention_mask, in the form the Pallas tree-attention kernel
+        # reads: the valid prefix [first, root_slot) plus the block's ancestor mask.
+        mask = attention_lib.CacheBlockMask(start=first, prefix_len=st.root_slot - first,
+                                            block_mask=trees_lib.ancestor_mask(tree.parent))
+      else:
+        mask = tree_attention_mask(tree, root_slot=st.root_slot, first_slot=first,
+                                   cache_len=s_len)
       pos = root_pos[:, None] + tree.depth
       return model(params, tree.tokens, pos, mask, c, st.root_slot,
                    return_hidden=drafter.needs_hidden)
