@@ -78,7 +78,7 @@ from partext_jax.samplers import semi_ar as blocks
 from partext_jax.samplers.base import (MaskedSampler, assemble_sampler, model_jit,
                                        run_blockwise_loop)
 from partext_jax.samplers.confidence import (DecodeConfig, FactorRule, ThresholdRule, TopKRule,
-                                             _check_choice, _sample_x0)
+                                             _check_choice, select_row)
 from partext_jax.samplers.eb import EntropyBoundRule
 
 CACHE_MODES = ("exact", "prefix", "dual")
@@ -182,12 +182,8 @@ def build_kernel(kv_denoise_fn, config: DecodeConfig, cache_mode: str, vocab_siz
         refresh, full,
         lambda: jax.lax.switch(jnp.clip(j, 0, layout.num_blocks - 1), branches))
 
-  def row_select(row_key, logits, eligible, k):
-    # The uncached sampler's draw, unchanged: one [L, V + 1] Gumbel array per row and step.
-    l, v = logits.shape
-    gumbel = jax.random.gumbel(row_key, (l, v + 1), jnp.float32, mode="high")
-    x0 = _sample_x0(gumbel[:, :v], logits, config.temperature)
-    return x0, rule.select(gumbel[:, v], logits, x0, eligible, k)
+  # The uncached sampler's draw, unchanged (exact mode reproduces it token for token).
+  row_select = functools.partial(select_row, rule=rule, temperature=config.temperature)
 
   def step(rng_key, state: CacheState):
     x = state.tokens

@@ -72,6 +72,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -343,6 +344,18 @@ class DecodeConfig:
     return self.layout(length).gen_length
 
 
+def select_row(row_key, logits, eligible, k, *, rule, temperature: float):
+  """One row's proposal ``x0`` and chosen positions for a step.
+
+  One draw per row and step: ``V`` Gumbels per position for the token, one more for the position
+  choice. "high" mode (two 23-bit uniforms) keeps rare tokens' probabilities right.
+  """
+  l, v = logits.shape
+  gumbel = jax.random.gumbel(row_key, (l, v + 1), jnp.float32, mode="high")
+  x0 = _sample_x0(gumbel[:, :v], logits, temperature)
+  return x0, rule.select(gumbel[:, v], logits, x0, eligible, k)
+
+
 def build_kernel(denoise_fn: DenoiseFn, config: DecodeConfig, vocab_size: int):
   """The pure ``step(rng_key, state) -> (state, info)`` for a fixed vocabulary size."""
   mask_id, rule = config.mask_id, config.rule
@@ -352,13 +365,7 @@ def build_kernel(denoise_fn: DenoiseFn, config: DecodeConfig, vocab_size: int):
     t = jnp.mean((tokens == mask_id).astype(jnp.float32), axis=1)
     return denoise_fn(tokens, t).astype(jnp.float32)
 
-  def row_select(row_key, logits, eligible, k):
-    # One draw per row: V Gumbels per position for the token, one more for the position
-    # choice. "high" mode (two 23-bit uniforms) keeps rare tokens' probabilities right.
-    l, v = logits.shape
-    gumbel = jax.random.gumbel(row_key, (l, v + 1), jnp.float32, mode="high")
-    x0 = _sample_x0(gumbel[:, :v], logits, config.temperature)
-    return x0, rule.select(gumbel[:, v], logits, x0, eligible, k)
+  row_select = functools.partial(select_row, rule=rule, temperature=config.temperature)
 
   def step(rng_key, state: DecodeState):
     x = state.tokens
