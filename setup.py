@@ -33,7 +33,7 @@ EXTRAS = {
 
 setuptools.setup(
     name="partext-jax",
-    version="0.1.0",
+    version="0.2.0",
     description="Parallel text generation in JAX: masked diffusion and draft-and-verify samplers.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -41,9 +41,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["partext_jax", "partext_jax.*"])
     + ["partext_jax.kernels"],
     package_dir={"partext_jax.kernels": "kernels"},
-    package_data={"partext_jax": ["assets/*"],
-                  # Trained Medusa heads for SmolLM2 (an orbax checkpoint directory tree).
-                  "partext_jax.speculative": ["assets/**/*"]},
+    # Trained assets (orbax checkpoint directory trees), e.g. the SmolLM2 Medusa heads.
+    package_data={"partext_jax": ["assets/**/*"]},
     install_requires=CORE,
     extras_require=EXTRAS,
     license="Apache-2.0",

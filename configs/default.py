@@ -126,7 +126,7 @@ def get_config():
   config.sample.seed = 0
 
   config.mesh = ml_collections.ConfigDict()
-  # Device mesh (partext_jax.sharding); the three sizes multiply to the device count of all
+  # Device mesh (partext_jax.parallel); the three sizes multiply to the device count of all
   # processes, one of them may be -1 (= the devices left). One CPU/GPU: leave as is.
   # Data parallelism: batch rows split over this axis (-1: every device not used below).
   config.mesh.data = -1

@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from partext_jax.models import gguf_loader, llama
-from partext_jax.samplers import autoregressive as ar
+from partext_jax.models import llama
+from partext_jax import pretrained
+from partext_jax.ar import sampling as ar
 
 _GGUF = flags.DEFINE_string("gguf", None, "GGUF file (default: the embedded SmolLM2-135M).")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to time.")
@@ -96,8 +97,8 @@ def main(argv):
   n, reps = _NEW.value, _REPS.value
   if n < 2:
     raise app.UsageError(f"--new_tokens={n} must be >= 2")
-  path = _GGUF.value or gguf_loader.smollm2_path()
-  bundle = gguf_loader.load_bundle(path)
+  path = _GGUF.value or pretrained.smollm2_path()
+  bundle = pretrained.load_bundle(path)
   model, params, tok = bundle
   config = model.config
   prompt_ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": PROMPT}]))

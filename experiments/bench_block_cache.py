@@ -3,8 +3,8 @@ r"""Benchmark: cached block decoding (Fast-dLLM prefix / dual cache, exact mode)
 On the project's trained MDM (``--workdir``, read-only), in one run: the same prompts, key and
 confidence rule in semi-autoregressive block mode, decoded by
 
-* ``none``   -- the uncached sampler (:func:`partext_jax.samplers.confidence.confidence`);
-* ``exact``  -- :func:`partext_jax.samplers.block_cache.block_cache` refreshing every step;
+* ``none``   -- the uncached sampler (:func:`partext_jax.masked.adaptive.confidence`);
+* ``exact``  -- :func:`partext_jax.masked.block_cache.block_cache` refreshing every step;
 * ``prefix`` / ``dual`` -- the Fast-dLLM caches, refreshed at each block start.
 
 Reported per mode: wall-clock per sample (jit-compiled, after a warm-up call, median of
@@ -33,10 +33,10 @@ import numpy as np
 
 from partext_jax import evaluation
 from partext_jax.models import denoiser
-from partext_jax.samplers.block_cache import block_cache
-from partext_jax.samplers.confidence import confidence
+from partext_jax.masked.block_cache import block_cache
+from partext_jax.masked.adaptive import confidence
 from partext_jax.training import datasets
-from partext_jax.training.sampling import load_run
+from partext_jax.training.runs import load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/mainjob", "Trained MDM run (read only).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 8, "Batch of samples (one call).")

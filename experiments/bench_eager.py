@@ -28,10 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from partext_jax.models.denoiser import make_denoise_fn
-from partext_jax.samplers.confidence import confidence
-from partext_jax.samplers.tau_leaping import tau_leaping
+from partext_jax.masked.adaptive import confidence
+from partext_jax.masked.tau_leaping import tau_leaping
 from partext_jax.testing import eager
-from partext_jax.training.sampling import load_run
+from partext_jax.training.runs import load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained MDM run.", required=True)
 _BATCHES = flags.DEFINE_list("batch", ["1", "16"], "Batch sizes.")

@@ -23,7 +23,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from partext_jax.models import denoiser
-from partext_jax.samplers.tau_leaping import tau_leaping
+from partext_jax.masked.tau_leaping import tau_leaping
 from partext_jax.training import datasets, trainer
 from partext_jax.training.config import parse_config
 

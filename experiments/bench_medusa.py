@@ -6,12 +6,12 @@ r"""Medusa speculative decoding vs our plain AR ``generate`` on CPU, in one run.
 For every prompt (SmolLM2-135M-Instruct target, batch 1, greedy, no EOS stop) and Medusa tree:
 wall time of a full ``generate`` of ``--new_tokens`` tokens (best of ``--reps``; compilation
 excluded by a warm-up call; prefill included, as for AR), tokens/s, speed-up over
-:func:`partext_jax.samplers.autoregressive.generate` timed in the same process, mean tokens
+:func:`partext_jax.ar.sampling.generate` timed in the same process, mean tokens
 committed per target forward, and whether the output is identical to AR (it must be). The extra
 memory is the heads' parameters (the LM head is the target's own, shared).
 
 Heads: ``--heads`` (an orbax directory written by ``experiments/train_medusa.py``), by default the
-committed asset ``partext_jax/speculative/assets/medusa_smollm2``.
+committed asset ``partext_jax/assets/medusa_smollm2``.
 """
 
 import os
@@ -23,10 +23,12 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from partext_jax.models import gguf_loader
-from partext_jax.samplers import autoregressive as ar
-from partext_jax.speculative import decode, medusa
-from partext_jax.speculative import medusa_training as mt
+from partext_jax import pretrained
+from partext_jax.ar import sampling as ar
+from partext_jax.ar.speculative import decode
+from partext_jax.ar.speculative.drafters import medusa as medusa_drafter
+from partext_jax.models import medusa as medusa_heads
+from partext_jax.training import medusa as mt
 
 _HEADS = flags.DEFINE_string("heads", None, "Checkpoint directory of the heads (default: asset).")
 _NEW = flags.DEFINE_integer("new_tokens", 64, "Tokens per generation.")
@@ -49,11 +51,11 @@ PROMPTS = {
 
 def tree_choices(name: str):
   if name.startswith("chain") and name[5:].isdigit():
-    return medusa.chain_choices(int(name[5:]))
+    return medusa_drafter.chain_choices(int(name[5:]))
   if name == "small":
     return SMALL_CHOICES
   if name == "default":
-    return medusa.DEFAULT_CHOICES
+    return medusa_drafter.DEFAULT_CHOICES
   raise ValueError(f"tree={name!r} is not chain<d>, 'small' or 'default'")
 
 
@@ -71,8 +73,8 @@ def main(argv):
   del argv
   heads_dir = _HEADS.value or mt.asset_directory()
   mcfg, heads, meta = mt.load_heads(heads_dir)
-  model, params, tok = gguf_loader.load_bundle()
-  dparams = medusa.drafter_params(heads, params, base_config=model.config)
+  model, params, tok = pretrained.load_bundle()
+  dparams = medusa_drafter.drafter_params(heads, params, base_config=model.config)
   n = _NEW.value
   rows = []
   for pname, text in PROMPTS.items():
@@ -82,7 +84,7 @@ def main(argv):
     rows.append((pname, "AR (plain)", 1, 1.0, n / t_ar, 1.0, True))
     print(rows[-1], flush=True)
     for tname in _TREES.value:
-      drafter = medusa.MedusaDrafter(mcfg, model.config, choices=tree_choices(tname))
+      drafter = medusa_drafter.MedusaDrafter(mcfg, model.config, choices=tree_choices(tname))
       t_sp, (out, info) = _best(lambda: decode.generate(
           jax.random.key(0), model, params, ids, drafter=drafter, drafter_params=dparams,
           max_new_tokens=n, eos_id=None), _REPS.value)

@@ -41,12 +41,12 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from partext_jax import sharding  # noqa: E402
+from partext_jax import parallel  # noqa: E402
 from partext_jax.models import denoiser, llama  # noqa: E402
-from partext_jax.samplers import logits_processors as lp  # noqa: E402
-from partext_jax.samplers.tau_leaping import tau_leaping  # noqa: E402
+from partext_jax.ar import processors as lp  # noqa: E402
+from partext_jax.masked.tau_leaping import tau_leaping  # noqa: E402
 from partext_jax.schedules import MaskingSchedule  # noqa: E402
-from partext_jax.training import trainer  # noqa: E402
+from partext_jax.training import mdm as trainer  # noqa: E402
 
 flags.DEFINE_integer("devices", None, "Simulated CPU devices (set before JAX starts).")
 flags.DEFINE_string("meshes", "1,1,1;8,1,1;1,8,1;1,1,8;2,2,2;2,1,4",
@@ -85,13 +85,13 @@ def _max_diff(a, b):
 
 def run_mesh(shape, *, cfg, lcfg, data, x_init, prompts):
   d, f, t = shape
-  mesh = sharding.make_mesh(data=d, fsdp=f, tensor=t, devices=jax.devices()[:d * f * t])
+  mesh = parallel.make_mesh(data=d, fsdp=f, tensor=t, devices=jax.devices()[:d * f * t])
   optimizer = optax.adamw(1e-3)
   state_sh = trainer.train_state_shardings(cfg, optimizer, mesh)
   state = trainer.init_train_state(jax.random.PRNGKey(0), cfg, optimizer, shardings=state_sh)
   step = trainer.make_train_step(cfg, optimizer, schedule=MaskingSchedule("linear"),
                                  antithetic=True, ema_decay=0.99, mesh=mesh)
-  batches = [sharding.shard_batch(b, mesh) for b in data]
+  batches = [parallel.shard_batch(b, mesh) for b in data]
   state, _ = step(state, batches[0], jax.random.PRNGKey(1))  # compile
   jax.block_until_ready(state)
   start = time.perf_counter()
@@ -100,23 +100,23 @@ def run_mesh(shape, *, cfg, lcfg, data, x_init, prompts):
   jax.block_until_ready(state)
   train_s = (time.perf_counter() - start) / (len(batches) - 1)
   params = jax.device_get(state.params)
-  per_device = max(sharding.bytes_per_device(state.params).values())
+  per_device = max(parallel.bytes_per_device(state.params).values())
 
-  sp = sharding.shard_params(params, denoiser.param_logical_axes(cfg), mesh)
+  sp = parallel.shard_params(params, denoiser.param_logical_axes(cfg), mesh)
   build = functools.partial(tau_leaping, mask_id=cfg.mask_id, num_steps=FLAGS.sample_steps)
-  sample = lambda: sharding.sample(build, jax.random.key(2), x_init, params=sp,  # noqa: E731
+  sample = lambda: parallel.sample(build, jax.random.key(2), x_init, params=sp,  # noqa: E731
                                    apply_fn=denoiser.DenoiserApply(cfg), mesh=mesh)[0]
   mdm_s = _timed(sample, FLAGS.repeats)
-  mdm_tokens = sharding.to_host(sample())
+  mdm_tokens = parallel.to_host(sample())
 
   model = llama.LlamaLM(lcfg)
-  lparams = sharding.shard_params(model.init(jax.random.key(3)),
+  lparams = parallel.shard_params(model.init(jax.random.key(3)),
                                   llama.param_logical_axes(lcfg), mesh)
-  gen = lambda: sharding.generate(jax.random.key(4), model, lparams, prompts,  # noqa: E731
+  gen = lambda: parallel.generate(jax.random.key(4), model, lparams, prompts,  # noqa: E731
                                   mesh=mesh, max_new_tokens=FLAGS.new_tokens,
                                   processor=lp.build(temperature=1.0))[0]
   ar_s = _timed(gen, FLAGS.repeats)
-  ar_tokens = sharding.to_host(gen())
+  ar_tokens = parallel.to_host(gen())
   return {"mesh": f"{d}x{f}x{t}", "train_s": train_s, "mdm_s": mdm_s, "ar_s": ar_s,
           "param_bytes": per_device, "params": params, "mdm_tokens": mdm_tokens,
           "ar_tokens": ar_tokens}

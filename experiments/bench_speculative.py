@@ -5,7 +5,7 @@ r"""Speculative decoding benchmark on CPU: each drafter vs our own plain AR deco
 For every prompt and drafter (SmolLM2-135M-Instruct target, batch 1, greedy, no EOS stop): wall
 time of a full ``generate`` of ``--new_tokens`` tokens (best of ``--reps``, compilation excluded
 by a warm-up call; the prefill is included, as in AR), tokens/s, the speed-up over
-:func:`partext_jax.samplers.autoregressive.generate` timed in the same process, mean tokens
+:func:`partext_jax.ar.sampling.generate` timed in the same process, mean tokens
 committed per target forward (``lengths / target_calls``), whether the output is identical to AR
 (it must be), and the drafter's extra memory (parameters not shared with the target + its caches).
 """
@@ -18,9 +18,9 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from partext_jax.models import gguf_loader
-from partext_jax.samplers import autoregressive as ar
-from partext_jax.speculative import decode, drafters
+from partext_jax import pretrained
+from partext_jax.ar import sampling as ar
+from partext_jax.ar.speculative import decode, drafters
 
 _NEW = flags.DEFINE_integer("new_tokens", 64, "Tokens per generation.")
 _REPS = flags.DEFINE_integer("reps", 2, "Timed repetitions (best kept).")
@@ -95,7 +95,7 @@ def _best(fn, reps):
 
 def main(argv):
   del argv
-  bundle = gguf_loader.load_bundle()
+  bundle = pretrained.load_bundle()
   model, params, tok = bundle
   n = _NEW.value
   rows = []
@@ -133,7 +133,7 @@ def main(argv):
   for p, d, acc, tps, sp, same, mem in rows:
     lines.append(f"| {p} | {d} | {acc:.2f} | {tps:.1f} | {sp:.2f}x | {same} | "
                  f"{mem / 2**20:.2f} MiB |")
-  lines.append("| (any) | medusa heads | (hook: `partext_jax.speculative.medusa`, not yet "
+  lines.append("| (any) | medusa heads | (hook: `partext_jax.ar.speculative.drafters.medusa`, not yet "
                "measured) | | | | |")
   table = "\n".join(lines)
   print(table)

@@ -14,8 +14,8 @@ import time
 from absl import app, flags
 import jax
 
-from partext_jax.models import gguf_loader
-from partext_jax.samplers import autoregressive as ar
+from partext_jax import pretrained
+from partext_jax.ar import sampling as ar
 
 _PROMPT = flags.DEFINE_string("prompt", "What is the capital of France?", "User prompt.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Maximum number of generated tokens.")
@@ -32,8 +32,8 @@ _STREAM = flags.DEFINE_bool("stream", True, "Print tokens while they are generat
 def main(argv):
   del argv
   t0 = time.perf_counter()
-  bundle = gguf_loader.load_bundle(_GGUF.value)
-  print(f"loaded {_GGUF.value or gguf_loader.smollm2_path()} in {time.perf_counter() - t0:.1f} s",
+  bundle = pretrained.load_bundle(_GGUF.value)
+  print(f"loaded {_GGUF.value or pretrained.smollm2_path()} in {time.perf_counter() - t0:.1f} s",
         file=sys.stderr)
   tok = bundle.tokenizer
   stamps, pieces, shown = [], [], [""]

@@ -16,7 +16,7 @@ import jax
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from partext_jax.training import sampling  # noqa: E402
+from partext_jax.training import runs as sampling  # noqa: E402
 
 FLAGS = flags.FLAGS
 

@@ -7,7 +7,7 @@ r"""Draws tau-leaping samples from a trained run and prints them as text.
 
 The model, data and tokenizer come from the latest checkpoint in ``--workdir``; ``--config``
 (optional) replaces the stored config, e.g. to change the ``sample`` section. With ``--mesh``
-the parameters are sharded by the logical-axis rules (``partext_jax.sharding``) and the rows
+the parameters are sharded by the logical-axis rules (``partext_jax.parallel``) and the rows
 split over the data/fsdp axes; the samples are the same as on one device. Multi-host: add
 ``--coordinator_address=host0:1234 --num_processes=N --process_id=i`` on every host.
 """
@@ -21,8 +21,8 @@ import jax
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from partext_jax import sharding  # noqa: E402
-from partext_jax.training import sampling  # noqa: E402
+from partext_jax import parallel  # noqa: E402
+from partext_jax.training import runs as sampling  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -49,12 +49,12 @@ def _mesh_samples():
   import functools  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from partext_jax.models import denoiser  # pylint: disable=g-import-not-at-top
-  from partext_jax.samplers.tau_leaping import tau_leaping  # pylint: disable=g-import-not-at-top
+  from partext_jax.masked.tau_leaping import tau_leaping  # pylint: disable=g-import-not-at-top
 
   if len(FLAGS.mesh) != 3:
     raise app.UsageError(f"--mesh needs three sizes DATA,FSDP,TENSOR, got {FLAGS.mesh}")
   data, fsdp, tensor = (int(v) for v in FLAGS.mesh)
-  mesh = sharding.make_mesh(data=data, fsdp=fsdp, tensor=tensor)
+  mesh = parallel.make_mesh(data=data, fsdp=fsdp, tensor=tensor)
   run = sampling.load_run(FLAGS.workdir, config=FLAGS.config)
   scfg = run.config.sample
   scfg = dataclasses.replace(scfg, num_samples=FLAGS.num_samples or scfg.num_samples,
@@ -66,23 +66,23 @@ def _mesh_samples():
       raise ValueError(f"data.source={run.config.data.source!r} has no tokenizer for a prompt")
     ids = np.asarray(run.encode(FLAGS.prompt), np.int32)[:x_init.shape[1]]
     x_init[:, :len(ids)] = ids
-  params = sharding.shard_params(jax.device_get(run.state.ema_params),
+  params = parallel.shard_params(jax.device_get(run.state.ema_params),
                                  denoiser.param_logical_axes(model_cfg), mesh)
   build = functools.partial(
       tau_leaping, mask_id=model_cfg.mask_id, num_steps=scfg.num_steps,
       schedule=run.config.diffusion.masking_schedule(), method=scfg.method,
       temperature=scfg.temperature, noise_removal=scfg.noise_removal)
-  tokens, _ = sharding.sample(build, jax.random.PRNGKey(FLAGS.seed), x_init, params=params,
+  tokens, _ = parallel.sample(build, jax.random.PRNGKey(FLAGS.seed), x_init, params=params,
                               apply_fn=denoiser.DenoiserApply(model_cfg), mesh=mesh)
-  print(f"# mesh: {sharding.describe(mesh)}", flush=True)
-  return [run.decode(row) for row in sharding.to_host(tokens)]
+  print(f"# mesh: {parallel.describe(mesh)}", flush=True)
+  return [run.decode(row) for row in parallel.to_host(tokens)]
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
   if FLAGS.coordinator_address:
-    sharding.initialize_distributed(coordinator_address=FLAGS.coordinator_address,
+    parallel.initialize_distributed(coordinator_address=FLAGS.coordinator_address,
                                     num_processes=FLAGS.num_processes,
                                     process_id=FLAGS.process_id)
   if FLAGS.mesh or FLAGS.coordinator_address:

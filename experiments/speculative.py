@@ -13,10 +13,10 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from partext_jax.models import gguf_loader
-from partext_jax.samplers import autoregressive as ar
-from partext_jax.samplers import logits_processors as lp
-from partext_jax.speculative import decode, drafters
+from partext_jax import pretrained
+from partext_jax.ar import sampling as ar
+from partext_jax.ar import processors as lp
+from partext_jax.ar.speculative import decode, drafters
 
 DRAFTERS = ("prompt_lookup", "early_exit_chain", "early_exit_eagle")
 
@@ -41,7 +41,7 @@ def make_drafter(name, model, params, exit_layers):
 
 def run(prompt, drafter_name, max_tokens, temperature, top_k=None, top_p=None, seed=0,
         exit_layers=6, bundle=None):
-  model, params, tok = bundle or gguf_loader.load_bundle()
+  model, params, tok = bundle or pretrained.load_bundle()
   proc = lp.build(temperature=temperature, top_k=top_k, top_p=top_p)
   ids = [tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}],
                                             add_generation_prompt=True))]

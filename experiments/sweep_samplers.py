@@ -38,13 +38,13 @@ import numpy as np
 
 from partext_jax import diffusion, evaluation
 from partext_jax.models.denoiser import make_denoise_fn
-from partext_jax.samplers.confidence import confidence
-from partext_jax.samplers.eb import eb_sampler
-from partext_jax.samplers.p2 import p2
-from partext_jax.samplers.remdm import remdm
-from partext_jax.samplers.tau_leaping import tau_leaping
+from partext_jax.masked.adaptive import confidence
+from partext_jax.masked.adaptive import eb_sampler
+from partext_jax.masked.p2 import p2
+from partext_jax.masked.remdm import remdm
+from partext_jax.masked.tau_leaping import tau_leaping
 from partext_jax.training import datasets
-from partext_jax.training.sampling import load_run
+from partext_jax.training.runs import load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained MDM run (experiments/train.py).",
                                required=True)

@@ -23,8 +23,8 @@ import jax
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from partext_jax import sharding  # noqa: E402
-from partext_jax.training import trainer  # noqa: E402
+from partext_jax import parallel  # noqa: E402
+from partext_jax.training import mdm as trainer  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -42,7 +42,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
   if FLAGS.coordinator_address:
-    sharding.initialize_distributed(coordinator_address=FLAGS.coordinator_address,
+    parallel.initialize_distributed(coordinator_address=FLAGS.coordinator_address,
                                     num_processes=FLAGS.num_processes,
                                     process_id=FLAGS.process_id)
   logging.info("JAX devices: %s", jax.devices())

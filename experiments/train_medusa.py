@@ -5,7 +5,7 @@ r"""Trains Medusa heads on SmolLM2-135M-Instruct: a thin launcher around ``train
         --config.num_epochs=2 --export_asset
 
 The heads land in ``<workdir>/checkpoints``; ``--export_asset`` also writes them to
-``partext_jax/speculative/assets/medusa_smollm2`` (what ``bench_medusa.py`` loads by default).
+``partext_jax/assets/medusa_smollm2`` (what ``bench_medusa.py`` loads by default).
 """
 
 import json
@@ -19,7 +19,7 @@ import jax
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from partext_jax.speculative import medusa_training  # noqa: E402
+from partext_jax.training import medusa as medusa_training  # noqa: E402
 
 FLAGS = flags.FLAGS
 

@@ -10,7 +10,7 @@ from absl import app
 from absl import flags
 
 from partext_jax.training import planner
-from partext_jax.training.sampling import load_run
+from partext_jax.training.runs import load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained MDM run (experiments/train.py).",
                                required=True)

@@ -33,8 +33,8 @@ import numpy as np
 
 import partext_jax
 from partext_jax.models import denoiser
-from partext_jax.samplers.tau_leaping import tau_leaping
-from partext_jax.training import sampling, trainer
+from partext_jax.masked.tau_leaping import tau_leaping
+from partext_jax.training import runs as sampling, trainer
 
 REPO = pathlib.Path(partext_jax.__file__).resolve().parent.parent
 STEPS = int(os.environ.get("PARTEXT_NOTEBOOK_STEPS", "400"))

@@ -53,8 +53,8 @@ class Judge(NamedTuple):
   @classmethod
   def load(cls, path: str | None = None) -> "Judge":
     """The embedded SmolLM2-135M-Instruct (or any llama GGUF at ``path``)."""
-    from partext_jax.models import gguf_loader  # pylint: disable=import-outside-toplevel
-    bundle = gguf_loader.load_bundle(path)
+    from partext_jax import pretrained  # pylint: disable=import-outside-toplevel
+    bundle = pretrained.load_bundle(path)
     return cls.from_bundle(bundle)
 
   @classmethod
@@ -82,7 +82,7 @@ def _token_nll(params, tokens, valid, *, model):
   b, length = tokens.shape
   positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
   causal = jnp.tril(jnp.ones((length, length), bool))[None] & valid[:, None, :]
-  logits, _ = model(params, tokens, positions, causal, None, None)
+  logits, _, _ = model(params, tokens, positions, causal, None, None)
   logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
   return jnp.where(valid[:, 1:], nll, 0.0)

@@ -93,12 +93,12 @@ class IntegerModel:
 def samplers():
   """name -> ``denoise_fn -> MaskedSampler`` (one object each: a static jit argument)."""
   import functools
-  from partext_jax.samplers.confidence import confidence
-  from partext_jax.samplers.eb import eb_sampler
-  from partext_jax.samplers.p2 import p2
-  from partext_jax.samplers.remdm import remdm
-  from partext_jax.samplers.semi_ar import semi_ar
-  from partext_jax.samplers.tau_leaping import tau_leaping
+  from partext_jax.masked.adaptive import confidence
+  from partext_jax.masked.adaptive import eb_sampler
+  from partext_jax.masked.p2 import p2
+  from partext_jax.masked.remdm import remdm
+  from partext_jax.masked.blocks import semi_ar
+  from partext_jax.masked.tau_leaping import tau_leaping
   mask = denoiser_config().mask_id
   return {
       "tau_leaping": functools.partial(tau_leaping, mask_id=mask, num_steps=NUM_STEPS),
@@ -126,7 +126,7 @@ def llama_model():
 
 
 def processor():
-  from partext_jax.samplers import logits_processors as lp
+  from partext_jax.ar import processors as lp
   return lp.build(temperature=1.0)
 
 
@@ -142,7 +142,7 @@ def reference_masked(name, params):
 def reference_generate(params):
   import jax
   import numpy as np
-  from partext_jax.samplers import autoregressive as ar
+  from partext_jax.ar import sampling as ar
   tokens, _ = ar.generate(jax.random.key(3), llama_model(), params, PROMPTS,
                           max_new_tokens=MAX_NEW_TOKENS, processor=processor())
   return np.asarray(tokens)
@@ -154,9 +154,9 @@ SPEC_MESH = "1x8"  # Speculative decoding is checked on this mesh only (compile 
 
 
 def speculative(model, params):
-  """Greedy prompt-lookup speculative decoding (``partext_jax.speculative.decode``)."""
+  """Greedy prompt-lookup speculative decoding (``partext_jax.ar.speculative.decode``)."""
   import jax
-  from partext_jax.speculative import decode, drafters
+  from partext_jax.ar.speculative import decode, drafters
   tokens, _ = decode.generate(jax.random.key(0), model, params, SPEC_PROMPTS,
                               drafter=drafters.PromptLookupDrafter(gamma=3), max_new_tokens=8)
   return tokens
@@ -172,8 +172,8 @@ def _train(mesh):
   """``TRAIN_STEPS`` steps of the real trainer step, sharded on ``mesh`` (or unsharded)."""
   import jax
   import numpy as np
-  from partext_jax import sharding
-  from partext_jax.training import trainer
+  from partext_jax import parallel
+  from partext_jax.training import mdm as trainer
   cfg = denoiser_config()
   optimizer, schedule = _train_setup()
   shardings = None if mesh is None else trainer.train_state_shardings(cfg, optimizer, mesh)
@@ -184,7 +184,7 @@ def _train(mesh):
   losses = []
   for k in range(TRAIN_STEPS):
     batch = data[k].astype(np.int32)
-    batch = jax.numpy.asarray(batch) if mesh is None else sharding.shard_batch(batch, mesh)
+    batch = jax.numpy.asarray(batch) if mesh is None else parallel.shard_batch(batch, mesh)
     state, metrics = step(state, batch, jax.random.fold_in(state.rng, k))
     losses.append(float(metrics["loss"]))
   return state, losses
@@ -208,7 +208,7 @@ def _error(fn) -> str:
 def run_meshes() -> dict:
   import jax
   import numpy as np
-  from partext_jax import sharding
+  from partext_jax import parallel
   from partext_jax.models import denoiser, llama
   report = {"num_devices": jax.device_count(), "meshes": {}, "seconds": {}}
   t0 = time.perf_counter()
@@ -231,58 +231,58 @@ def run_meshes() -> dict:
 
   for label, (d, f, t) in MESHES.items():
     t0 = time.perf_counter()
-    mesh = sharding.make_mesh(data=d, fsdp=f, tensor=t)
-    out = {"mesh": sharding.describe(mesh)}
+    mesh = parallel.make_mesh(data=d, fsdp=f, tensor=t)
+    out = {"mesh": parallel.describe(mesh)}
     state, losses = _train(mesh)
     out["train_max_param_diff"] = _max_diff(state.params, ref_state.params)
     out["train_max_loss_diff"] = max(abs(a - b) for a, b in zip(losses, ref_losses))
     out["param_spec_example"] = str(state.params["block_0"]["mlp"]["gate"]["kernel"].sharding.spec
                                     if "block_0" in state.params else "")
-    per_dev = sharding.bytes_per_device(state.params)
+    per_dev = parallel.bytes_per_device(state.params)
     out["param_bytes_total"] = int(
         sum(x.nbytes for x in jax.tree_util.tree_leaves(ref_state.params)))
     out["param_bytes_per_device"] = sorted(set(per_dev.values()))
-    specs = sharding.param_specs(daxes, state.params, mesh)
-    out["param_bytes_expected"] = sharding.expected_bytes_per_device(state.params, specs, mesh)
-    apply = jax.jit(sharding.MeshDenoiser(denoiser.DenoiserApply(cfg), mesh))
-    logits = apply(sharding.shard_params(dparams, daxes, mesh), sharding.shard_batch(probe, mesh),
+    specs = parallel.param_specs(daxes, state.params, mesh)
+    out["param_bytes_expected"] = parallel.expected_bytes_per_device(state.params, specs, mesh)
+    apply = jax.jit(parallel.MeshDenoiser(denoiser.DenoiserApply(cfg), mesh))
+    logits = apply(parallel.shard_params(dparams, daxes, mesh), parallel.shard_batch(probe, mesh),
                    jax.numpy.ones(BATCH))
-    out["denoiser_logits_max_diff"] = float(np.max(np.abs(sharding.to_host(logits) - ref_logits)))
-    sp = sharding.shard_params(params, axes, mesh)
+    out["denoiser_logits_max_diff"] = float(np.max(np.abs(parallel.to_host(logits) - ref_logits)))
+    sp = parallel.shard_params(params, axes, mesh)
     out["integer_model_spec"] = {k: str(v.sharding.spec) for k, v in sp.items()}
     out["tokens_equal"] = {}
     for name, build in samplers().items():
-      tokens, _ = sharding.sample(build, jax.random.key(1), x_init(), params=sp,
+      tokens, _ = parallel.sample(build, jax.random.key(1), x_init(), params=sp,
                                   apply_fn=IntegerModel(), mesh=mesh)
-      out["tokens_equal"][name] = bool(np.array_equal(sharding.to_host(tokens), ref_tokens[name]))
+      out["tokens_equal"][name] = bool(np.array_equal(parallel.to_host(tokens), ref_tokens[name]))
       out.setdefault("token_sharding", str(tokens.sharding.spec))
-    lsp = sharding.shard_params(lparams, laxes, mesh)
-    tokens, _ = sharding.generate(jax.random.key(3), model, lsp, PROMPTS, mesh=mesh,
+    lsp = parallel.shard_params(lparams, laxes, mesh)
+    tokens, _ = parallel.generate(jax.random.key(3), model, lsp, PROMPTS, mesh=mesh,
                                   max_new_tokens=MAX_NEW_TOKENS, processor=processor())
-    out["tokens_equal"]["ar_generate"] = bool(np.array_equal(sharding.to_host(tokens), ref_ar))
+    out["tokens_equal"]["ar_generate"] = bool(np.array_equal(parallel.to_host(tokens), ref_ar))
     if label == SPEC_MESH:  # The target model with its KV cache pinned by MeshLM.
-      tokens = speculative(sharding.MeshLM(model, mesh), lsp)
+      tokens = speculative(parallel.MeshLM(model, mesh), lsp)
       out["tokens_equal"]["speculative_greedy"] = bool(np.array_equal(np.asarray(tokens),
                                                                       ref_spec))
-    cache = jax.jit(lambda: sharding.MeshLM(model, mesh).init_cache(BATCH, 32))()
+    cache = jax.jit(lambda: parallel.MeshLM(model, mesh).init_cache(BATCH, 32))()
     out["cache_spec"] = str(cache.k.sharding.spec)
-    per_dev = sharding.bytes_per_device(lsp)
+    per_dev = parallel.bytes_per_device(lsp)
     out["llama_bytes_total"] = int(sum(x.nbytes for x in jax.tree_util.tree_leaves(lparams)))
     out["llama_bytes_per_device"] = sorted(set(per_dev.values()))
     report["meshes"][label] = out
     report["seconds"][label] = time.perf_counter() - t0
 
-  mesh8 = sharding.make_mesh(data=8)
+  mesh8 = parallel.make_mesh(data=8)
   report["errors"] = {
-      "mesh_not_dividing": _error(lambda: sharding.make_mesh(data=3, fsdp=1, tensor=1)),
-      "batch_not_divisible": _error(lambda: sharding.sample(
+      "mesh_not_dividing": _error(lambda: parallel.make_mesh(data=3, fsdp=1, tensor=1)),
+      "batch_not_divisible": _error(lambda: parallel.sample(
           samplers()["tau_leaping"], jax.random.key(1), x_init()[:6], params=params,
           apply_fn=IntegerModel(), mesh=mesh8)),
-      "generate_batch_not_divisible": _error(lambda: sharding.generate(
+      "generate_batch_not_divisible": _error(lambda: parallel.generate(
           jax.random.key(3), model, lparams, PROMPTS[:3], mesh=mesh8, max_new_tokens=2)),
-      "unknown_logical_axis": _error(lambda: sharding.shard_params(
-          dparams, daxes, mesh8, rules=[r for r in sharding.DEFAULT_RULES if r[0] != "mlp"])),
-      "train_batch_not_divisible": _error(lambda: sharding.shard_batch(
+      "unknown_logical_axis": _error(lambda: parallel.shard_params(
+          dparams, daxes, mesh8, rules=[r for r in parallel.DEFAULT_RULES if r[0] != "mlp"])),
+      "train_batch_not_divisible": _error(lambda: parallel.shard_batch(
           np.zeros((4, LENGTH), np.int32), mesh8)),
   }
   return report
@@ -290,26 +290,26 @@ def run_meshes() -> dict:
 
 def run_multi(process_id: int, num_processes: int, port: int) -> dict:
   import jax
-  from partext_jax import sharding
+  from partext_jax import parallel
   from partext_jax.models import llama
-  sharding.initialize_distributed(coordinator_address=f"localhost:{port}",
+  parallel.initialize_distributed(coordinator_address=f"localhost:{port}",
                                   num_processes=num_processes, process_id=process_id)
-  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
   # Every process holds the full host values (same keys); put() keeps only its shards.
   params = IntegerModel.init()
-  sp = sharding.shard_params(params, IntegerModel.logical_axes(), mesh)
-  out = {"mesh": sharding.describe(mesh), "process_count": jax.process_count(),
+  sp = parallel.shard_params(params, IntegerModel.logical_axes(), mesh)
+  out = {"mesh": parallel.describe(mesh), "process_count": jax.process_count(),
          "local_devices": jax.local_device_count()}
   build = samplers()["tau_leaping"]
-  tokens, _ = sharding.sample(build, jax.random.key(1), x_init(), params=sp,
+  tokens, _ = parallel.sample(build, jax.random.key(1), x_init(), params=sp,
                               apply_fn=IntegerModel(), mesh=mesh)
-  out["tau_leaping"] = sharding.to_host(tokens).tolist()
+  out["tau_leaping"] = parallel.to_host(tokens).tolist()
   model = llama_model()
   lparams = model.init(jax.random.key(2))
-  lsp = sharding.shard_params(lparams, llama.param_logical_axes(model.config), mesh)
-  tokens, _ = sharding.generate(jax.random.key(3), model, lsp, PROMPTS, mesh=mesh,
+  lsp = parallel.shard_params(lparams, llama.param_logical_axes(model.config), mesh)
+  tokens, _ = parallel.generate(jax.random.key(3), model, lsp, PROMPTS, mesh=mesh,
                                 max_new_tokens=MAX_NEW_TOKENS, processor=processor())
-  out["ar_generate"] = sharding.to_host(tokens).tolist()
+  out["ar_generate"] = parallel.to_host(tokens).tolist()
   jax.distributed.shutdown()
   return out
 

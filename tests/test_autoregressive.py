@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from partext_jax.models import llama
-from partext_jax.samplers import autoregressive as ar
-from partext_jax.samplers import logits_processors as lp
+from partext_jax.ar import sampling as ar
+from partext_jax.base import LMOutput
+from partext_jax.ar import processors as lp
 
 # ----------------------------------------------------------------------------- processors
 
@@ -103,7 +104,7 @@ class CountingLM:
     if logits_at is not None:
       tokens = jnp.take_along_axis(tokens, logits_at, axis=1)
     nxt = (tokens + 1) % self.vocab_size
-    return jnp.where(jax.nn.one_hot(nxt, self.vocab_size) > 0, 0.0, -1e9), cache
+    return LMOutput(jnp.where(jax.nn.one_hot(nxt, self.vocab_size) > 0, 0.0, -1e9), cache)
 
 
 def test_counting_model_sampling_and_eos():
@@ -185,8 +186,8 @@ def test_batch_invariance_left_and_right_padding(tiny_lm):
 
 def test_same_bucket_does_not_retrace(tiny_lm, monkeypatch):
   model, params = tiny_lm
-  counted = chex.assert_max_traces(ar._generate_impl, n=1)  # pylint: disable=protected-access
-  static = ar._STATIC  # pylint: disable=protected-access
+  counted = chex.assert_max_traces(ar.generate_impl, n=1)
+  static = ar.STATIC_ARGNAMES
   monkeypatch.setattr(ar, "_generate_jit", jax.jit(counted, static_argnames=static))
   key = jax.random.key(0)
   a, _ = ar.generate(key, model, params, [[5, 9, 3], [1, 2]], max_new_tokens=6)
@@ -213,8 +214,8 @@ def test_sampling_is_reproducible_and_key_dependent(tiny_lm):
 
 @pytest.fixture(scope="module")
 def bundle():
-  from partext_jax.models import gguf_loader
-  return gguf_loader.load_bundle()
+  from partext_jax import pretrained
+  return pretrained.load_bundle()
 
 
 @pytest.mark.slow

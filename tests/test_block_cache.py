@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from partext_jax.models import denoiser
-from partext_jax.samplers.block_cache import CACHE_MODES, block_cache
-from partext_jax.samplers.confidence import confidence
-from partext_jax.samplers.eb import eb_sampler
+from partext_jax.masked.block_cache import CACHE_MODES, block_cache
+from partext_jax.masked.adaptive import confidence
+from partext_jax.masked.adaptive import eb_sampler
 from partext_jax.testing import battery
 
 V, L = 7, 12

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import partext_jax
-from partext_jax.samplers import categorical
+from partext_jax.masked import categorical
 
 # Jitted once per shape: eager dispatch of the random primitives is slower than compiling.
 two_stage_draw = jax.jit(categorical.two_stage_draw)
@@ -129,7 +129,7 @@ def test_float64_draw_under_x64_subprocess():
   n = 20000) and returns int32 tokens."""
   script = textwrap.dedent("""
       import math, jax, jax.numpy as jnp, numpy as np
-      from partext_jax.samplers import categorical
+      from partext_jax.masked import categorical
       n, p = 20_000, 0.3
       logits = jnp.array([0.0, 1.0, -1.0, 0.5])
       unmask, tokens = categorical.float64_draw(jax.random.key(0),

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from partext_jax import testing
-from partext_jax.samplers.confidence import (DecodeInfo, DecodeState, confidence,
+from partext_jax.masked.adaptive import (DecodeInfo, DecodeState, confidence,
                                              confidence_scores, llada_num_transfer,
                                              select_factor, select_threshold, select_topk)
 from partext_jax.testing import toys

@@ -72,7 +72,7 @@ def test_bad_config(kw, match):
 
 
 def test_new_parameters_reuse_the_compiled_sampler():
-  from partext_jax.samplers import tau_leaping as tl
+  import partext_jax.masked.tau_leaping as tl  # pylint: disable=import-outside-toplevel
   cfg = _cfg()
   x = jnp.full((2, 16), cfg.mask_id, jnp.int32)
   before = tl._sample.dynamic._cache_size()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from partext_jax import testing
-from partext_jax.samplers.confidence import confidence
+from partext_jax.masked.adaptive import confidence
 from partext_jax.testing import eager
 
 from conftest import L, MASK, V

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from partext_jax import testing
-from partext_jax.samplers.eb import EntropyBoundRule, eb_sampler, select_entropy_bound
+from partext_jax.masked.adaptive import eb_sampler
+from partext_jax.masked.rules import EntropyBoundRule, select_entropy_bound
 from partext_jax.testing import toys
 
 V, L = 3, 3

@@ -30,7 +30,7 @@ def _direct_nll(judge, ids):
   """Sum of -log p over one framed sequence, scored alone with no padding."""
   tokens = jnp.asarray([ids], jnp.int32)
   positions = jnp.arange(len(ids))[None]
-  logits, _ = judge.model(judge.params, tokens, positions, None, None, None)
+  logits, _, _ = judge.model(judge.params, tokens, positions, None, None, None)
   logp = jax.nn.log_softmax(logits[0, :-1], axis=-1)
   return -float(jnp.sum(logp[jnp.arange(len(ids) - 1), tokens[0, 1:]]))
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from partext_jax.models import gguf_loader, gguf_tokenizer
+from partext_jax import pretrained
 
 TEXTS = [
     "Hello, world!",
@@ -27,7 +27,7 @@ MESSAGES = [
 
 @pytest.fixture(scope="module")
 def tok():
-  return gguf_tokenizer.load_tokenizer(gguf_loader.smollm2_path())
+  return pretrained.load_tokenizer(pretrained.smollm2_path())
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def hf_tok():
   except ImportError as e:
     print(f"\nSKIPPING tokenizer parity: transformers not installed ({e})")
     pytest.skip(f"tokenizer parity needs transformers: {e}")
-  path = gguf_loader.smollm2_path()
+  path = pretrained.smollm2_path()
   return transformers.AutoTokenizer.from_pretrained(os.path.dirname(path),
                                                     gguf_file=os.path.basename(path))
 
@@ -93,5 +93,5 @@ def test_chat_template_matches_transformers(tok, hf_tok):
 def test_bad_tokenizer_file(tmp_path):
   p = tmp_path / "bad.gguf"
   p.write_bytes(b"nope")
-  with pytest.raises(gguf_loader.GGUFError, match="not a GGUF"):
-    gguf_tokenizer.load_tokenizer(p)
+  with pytest.raises(pretrained.GGUFError, match="not a GGUF"):
+    pretrained.load_tokenizer(p)

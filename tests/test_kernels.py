@@ -293,7 +293,7 @@ def tiny_prefilled():
   slots = jnp.broadcast_to(jnp.arange(p), (b, p))
   positions = jnp.maximum(slots - first[:, None], 0)
   cache = llama.init_cache(config, b, max_len)
-  _, cache = _fwd(params, tokens, positions, llama.causal_cache_mask(slots, first, max_len),
+  _, cache, _ = _fwd(params, tokens, positions, llama.causal_cache_mask(slots, first, max_len),
                   cache, jnp.zeros(b, jnp.int32), config=config)
   return config, params, cache, first, tokens
 
@@ -327,7 +327,7 @@ def test_llama_tree_block_pallas_equals_xla(tiny_prefilled):
   # Oracle: node 4 of row 0 scored by a causal forward over prompt + its root path.
   path = [int(j) for j in np.nonzero(np.asarray(anc[0, 4]))[0]]
   seq = jnp.concatenate([prompt[0], tree[0, jnp.array(path)]])[None]
-  full, _ = _fwd(params, seq, jnp.arange(seq.shape[1])[None], config=config)
+  full, _, _ = _fwd(params, seq, jnp.arange(seq.shape[1])[None], config=config)
   np.testing.assert_allclose(got["pallas"][0][0, 4], full[0, -1], atol=1e-5, rtol=1e-5)
 
 

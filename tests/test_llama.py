@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from partext_jax.models import gguf_loader, llama
+from partext_jax.models import llama
+from partext_jax import pretrained
 
 # Jitted forward: tiny-model calls compile in well under a second instead of dispatching op by op.
 _fwd = jax.jit(llama.forward, static_argnames=("config", "return_hidden"))
@@ -37,7 +38,7 @@ def test_cached_decoding_equals_full_forward(tiny):
   full = _full_logits(config, params, tokens)
   cache = llama.init_cache(config, b, max_len)
   pos = jnp.broadcast_to(jnp.arange(prefix), (b, prefix))
-  logits, cache = _fwd(params, tokens[:, :prefix], pos,
+  logits, cache, _ = _fwd(params, tokens[:, :prefix], pos,
                                 llama.causal_cache_mask(pos, 0, max_len), cache,
                                 jnp.zeros(b, jnp.int32), config=config)
   np.testing.assert_allclose(logits, full[:, :prefix], atol=1e-5, rtol=1e-5)
@@ -45,7 +46,7 @@ def test_cached_decoding_equals_full_forward(tiny):
       p, x, jnp.full((b, 1), i), llama.causal_cache_mask(jnp.full((b, 1), i), 0, max_len), c,
       jnp.full((b,), i), config=config))
   for i in range(prefix, t):
-    logits, cache = step(params, tokens[:, i:i + 1], i, cache)
+    logits, cache, _ = step(params, tokens[:, i:i + 1], i, cache)
     np.testing.assert_allclose(logits[:, 0], full[:, i], atol=1e-5, rtol=1e-5)
   assert cache.k.shape == (config.num_layers, b, max_len, config.num_kv_heads, config.head_dim)
   # Slots after the last write stay zero: the cache holds exactly what was written.
@@ -59,10 +60,10 @@ def test_block_with_causal_mask_equals_full_forward(tiny):
   full = _full_logits(config, params, tokens)
   cache = llama.init_cache(config, b, max_len)
   pos = jnp.broadcast_to(jnp.arange(prefix), (b, prefix))
-  _, cache = _fwd(params, tokens[:, :prefix], pos, None, cache, jnp.zeros(b, jnp.int32),
+  _, cache, _ = _fwd(params, tokens[:, :prefix], pos, None, cache, jnp.zeros(b, jnp.int32),
                            config=config)
   blk = jnp.broadcast_to(jnp.arange(prefix, t), (b, t - prefix))
-  logits, _ = _fwd(params, tokens[:, prefix:], blk,
+  logits, _, _ = _fwd(params, tokens[:, prefix:], blk,
                             llama.causal_cache_mask(blk, 0, max_len), cache,
                             jnp.full((b,), prefix), config=config)
   np.testing.assert_allclose(logits, full[:, prefix:], atol=1e-5, rtol=1e-5)
@@ -76,7 +77,7 @@ def test_tree_block_with_ancestor_mask(tiny):
   max_len = 8
   cache = llama.init_cache(config, 1, max_len)
   pos = jnp.arange(4)[None]
-  _, cache = _fwd(params, prefix, pos, None, cache, jnp.zeros(1, jnp.int32),
+  _, cache, _ = _fwd(params, prefix, pos, None, cache, jnp.zeros(1, jnp.int32),
                            config=config)
   block = jnp.array([[x1, x2, y1]])
   block_pos = jnp.array([[4, 5, 4]])
@@ -85,7 +86,7 @@ def test_tree_block_with_ancestor_mask(tiny):
   mask[0, 0, 4] = True  # x1: itself
   mask[0, 1, [4, 5]] = True  # x2: x1 and itself
   mask[0, 2, 6] = True  # y1: itself only
-  logits, _ = _fwd(params, block, block_pos, jnp.asarray(mask), cache,
+  logits, _, _ = _fwd(params, block, block_pos, jnp.asarray(mask), cache,
                             jnp.array([4]), config=config)
   path_x = _full_logits(config, params, jnp.array([[5, 17, 33, 8, x1, x2]]))
   path_y = _full_logits(config, params, jnp.array([[5, 17, 33, 8, y1]]))
@@ -100,7 +101,7 @@ def test_logits_at_and_hidden(tiny):
   pos = jnp.broadcast_to(jnp.arange(7), (2, 7))
   full, _, hidden = _fwd(params, tokens, pos, config=config, return_hidden=True)
   at = jnp.array([[6], [2]])
-  part, _ = _fwd(params, tokens, pos, config=config, logits_at=at)
+  part, _, _ = _fwd(params, tokens, pos, config=config, logits_at=at)
   np.testing.assert_allclose(part[:, 0], full[jnp.arange(2), at[:, 0]], atol=1e-6)
   assert hidden.shape == (2, 7, config.hidden_size)
   np.testing.assert_allclose(hidden @ params["lm_head"]["kernel"], full, atol=1e-5, rtol=1e-5)
@@ -122,8 +123,8 @@ def test_logical_axes_and_tied_embeddings():
 
 def test_qk_permutation_roundtrip():
   w = np.random.default_rng(0).normal(size=(3 * 8, 5)).astype(np.float32)
-  np.testing.assert_array_equal(gguf_loader.unpermute_qk(gguf_loader.permute_qk(w, 3), 3), w)
-  assert not np.array_equal(gguf_loader.permute_qk(w, 3), w)
+  np.testing.assert_array_equal(pretrained.unpermute_qk(pretrained.permute_qk(w, 3), 3), w)
+  assert not np.array_equal(pretrained.permute_qk(w, 3), w)
 
 
 def test_config_validation():
@@ -138,14 +139,14 @@ def test_config_validation():
 
 def test_missing_file(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    gguf_loader.load_gguf(tmp_path / "nope.gguf")
+    pretrained.load_gguf(tmp_path / "nope.gguf")
 
 
 def test_not_a_gguf(tmp_path):
   p = tmp_path / "x.gguf"
   p.write_bytes(b"PK\x03\x04 definitely a zip")
-  with pytest.raises(gguf_loader.GGUFError, match="not a GGUF file"):
-    gguf_loader.load_gguf(p)
+  with pytest.raises(pretrained.GGUFError, match="not a GGUF file"):
+    pretrained.load_gguf(p)
 
 
 def test_non_llama_architecture(tmp_path):
@@ -157,8 +158,8 @@ def test_non_llama_architecture(tmp_path):
   w.write_kv_data_to_file()
   w.write_tensors_to_file()
   w.close()
-  with pytest.raises(gguf_loader.GGUFError, match=r"gpt2.*supported architectures.*llama"):
-    gguf_loader.load_gguf(p)
+  with pytest.raises(pretrained.GGUFError, match=r"gpt2.*supported architectures.*llama"):
+    pretrained.load_gguf(p)
 
 
 def _tiny_llama_gguf(path, *, qtype=None, drop=()):
@@ -198,21 +199,21 @@ def _tiny_llama_gguf(path, *, qtype=None, drop=()):
 def test_small_llama_gguf_loads_and_missing_tensor(tmp_path):
   p = str(tmp_path / "ok.gguf")
   _tiny_llama_gguf(p)
-  config, params = gguf_loader.load_gguf(p)
+  config, params = pretrained.load_gguf(p)
   assert config.num_layers == 1 and config.num_kv_heads == 1 and config.tie_embeddings
-  logits, _ = llama.forward(params, jnp.array([[1, 2, 3]]), jnp.arange(3)[None], config=config)
+  logits, _, _ = llama.forward(params, jnp.array([[1, 2, 3]]), jnp.arange(3)[None], config=config)
   assert logits.shape == (1, 3, 11) and np.all(np.isfinite(logits))
   p2 = str(tmp_path / "missing.gguf")
   _tiny_llama_gguf(p2, drop=("blk.0.ffn_gate.weight",))
-  with pytest.raises(gguf_loader.GGUFError, match="blk.0.ffn_gate.weight"):
-    gguf_loader.load_gguf(p2)
+  with pytest.raises(pretrained.GGUFError, match="blk.0.ffn_gate.weight"):
+    pretrained.load_gguf(p2)
 
 
 def test_unsupported_tensor_type(tmp_path):
   p = str(tmp_path / "i8.gguf")
   _tiny_llama_gguf(p, qtype=gguf.GGMLQuantizationType.I8)
-  with pytest.raises(gguf_loader.GGUFError, match=r"blk.0.ffn_up.weight.*I8.*not supported"):
-    gguf_loader.load_gguf(p)
+  with pytest.raises(pretrained.GGUFError, match=r"blk.0.ffn_up.weight.*I8.*not supported"):
+    pretrained.load_gguf(p)
 
 
 def test_truncated_file(tmp_path):
@@ -222,8 +223,8 @@ def test_truncated_file(tmp_path):
   for n in (12, len(data) // 2, len(data) - 8):
     p = tmp_path / f"trunc{n}.gguf"
     p.write_bytes(data[:n])
-    with pytest.raises(gguf_loader.GGUFError, match="truncated"):
-      gguf_loader.load_gguf(p)
+    with pytest.raises(pretrained.GGUFError, match="truncated"):
+      pretrained.load_gguf(p)
 
 
 # ----------------------------------------------------------------------------- real model
@@ -240,12 +241,11 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def smollm2():
   try:
-    path = gguf_loader.smollm2_path()
+    path = pretrained.smollm2_path()
   except FileNotFoundError as e:
     pytest.fail(str(e))
-  from partext_jax.models import gguf_tokenizer
-  config, params = gguf_loader.load_gguf(path)
-  return path, config, params, gguf_tokenizer.load_tokenizer(path)
+  config, params = pretrained.load_gguf(path)
+  return path, config, params, pretrained.load_tokenizer(path)
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +295,7 @@ def test_prompt_logits_match_transformers(smollm2, hf_model):
 @pytest.mark.slow
 def test_greedy_continuations_match_transformers(smollm2, hf_model):
   import torch
-  from partext_jax.samplers import autoregressive as ar
+  from partext_jax.ar import sampling as ar
   path, config, params, tok = smollm2
   n = 64
   prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": p}]))

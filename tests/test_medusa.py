@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from partext_jax.models import llama
-from partext_jax.samplers import autoregressive as ar
-from partext_jax.speculative import decode, medusa, trees
-from partext_jax.speculative import medusa_training as mt
+from partext_jax.ar import sampling as ar
+from partext_jax.ar.speculative import decode, trees
+from partext_jax.ar.speculative.drafters import medusa as medusa_drafter
+from partext_jax.models import medusa as medusa_heads
+from partext_jax.training import medusa as mt
 from partext_jax.training import checkpoint as checkpoint_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -20,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def _random_heads(key, mcfg, scale=0.5):
   """Non-zero heads (zeros would reproduce the base next-token head: drafts then mostly wrong)."""
-  params = medusa.init_params(key, mcfg)
+  params = medusa_heads.init_params(key, mcfg)
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(key, len(leaves))
   return jax.tree.unflatten(treedef, [scale * jax.random.normal(k, x.shape) / np.sqrt(x.shape[-1])
@@ -31,30 +33,30 @@ def _random_heads(key, mcfg, scale=0.5):
 def test_heads_shapes_axes_and_zero_init_equals_base_head(tie):
   cfg = llama.LlamaConfig.tiny(tie_embeddings=tie)
   base = llama.init_params(jax.random.key(0), cfg)
-  mcfg = medusa.MedusaConfig(num_heads=3, hidden_size=cfg.hidden_size, num_layers=2)
-  params = medusa.init_params(jax.random.key(1), mcfg)
+  mcfg = medusa_heads.MedusaConfig(num_heads=3, hidden_size=cfg.hidden_size, num_layers=2)
+  params = medusa_heads.init_params(jax.random.key(1), mcfg)
   assert params["kernel"].shape == (3, 2, 32, 32) and params["bias"].shape == (3, 2, 32)
-  axes = medusa.param_logical_axes(mcfg)
+  axes = medusa_heads.param_logical_axes(mcfg)
   assert tuple(axes["kernel"]) == (None, None, "embed", "mlp")
   assert tuple(axes["bias"]) == (None, None, "mlp")
   assert mcfg.num_params == 3 * 2 * (32 * 32 + 32)
   tokens = jax.random.randint(jax.random.key(2), (2, 7), 3, cfg.vocab_size)
   pos = jnp.broadcast_to(jnp.arange(7), (2, 7))
   logits, _, hidden = llama.forward(base, tokens, pos, config=cfg, return_hidden=True)
-  heads = medusa.head_logits(params, hidden, base, config=mcfg, base_config=cfg)
+  heads = medusa_heads.head_logits(params, hidden, base, config=mcfg, base_config=cfg)
   assert heads.shape == (3, 2, 7, cfg.vocab_size)
   # Zero-initialised residual blocks are the identity: every head starts as the base LM head.
   np.testing.assert_allclose(heads, jnp.broadcast_to(logits, heads.shape), rtol=1e-5, atol=1e-5)
   # ... and non-zero blocks change the prediction.
-  moved = medusa.head_logits(_random_heads(jax.random.key(3), mcfg), hidden, base, config=mcfg,
+  moved = medusa_heads.head_logits(_random_heads(jax.random.key(3), mcfg), hidden, base, config=mcfg,
                              base_config=cfg)
   assert float(jnp.abs(moved - heads).max()) > 1e-2
 
 
 def test_tree_from_choices_is_valid_and_matches_treespec():
-  tree = medusa.tree_from_choices(medusa.DEFAULT_CHOICES, num_heads=4)
+  tree = medusa_drafter.tree_from_choices(medusa_drafter.DEFAULT_CHOICES, num_heads=4)
   trees.validate_parents(tree.parent)  # one root at 0, parent[i] < i
-  assert tree.num_nodes == len(medusa.DEFAULT_CHOICES) + 1
+  assert tree.num_nodes == len(medusa_drafter.DEFAULT_CHOICES) + 1
   for i, c in enumerate(tree.choices, start=1):
     assert tree.depth[i] == len(c) and tree.rank[i] == c[-1]
     # Walking up the parents spells the choice backwards.
@@ -64,7 +66,7 @@ def test_tree_from_choices_is_valid_and_matches_treespec():
       j = int(tree.parent[j])
     assert tuple(walk[::-1]) == c
   # Contiguous-rank lists give exactly the shared TreeSpec (same node order and sibling ranks).
-  spec = trees.TreeSpec.from_choices(medusa.DEFAULT_CHOICES)
+  spec = trees.TreeSpec.from_choices(medusa_drafter.DEFAULT_CHOICES)
   assert spec.parent == tuple(int(p) for p in tree.parent)
   assert spec.sibling_rank[1:] == tuple(int(r) for r in tree.rank[1:])
   np.testing.assert_array_equal(tree.ancestor_mask(), np.asarray(trees.ancestor_mask(
@@ -72,7 +74,7 @@ def test_tree_from_choices_is_valid_and_matches_treespec():
   assert tree.topk == (4, 3, 2, 1)
   paths = tree.paths()
   assert paths.shape == (8, 5) and (paths[:, 0] == 0).all()
-  chain = medusa.tree_from_choices(medusa.chain_choices(3))
+  chain = medusa_drafter.tree_from_choices(medusa_drafter.chain_choices(3))
   assert tuple(chain.parent) == (-1, 0, 1, 2)
 
 
@@ -85,17 +87,17 @@ def test_tree_from_choices_is_valid_and_matches_treespec():
 ], ids=["not-closed", "duplicate", "negative", "empty", "too-deep"])
 def test_tree_from_choices_rejects_bad_lists(choices, match):
   with pytest.raises(ValueError, match=match):
-    medusa.tree_from_choices(choices, num_heads=2)
+    medusa_drafter.tree_from_choices(choices, num_heads=2)
 
 
 def test_draft_tree_tokens_takes_per_head_ranks():
-  tree = medusa.tree_from_choices(((0,), (1,), (0, 0), (0, 1), (1, 0)))
+  tree = medusa_drafter.tree_from_choices(((0,), (1,), (0, 0), (0, 1), (1, 0)))
   v = 10
   # Head d ranks tokens in a known order: head 1 prefers 7 > 3 > ..., head 2 prefers 5 > 2 > ...
   logits = np.zeros((2, 1, v), np.float32)
   logits[0, 0, [7, 3, 1]] = [3.0, 2.0, 1.0]
   logits[1, 0, [5, 2, 9]] = [3.0, 2.0, 1.0]
-  toks = medusa.draft_tree_tokens(jnp.asarray(logits), jnp.array([4]), tree=tree)
+  toks = medusa_drafter.draft_tree_tokens(jnp.asarray(logits), jnp.array([4]), tree=tree)
   np.testing.assert_array_equal(toks, [[4, 7, 3, 5, 2, 5]])
 
 
@@ -137,7 +139,7 @@ def test_training_learns_a_deterministic_shift():
   mcfg, params, logs = mt.train_heads({"train_hidden": h_tr, "train_targets": t_tr}, base, cfg,
                                       tcfg)
   assert logs[-1]["train_loss"] < 0.1 * logs[0]["train_loss"]
-  before = mt.evaluate_heads(medusa.init_params(jax.random.key(0), mcfg), base, h_va, t_va,
+  before = mt.evaluate_heads(medusa_heads.init_params(jax.random.key(0), mcfg), base, h_va, t_va,
                              config=mcfg, base_config=cfg, topk=2)
   after = mt.evaluate_heads(params, base, h_va, t_va, config=mcfg, base_config=cfg, topk=2)
   for h in range(1, k + 1):
@@ -148,7 +150,7 @@ def test_training_learns_a_deterministic_shift():
 
 
 def test_checkpoint_round_trip_and_corruption(tmp_path):
-  mcfg = medusa.MedusaConfig(num_heads=2, hidden_size=16)
+  mcfg = medusa_heads.MedusaConfig(num_heads=2, hidden_size=16)
   params = _random_heads(jax.random.key(0), mcfg)
   path = mt.save_heads(str(tmp_path / "ckpt"), params, mcfg, step=7, metadata={"note": "x"})
   cfg2, params2, meta = mt.load_heads(str(tmp_path / "ckpt"))
@@ -169,24 +171,24 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
 def test_drafter_rejects_bad_configs():
   cfg = llama.LlamaConfig.tiny()
   with pytest.raises(ValueError, match="hidden_size"):
-    medusa.MedusaDrafter(medusa.MedusaConfig(num_heads=2, hidden_size=8), cfg)
+    medusa_drafter.MedusaDrafter(medusa_heads.MedusaConfig(num_heads=2, hidden_size=8), cfg)
   with pytest.raises(ValueError, match="num_heads=2"):
-    medusa.MedusaDrafter(medusa.MedusaConfig(num_heads=2, hidden_size=32), cfg,
-                         choices=medusa.chain_choices(3))
+    medusa_drafter.MedusaDrafter(medusa_heads.MedusaConfig(num_heads=2, hidden_size=32), cfg,
+                         choices=medusa_drafter.chain_choices(3))
 
 
 def test_greedy_medusa_decoding_is_lossless_on_tiny_model():
   cfg = llama.LlamaConfig.tiny()
   model = llama.LlamaLM(cfg)
   base = model.init(jax.random.key(0))
-  mcfg = medusa.MedusaConfig(num_heads=3, hidden_size=cfg.hidden_size)
-  drafter = medusa.MedusaDrafter(mcfg, cfg, choices=((0,), (1,), (0, 0), (1, 0), (0, 0, 0)))
+  mcfg = medusa_heads.MedusaConfig(num_heads=3, hidden_size=cfg.hidden_size)
+  drafter = medusa_drafter.MedusaDrafter(mcfg, cfg, choices=((0,), (1,), (0, 0), (1, 0), (0, 0, 0)))
   prompts = [[1, 5, 9, 4], [1, 7], [1, 3, 3, 3, 8, 11]]
   want, _ = ar.generate(jax.random.key(0), model, base, prompts, max_new_tokens=24, eos_id=None)
   # The base model's own next-token head as head 1 guarantees accepted drafts somewhere.
-  for heads in (medusa.init_params(jax.random.key(0), mcfg), _random_heads(jax.random.key(1), mcfg)):
+  for heads in (medusa_heads.init_params(jax.random.key(0), mcfg), _random_heads(jax.random.key(1), mcfg)):
     got, info = decode.generate(jax.random.key(0), model, base, prompts, drafter=drafter,
-                                drafter_params=medusa.drafter_params(heads, base, base_config=cfg),
+                                drafter_params=medusa_drafter.drafter_params(heads, base, base_config=cfg),
                                 max_new_tokens=24, eos_id=None)
     np.testing.assert_array_equal(got, want)
     assert int(np.asarray(info.lengths).min()) == 24
@@ -194,8 +196,8 @@ def test_greedy_medusa_decoding_is_lossless_on_tiny_model():
 
 @pytest.fixture(scope="module")
 def smollm2():
-  from partext_jax.models import gguf_loader  # pylint: disable=import-outside-toplevel
-  return gguf_loader.load_bundle()
+  from partext_jax import pretrained  # pylint: disable=import-outside-toplevel
+  return pretrained.load_bundle()
 
 
 @pytest.mark.slow
@@ -207,7 +209,7 @@ def test_greedy_medusa_matches_ar_on_smollm2(smollm2):
     mcfg, heads, _ = mt.load_heads(asset)
     trained = True
   else:  # Lossless whatever the heads: random ones must give the same tokens.
-    mcfg = medusa.MedusaConfig(num_heads=4, hidden_size=model.config.hidden_size)
+    mcfg = medusa_heads.MedusaConfig(num_heads=4, hidden_size=model.config.hidden_size)
     heads, trained = _random_heads(jax.random.key(0), mcfg, scale=0.1), False
   questions = ["What is the capital of France?", "Write a haiku about the sea.",
                "Explain recursion in one paragraph.", "List three uses of copper.",
@@ -218,9 +220,9 @@ def test_greedy_medusa_matches_ar_on_smollm2(smollm2):
   # A 6-node tree (two depth-1 siblings, top-1 path to depth 4): branching, yet cheap to compile
   # and score; the 16-node default tree is exercised by experiments/bench_medusa.py.
   choices = ((0,), (1,), (0, 0), (0, 0, 0), (0, 0, 0, 0))
-  drafter = medusa.MedusaDrafter(mcfg, model.config, choices=choices)
+  drafter = medusa_drafter.MedusaDrafter(mcfg, model.config, choices=choices)
   got, info = decode.generate(jax.random.key(0), model, params, prompts, drafter=drafter,
-                              drafter_params=medusa.drafter_params(heads, params,
+                              drafter_params=medusa_drafter.drafter_params(heads, params,
                                                                    base_config=model.config),
                               max_new_tokens=64)
   np.testing.assert_array_equal(np.asarray(info.lengths), np.asarray(winfo.lengths))

@@ -17,7 +17,7 @@ import pytest
 
 import partext_jax
 from partext_jax import testing
-from partext_jax.samplers.p2 import (KappaSchedule, P2Info, P2State, denoiser_planner, lowest_k,
+from partext_jax.masked.p2 import (KappaSchedule, P2Info, P2State, denoiser_planner, lowest_k,
                                      num_to_mask, p2)
 
 M = 3          # MASK id for V = 3
@@ -208,7 +208,7 @@ def test_sample_compiles_once():
   """New key / new prompt / new sampler with equal hyper-parameters: no retrace; a Partial model
   and a Partial planner with new parameters of the same shapes reuse the compilation (same
   config as the battery test, so no extra compile when both run)."""
-  from partext_jax.samplers import p2 as p2_module
+  import partext_jax.masked.p2 as p2_module
   model = _model()
   x = _prompts(jax.random.key(6), 4, 6, 5)
   p2(model, **_battery_kw(model)).sample(jax.random.key(0), x)
@@ -270,7 +270,7 @@ def test_float64_precision_under_x64_subprocess():
   and with eta = 0 never changes a decoded token; a float64 model output is accepted."""
   script = textwrap.dedent("""
       import jax, jax.numpy as jnp, numpy as np
-      from partext_jax.samplers.p2 import p2
+      from partext_jax.masked.p2 import p2
       probs = jnp.array([[0.05, 0.05, 0.9], [0.3, 0.5, 0.2], [0.7, 0.2, 0.1], [0.2, 0.2, 0.6]])
       den = lambda tok, t: jnp.broadcast_to(jnp.log(probs), tok.shape + (3,))   # float64
       x = jnp.full((64, 4), 3, jnp.int32).at[:, 1].set(0)

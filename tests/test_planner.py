@@ -10,11 +10,11 @@ import pytest
 import runpy
 
 from partext_jax.models import planner as planner_lib
-from partext_jax.samplers.p2 import p2
+from partext_jax.masked.p2 import p2
 from partext_jax.training import planner as train_lib
-from partext_jax.training import trainer
+from partext_jax.training import mdm as trainer
 from partext_jax.training.checkpoint import CheckpointError
-from partext_jax.training.sampling import load_run
+from partext_jax.training.runs import load_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -35,10 +35,10 @@ import pytest
 
 import partext_jax
 from partext_jax import testing
-from partext_jax.samplers.remdm import (ReMDMConfig, ReMDMInfo, ReMDMState, conf_sigma,
+from partext_jax.masked.remdm import (ReMDMConfig, ReMDMInfo, ReMDMState, conf_sigma,
                                         loop_alpha, nucleus_logits, remasking_sigma, remdm,
                                         unmask_probability)
-from partext_jax.samplers.tau_leaping import tau_leaping
+from partext_jax.masked.tau_leaping import tau_leaping
 from partext_jax.schedules import MaskingSchedule
 
 V, L = 3, 3
@@ -293,7 +293,7 @@ def test_sample_compiles_once():
   """A new key, a new prompt of the same shape, a new sampler with equal hyper-parameters, and a
   Partial model with new parameters of the same shapes all reuse one compilation (same config as
   the battery test, so this costs no extra compile when both run)."""
-  from partext_jax.samplers import remdm as remdm_module
+  import partext_jax.masked.remdm as remdm_module
   model = _model()
   x = _random_prompts(jax.random.key(8), 4, 6, 5, 5)
   remdm(model, **BATTERY_KW).sample(jax.random.key(0), x)
@@ -360,8 +360,8 @@ def test_float64_draw_equals_mdlm_under_x64_subprocess():
   script = textwrap.dedent("""
       import jax, jax.numpy as jnp, numpy as np
       from partext_jax import testing
-      from partext_jax.samplers.remdm import remdm
-      from partext_jax.samplers.tau_leaping import tau_leaping
+      from partext_jax.masked.remdm import remdm
+      from partext_jax.masked.tau_leaping import tau_leaping
       den = testing.exact_denoiser(testing.random_joint(0, vocab_size=3, length=3), mask_id=3)
       x = jnp.full((256, 3), 3, jnp.int32).at[:50, 1].set(2)
       key = jax.random.key(0)

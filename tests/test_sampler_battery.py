@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from partext_jax.samplers.confidence import confidence
-from partext_jax.samplers.eb import eb_sampler
-from partext_jax.samplers.semi_ar import semi_ar
-from partext_jax.samplers.tau_leaping import tau_leaping
+from partext_jax.masked.adaptive import confidence
+from partext_jax.masked.adaptive import eb_sampler
+from partext_jax.masked.blocks import semi_ar
+from partext_jax.masked.tau_leaping import tau_leaping
 from partext_jax.testing import battery
 
 V, L = 5, 8

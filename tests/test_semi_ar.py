@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from partext_jax import testing
-from partext_jax.samplers.confidence import confidence
-from partext_jax.samplers.eb import eb_sampler
-from partext_jax.samplers.semi_ar import BlockLayout, resolve_layout, semi_ar
+from partext_jax.masked.adaptive import confidence
+from partext_jax.masked.adaptive import eb_sampler
+from partext_jax.masked.blocks import BlockLayout, resolve_layout, semi_ar
 from partext_jax.testing import toys
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from partext_jax import sharding
+from partext_jax import parallel
 from partext_jax.models import denoiser, llama
 from partext_jax.training import config as config_lib
 
@@ -40,7 +40,7 @@ def _env():
 
 
 def _mesh(data, fsdp, tensor):
-  return AbstractMesh((data, fsdp, tensor), sharding.AXIS_NAMES)
+  return AbstractMesh((data, fsdp, tensor), parallel.AXIS_NAMES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,34 +48,34 @@ def _mesh(data, fsdp, tensor):
 
 
 def test_resolve_mesh_shape_fills_minus_one_and_rejects_bad_shapes():
-  assert sharding.resolve_mesh_shape(8) == (8, 1, 1)
-  assert sharding.resolve_mesh_shape(8, data=2, fsdp=-1, tensor=2) == (2, 2, 2)
-  assert sharding.resolve_mesh_shape(8, data=1, fsdp=4, tensor=2) == (1, 4, 2)
+  assert parallel.resolve_mesh_shape(8) == (8, 1, 1)
+  assert parallel.resolve_mesh_shape(8, data=2, fsdp=-1, tensor=2) == (2, 2, 2)
+  assert parallel.resolve_mesh_shape(8, data=1, fsdp=4, tensor=2) == (1, 4, 2)
   with pytest.raises(ValueError, match=r"has 3 devices but 8 are available"):
-    sharding.resolve_mesh_shape(8, data=3, fsdp=1, tensor=1)
+    parallel.resolve_mesh_shape(8, data=3, fsdp=1, tensor=1)
   with pytest.raises(ValueError, match=r"do not divide the 8 devices"):
-    sharding.resolve_mesh_shape(8, data=-1, fsdp=3, tensor=1)
+    parallel.resolve_mesh_shape(8, data=-1, fsdp=3, tensor=1)
   with pytest.raises(ValueError, match=r"at most one mesh axis may be -1"):
-    sharding.resolve_mesh_shape(8, data=-1, fsdp=-1)
+    parallel.resolve_mesh_shape(8, data=-1, fsdp=-1)
   with pytest.raises(ValueError, match=r"tensor=0 must be an int >= 1 or -1"):
-    sharding.resolve_mesh_shape(8, tensor=0)
+    parallel.resolve_mesh_shape(8, tensor=0)
 
 
 def test_make_mesh_has_auto_axes_and_checks_the_device_count():
-  mesh = sharding.make_mesh()
-  assert mesh.axis_names == sharding.AXIS_NAMES
-  assert sharding.mesh_shape(mesh) == {"data": jax.device_count(), "fsdp": 1, "tensor": 1}
+  mesh = parallel.make_mesh()
+  assert mesh.axis_names == parallel.AXIS_NAMES
+  assert parallel.mesh_shape(mesh) == {"data": jax.device_count(), "fsdp": 1, "tensor": 1}
   # Auto, not make_mesh's Explicit default: with_sharding_constraint must work inside jit.
   assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
   with pytest.raises(ValueError, match=r"are available"):
-    sharding.make_mesh(data=jax.device_count() + 1)
+    parallel.make_mesh(data=jax.device_count() + 1)
 
 
 def test_denoiser_specs_follow_the_rules():
   cfg = denoiser.DenoiserConfig(vocab_size=31, max_len=16, d_model=32, num_layers=1,
                                 num_heads=4, mlp_dim=64)
   params = jax.eval_shape(lambda: denoiser.init_params(jax.random.key(0), cfg))
-  specs = sharding.param_specs(denoiser.param_logical_axes(cfg), params, _mesh(2, 2, 2))
+  specs = parallel.param_specs(denoiser.param_logical_axes(cfg), params, _mesh(2, 2, 2))
   block = specs["block_0"]
   assert block["attn"]["q"]["kernel"] == P("fsdp", "tensor", None)   # embed, heads, head_dim
   assert block["attn"]["o"]["kernel"] == P("tensor", None, "fsdp")   # heads, head_dim, embed
@@ -85,7 +85,7 @@ def test_denoiser_specs_follow_the_rules():
   assert specs["embed"]["embedding"] == P("tensor", "fsdp")          # 32 = V + 1 rows
   assert specs["head"]["kernel"] == P("fsdp", None)                  # V = 31: replicated
   # Size-1 axes shard nothing and are dropped.
-  specs = sharding.param_specs(denoiser.param_logical_axes(cfg), params, _mesh(8, 1, 1))
+  specs = parallel.param_specs(denoiser.param_logical_axes(cfg), params, _mesh(8, 1, 1))
   assert all(s == P(*([None] * len(s)))
              for s in jax.tree_util.tree_leaves(specs, is_leaf=lambda x: isinstance(x, P)))
 
@@ -93,7 +93,7 @@ def test_denoiser_specs_follow_the_rules():
 def test_llama_specs_replicate_indivisible_kv_heads():
   config = llama.LlamaConfig.tiny()  # 4 heads, 2 KV heads, hidden 32.
   params = jax.eval_shape(lambda: llama.init_params(jax.random.key(0), config))
-  specs = sharding.param_specs(llama.param_logical_axes(config), params, _mesh(1, 2, 4))
+  specs = parallel.param_specs(llama.param_logical_axes(config), params, _mesh(1, 2, 4))
   attn = specs["layers_0"]["attn"]
   assert attn["q"]["kernel"] == P("fsdp", "tensor", None)  # 4 heads on tensor=4
   assert attn["k"]["kernel"] == P("fsdp", None, None)      # 2 KV heads: replicated
@@ -102,15 +102,15 @@ def test_llama_specs_replicate_indivisible_kv_heads():
 
 def test_batch_and_rule_errors_are_clear():
   mesh = _mesh(2, 2, 2)
-  sharding.check_batch(8, mesh)
+  parallel.check_batch(8, mesh)
   with pytest.raises(ValueError, match=r"batch size 6 is not divisible by the batch mesh axes "
                                        r"\('data', 'fsdp'\) \(product 4\)"):
-    sharding.check_batch(6, mesh)
+    parallel.check_batch(6, mesh)
   with pytest.raises(ValueError, match=r"unknown logical axis 'experts'; the rules know"):
-    sharding.logical_to_spec(("experts", "embed"), (8, 8), mesh)
+    parallel.logical_to_spec(("experts", "embed"), (8, 8), mesh)
   with pytest.raises(ValueError, match=r"names mesh axis 'model', not one of"):
-    sharding.logical_to_spec(("mlp",), (8,), mesh, rules={"mlp": "model"})
-  assert sharding.batch_spec(mesh, 3) == P(("data", "fsdp"), None, None)
+    parallel.logical_to_spec(("mlp",), (8,), mesh, rules={"mlp": "model"})
+  assert parallel.batch_spec(mesh, 3) == P(("data", "fsdp"), None, None)
 
 
 def test_mesh_config_section_is_strict():

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from partext_jax.models import llama
-from partext_jax.samplers import autoregressive as ar
-from partext_jax.speculative import decode, drafters, toys, trees
+from partext_jax.ar import sampling as ar
+from partext_jax.ar.speculative import decode, drafters, trees
+from partext_jax.testing import ngram
 
 TINY = llama.LlamaLM(llama.LlamaConfig.tiny(eos_id=None))
 
@@ -26,11 +27,11 @@ def test_tree_logits_equal_causal_forward_over_root_path(tiny_params):
   cache = TINY.init_cache(1, s_len)
   root_slot = jnp.array([3])  # prefix = slots 0..2, root (token 4) at slot 3
   fwd = jax.jit(lambda *a: TINY(tiny_params, *a))  # eager would compile op by op
-  _, cache = fwd(prompt[:, :3], jnp.arange(3)[None],
+  _, cache, _ = fwd(prompt[:, :3], jnp.arange(3)[None],
                  llama.causal_cache_mask(jnp.arange(3)[None], 0, s_len), cache, jnp.zeros(1, int))
   mask = decode.tree_attention_mask(tree, root_slot=root_slot, first_slot=jnp.array([0]),
                                     cache_len=s_len)
-  logits, _ = fwd(toks, 3 + tree.depth, mask, cache, root_slot)
+  logits = fwd(toks, 3 + tree.depth, mask, cache, root_slot).logits
   paths = np.asarray(trees.root_paths(tree.parent[0], max_depth=spec.max_depth))
   # One batched causal forward over every node's root path (right-padded), read at its end.
   seqs = np.zeros((spec.size, 3 + spec.max_depth + 1), np.int32)
@@ -41,7 +42,7 @@ def test_tree_logits_equal_causal_forward_over_root_path(tiny_params):
     seqs[i, :len(seq)] = seq
     ends.append(len(seq) - 1)
   pos = jnp.broadcast_to(jnp.arange(seqs.shape[1]), seqs.shape)
-  ref, _ = jax.jit(lambda x: TINY(tiny_params, x, pos, None, None, None))(jnp.asarray(seqs))
+  ref = jax.jit(lambda x: TINY(tiny_params, x, pos, None, None, None))(jnp.asarray(seqs)).logits
   ref = np.asarray(ref)[np.arange(spec.size), ends]
   np.testing.assert_allclose(logits[0], ref, atol=1e-5, rtol=1e-5)
 
@@ -50,9 +51,10 @@ def test_compacted_cache_equals_ar_cache(tiny_params):
   prompts = [[5, 9, 13, 4], [7, 3]]
   d = drafters.early_exit_drafter(TINY, tiny_params, num_layers=1, mode="eagle", gamma=3,
                                   top_k=2, num_nodes=6)
-  out, info, cache = decode.generate(jax.random.key(0), TINY, tiny_params, prompts, drafter=d[0],
-                                     drafter_params=d[1], max_new_tokens=12, eos_id=None,
-                                     min_bucket=8, return_cache=True)
+  out, info = decode.generate(jax.random.key(0), TINY, tiny_params, prompts, drafter=d[0],
+                              drafter_params=d[1], max_new_tokens=12, eos_id=None,
+                              min_bucket=8, return_cache=True)
+  cache = info.cache
   ref, _ = ar.generate(jax.random.key(0), TINY, tiny_params, prompts, max_new_tokens=12,
                        eos_id=None, min_bucket=8)
   np.testing.assert_array_equal(out, ref)
@@ -118,7 +120,7 @@ def test_bad_input(tiny_params):
   with pytest.raises(ValueError, match="tree_size"):
     decode.generate(jax.random.key(0), TINY, tiny_params, [[1, 2]],
                     drafter=drafters.PromptLookupDrafter(gamma=40), max_new_tokens=100)
-  other = toys.ngram_lm(toys.random_ngram(0, vocab_size=11, order=2))
+  other = ngram.ngram_lm(ngram.random_ngram(0, vocab_size=11, order=2))
   with pytest.raises(ValueError, match="vocab_size"):
     decode.generate(jax.random.key(0), TINY, tiny_params, [[1, 2]],
                     drafter=drafters.LMDrafter(other), max_new_tokens=4)
@@ -143,8 +145,8 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def smollm2():
-  from partext_jax.models import gguf_loader
-  bundle = gguf_loader.load_bundle()
+  from partext_jax import pretrained
+  bundle = pretrained.load_bundle()
   tok = bundle.tokenizer
   ids = [tok.encode(tok.apply_chat_template([{"role": "user", "content": p}],
                                             add_generation_prompt=True)) for p in PROMPTS]

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from partext_jax.speculative import trees
+from partext_jax.ar.speculative import trees
 
 
 def test_from_choices_chain_and_derived_arrays():

@@ -13,15 +13,16 @@ import jax
 import numpy as np
 import pytest
 
-from partext_jax.samplers import logits_processors as lp
-from partext_jax.speculative import decode, drafters, toys, verify
+from partext_jax.ar import processors as lp
+from partext_jax.ar.speculative import decode, drafters, verify
+from partext_jax.testing import ngram
 
 V, K, N_ROWS = 4, 3, 3000
 PROMPT = [1, 2]
-TARGET_TABLE = toys.random_ngram(0, vocab_size=V, order=3, concentration=1.0)
-TARGET = toys.ngram_lm(TARGET_TABLE)
+TARGET_TABLE = ngram.random_ngram(0, vocab_size=V, order=3, concentration=1.0)
+TARGET = ngram.ngram_lm(TARGET_TABLE)
 # A drafter that puts zero mass on token 0 (which the target likes) and differs elsewhere.
-DRAFT = toys.ngram_lm(toys.random_ngram(5, vocab_size=V, order=2, concentration=0.7,
+DRAFT = ngram.ngram_lm(ngram.random_ngram(5, vocab_size=V, order=2, concentration=0.7,
                                         zero_tokens=(0,)))
 TREE = ((0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0))
 
@@ -33,7 +34,7 @@ PROCS = {"t1": lp.identity(), "t06_topk_topp": lp.build(temperature=0.6, top_k=3
 @functools.lru_cache(maxsize=None)
 def exact_probs(proc: str, num_tokens: int = K):
   """The target's exact joint of the first ``num_tokens`` tokens (cached: shared by the cases)."""
-  return toys.exact_continuation_probs(TARGET_TABLE, PROMPT, num_tokens=num_tokens,
+  return ngram.exact_continuation_probs(TARGET_TABLE, PROMPT, num_tokens=num_tokens,
                                        processor=jax.jit(PROCS[proc]))
 
 
@@ -90,13 +91,13 @@ def test_sample_and_match_oracle_on_wor_tree():
 
 def test_mismatched_rule_is_detected():
   """The i.i.d. rule on without-replacement siblings is biased; the same test rejects it."""
-  t = toys.random_ngram(3, vocab_size=V, order=2, concentration=0.5)
-  q = toys.ngram_lm(toys.random_ngram(4, vocab_size=V, order=2, concentration=5.0))
-  exact = toys.exact_continuation_probs(t, PROMPT, num_tokens=1, processor=lp.identity())
+  t = ngram.random_ngram(3, vocab_size=V, order=2, concentration=0.5)
+  q = ngram.ngram_lm(ngram.random_ngram(4, vocab_size=V, order=2, concentration=5.0))
+  exact = ngram.exact_continuation_probs(t, PROMPT, num_tokens=1, processor=lp.identity())
   wide = ((0,), (1,), (2,), (3,))
   # X^2 grows like n times the bias's chi2-divergence: with 4 N_ROWS samples two seeds gave
   # 64 and 89 against the threshold 17.7 (the matching rule: 0.9 and 3.6, df = 3).
-  out, _ = decode.generate(jax.random.key(1), toys.ngram_lm(t), None, [PROMPT] * (4 * N_ROWS),
+  out, _ = decode.generate(jax.random.key(1), ngram.ngram_lm(t), None, [PROMPT] * (4 * N_ROWS),
                            drafter=drafters.LMDrafter(q, mode="tree_wor", choices=wide),
                            max_new_tokens=1, processor=lp.identity(), rule="iid", eos_id=None,
                            min_bucket=len(PROMPT), compiler_options=FAST_COMPILE)
@@ -108,7 +109,7 @@ _verify = jax.jit(verify.verify, static_argnames=("rule", "greedy"))  # eager: o
 
 
 def test_verify_greedy_exact_match_and_bad_rule():
-  from partext_jax.speculative import trees
+  from partext_jax.ar.speculative import trees
   spec = trees.TreeSpec.from_choices(((0,), (1,), (0, 0)))
   tree = spec.tree(np.array([[9, 3, 2, 5]]))
   p = np.zeros((1, 4, 10), np.float32)
@@ -125,7 +126,7 @@ def test_verify_greedy_exact_match_and_bad_rule():
 
 def test_typical_acceptance_is_explicit_and_lossy_by_design():
   """``rule="typical"`` accepts a likely-enough child without residual correction."""
-  from partext_jax.speculative import trees
+  from partext_jax.ar.speculative import trees
   tree = trees.TreeSpec.chain(1).tree(np.array([[0, 1]]))
   p = np.array([[[0.0, 0.6, 0.4], [1.0, 0.0, 0.0]]], np.float32)
   res = _verify(jax.random.key(0), tree, p, rule="typical")

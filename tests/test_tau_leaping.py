@@ -25,7 +25,7 @@ import pytest
 
 import partext_jax
 from partext_jax import testing
-from partext_jax.samplers.tau_leaping import (TauLeapingConfig, TauLeapingInfo,
+from partext_jax.masked.tau_leaping import (TauLeapingConfig, TauLeapingInfo,
                                               TauLeapingState, tau_leaping, time_grid,
                                               unmask_probability)
 from partext_jax.schedules import MaskingSchedule
@@ -360,7 +360,7 @@ def test_float64_draw_under_x64_subprocess():
   script = textwrap.dedent("""
       import jax, jax.numpy as jnp
       from partext_jax import testing
-      from partext_jax.samplers.tau_leaping import tau_leaping
+      from partext_jax.masked.tau_leaping import tau_leaping
       joint = testing.random_joint(0, vocab_size=3, length=3, concentration=0.5)
       den = testing.exact_denoiser(joint, mask_id=3)
       n = 5_000

@@ -16,8 +16,8 @@ import pytest
 from partext_jax.models.denoiser import DenoiserConfig
 from partext_jax.training import checkpoint as checkpoint_lib
 from partext_jax.training import config as config_lib
-from partext_jax.training import sampling
-from partext_jax.training import trainer
+from partext_jax.training import runs as sampling
+from partext_jax.training import mdm as trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

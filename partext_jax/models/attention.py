@@ -48,7 +48,7 @@ class CacheBlockMask(NamedTuple):
   Usage (a token tree of ``T`` nodes after a ragged prompt of ``n[b]`` tokens)::
 
       mask = CacheBlockMask(start=first, prefix_len=n - first, block_mask=ancestors)
-      logits, cache = model(params, tree_tokens, tree_positions, mask, cache, write_slots=n)
+      logits, cache, _ = model(params, tree_tokens, tree_positions, mask, cache, write_slots=n)
   """
 
   start: jax.Array

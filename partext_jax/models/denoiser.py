@@ -13,7 +13,7 @@ from the unconditioned model). Masked diffusion with the absorbing process does 
 (the denoiser's optimum is time-independent, MDLM section 3), which is why it is off by default
 and why samplers may cache its outputs.
 
-Cached calls (Fast-dLLM-style block decoding, :mod:`partext_jax.samplers.block_cache`). Each
+Cached calls (Fast-dLLM-style block decoding, :mod:`partext_jax.masked.block_cache`). Each
 layer ``l`` stores the rotary-embedded keys and values of every position it processed,
 ``K_l, V_l [B, T, H, D]``. A call with ``context=(cache, ranges)`` -- ``cache`` a
 :class:`KVCache` ``[num_layers, B, S, H, D]`` from an earlier call, ``ranges`` static
@@ -321,7 +321,7 @@ class CachedDenoiserApply:
 
 def make_cached_denoise_fn(cfg: DenoiserConfig, params, *,
                            context_impl: str = "xla") -> jax.tree_util.Partial:
-  """The ``kv_denoise_fn`` cached samplers take (:mod:`partext_jax.samplers.block_cache`).
+  """The ``kv_denoise_fn`` cached samplers take (:mod:`partext_jax.masked.block_cache`).
 
   ``kv_denoise_fn(tokens int32[B, T], t float32[B], positions int32[B, T], context) ->
   (logits float32[B, T, V], KVCache)``; ``context`` is ``None`` (a plain forward pass over the

@@ -41,7 +41,8 @@ Usage::
     cache = model.init_cache(batch=1, max_len=32)
     tokens, pos = jnp.array([[1, 5, 9, 4, 3]]), jnp.arange(5)[None]
     mask = causal_cache_mask(pos, 0, 32)          # bool[1, 5, 32]
-    logits, cache = model(params, tokens, pos, mask, cache, jnp.zeros(1, jnp.int32))
+    out = model(params, tokens, pos, mask, cache, jnp.zeros(1, jnp.int32))   # LMOutput
+    out.logits.shape, out.cache                                             # [1, 5, V]
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from partext_jax.base import LMOutput
 from partext_jax.models import attention as attention_lib
 from partext_jax.models.layers import (RMSNorm, SwiGLU, apply_rope, default_init, head_projection,
                                        logical, logical_axes, output_projection)
@@ -216,7 +218,8 @@ class Llama(nn.Module):
     return_hidden: also return the final hidden states (after the final RMSNorm, i.e. the LM
       head's input), ``[B, T or K, hidden]``.
   Returns:
-    ``(logits [B, T or K, V] float32, new_cache)`` (+ ``hidden`` when ``return_hidden``).
+    :class:`partext_jax.base.LMOutput` ``(logits [B, T or K, V] float32, cache, hidden)``;
+    ``cache`` is ``None`` without one, ``hidden`` ``None`` unless ``return_hidden``.
   """
 
   config: LlamaConfig
@@ -257,10 +260,7 @@ class Llama(nn.Module):
     else:
       logits = nn.Dense(c.vocab_size, use_bias=False, dtype=c.compute_dtype, name="lm_head",
                         kernel_init=logical(default_init, ("embed", "vocab")))(hidden)
-    logits = logits.astype(jnp.float32)
-    if return_hidden:
-      return logits, cache, hidden
-    return logits, cache
+    return LMOutput(logits.astype(jnp.float32), cache, hidden if return_hidden else None)
 
 
 def forward(params, tokens, positions, attn_mask=None, cache=None, write_slots=None, *,
@@ -288,8 +288,8 @@ def param_logical_axes(config: LlamaConfig):
 class LlamaLM:
   """The model as the samplers see it: a hashable callable plus cache/params constructors.
 
-  ``model(params, tokens, positions, attn_mask, cache, write_slots, logits_at=None)
-  -> (logits, cache)``. Being a frozen dataclass of a frozen config, it can be a static
+  ``model(params, tokens, positions, attn_mask, cache, write_slots, logits_at=None,
+  return_hidden=False) -> LMOutput`` (the :class:`partext_jax.base.CausalLM` protocol). Being a frozen dataclass of a frozen config, it can be a static
   argument of ``jax.jit``; two equal configs hit the same compilation cache entry.
   """
 
@@ -320,8 +320,8 @@ class LlamaLM:
 
 
 class ModelBundle(NamedTuple):
-  """What :func:`partext_jax.samplers.autoregressive.generate_text` needs."""
+  """What :func:`partext_jax.ar.sampling.generate_text` needs."""
 
   model: LlamaLM
   params: Any
-  tokenizer: Any  # partext_jax.models.gguf_tokenizer.GGUFTokenizer
+  tokenizer: Any  # partext_jax.pretrained.tokenizer.GGUFTokenizer

@@ -15,7 +15,7 @@ trained by binary cross-entropy (:mod:`partext_jax.training.planner`): ``x`` fro
 masked at ``t ~ U(0, 1)``, masked positions filled by sampling the denoiser, label
 ``y_l == x_l`` at the filled positions.
 
-As a planner for :func:`partext_jax.samplers.p2.p2`, which scores
+As a planner for :func:`partext_jax.masked.p2.p2`, which scores
 ``log_softmax(planner(x, x0))[x0]``, the head's answer is written as logits over the vocabulary
 with exactly that log-probability::
 
@@ -119,7 +119,7 @@ class _PlannerCall:
 
 def trained_planner(model_cfg: DenoiserConfig, denoiser_params, head_params, *,
                     head_config: PlannerConfig = PlannerConfig()) -> jax.tree_util.Partial:
-  """``planner(x, x0) -> logits [B, L, V]`` for :func:`partext_jax.samplers.p2.p2`.
+  """``planner(x, x0) -> logits [B, L, V]`` for :func:`partext_jax.masked.p2.p2`.
 
   A ``Partial`` holding both parameter trees, so they are traced (new weights do not recompile).
   """

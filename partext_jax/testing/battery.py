@@ -1,6 +1,6 @@
 r"""The shared invariant battery every masked-diffusion sampler is run through (ALGORITHMS.md 8).
 
-Each check takes a built :class:`partext_jax.samplers.base.MaskedSampler` and an initial batch
+Each check takes a built :class:`partext_jax.masked.driver.MaskedSampler` and an initial batch
 ``x_init int32[B, L]`` (MASK at positions to generate, anything else a prompt / constraint),
 raises ``AssertionError`` with a message on failure, and returns what it computed:
 

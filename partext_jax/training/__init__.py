@@ -11,7 +11,7 @@ from partext_jax.training.config import (
     parse_config,
 )
 from partext_jax.training.checkpoint import Checkpointer, CheckpointError, TrainState
-from partext_jax.training.trainer import train_and_evaluate
+from partext_jax.training.mdm import train_and_evaluate
 
 __all__ = [
     "ConfigError", "DataConfig", "DiffusionConfig", "ExperimentConfig", "ModelConfig",

@@ -165,7 +165,7 @@ class SampleConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """Device mesh of the run (:func:`partext_jax.sharding.make_mesh`); ``-1`` fills the rest.
+  """Device mesh of the run (:func:`partext_jax.parallel.make_mesh`); ``-1`` fills the rest.
 
   ``data`` and ``fsdp`` split the batch, ``fsdp`` also the parameters' ``embed`` dimension,
   ``tensor`` their ``vocab``/``mlp``/``heads`` dimensions. The product must equal the number of

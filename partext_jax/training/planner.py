@@ -102,7 +102,7 @@ def roc_auc(score, label) -> float:
 def train_planner(run, cfg: PlannerTrainConfig = PlannerTrainConfig(), *,
                   workdir: str | None = None, progress: bool = True
                   ) -> tuple[Any, dict[str, float]]:
-  """Trains the head on ``run`` (a :class:`~partext_jax.training.sampling.LoadedRun`, whose EMA
+  """Trains the head on ``run`` (a :class:`~partext_jax.training.runs.LoadedRun`, whose EMA
   parameters stay frozen); saves it under ``<workdir>/planner`` when ``workdir`` is given."""
   model_cfg = run.model_config
   den_params = run.state.ema_params

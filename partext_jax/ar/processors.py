@@ -1,0 +1,165 @@
+"""Composable logits processors: pure functions ``logits float32[B, V] -> logits float32[B, V]``.
+
+A processor returns logits whose ``softmax`` is the distribution to sample from; removed tokens get
+``-inf``. They compose like ``optax.chain``: ``chain(temperature(0.7), top_k(50), top_p(0.9))``
+applies left to right. Each processor is a frozen dataclass, hence hashable: it can be a
+``static_argnames`` value of a jitted sampler (equal processors share one compilation).
+
+Math, for logits ``z`` of one row:
+
+* ``temperature(t)``: ``z / t`` (``t > 0``).
+* ``top_k(k)``: keep ``z_i >= z_(k)`` (the ``k``-th largest value; ties at the threshold kept).
+* ``top_p(p)``: sort ``z`` descending, ``P_j = sum_{i<j} softmax(z)_(i)`` (mass strictly *before*
+  token ``j``); keep ``j`` iff ``P_j < p``. The top token has ``P = 0`` and is always kept.
+* ``greedy()``: keep only the argmax (first one on ties), so sampling is deterministic.
+
+Usage::
+
+    proc = chain(temperature(0.8), top_k(40), top_p(0.95))
+    token = jax.random.categorical(key, proc(logits))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+LogitsProcessor = Callable[[jax.Array], jax.Array]
+
+NEG_INF = -jnp.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class Temperature:
+  temperature: float
+
+  def __post_init__(self):
+    if not self.temperature > 0:
+      raise ValueError(f"temperature={self.temperature!r} must be > 0 (use greedy() for 0)")
+
+  def __call__(self, logits):
+    return logits / jnp.asarray(self.temperature, logits.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class TopK:
+  k: int
+
+  def __post_init__(self):
+    if not isinstance(self.k, int) or self.k < 1:
+      raise ValueError(f"top_k={self.k!r} must be an int >= 1")
+
+  def __call__(self, logits):
+    k = min(self.k, logits.shape[-1])
+    kth = jax.lax.top_k(logits, k)[0][..., -1:]
+    return jnp.where(logits >= kth, logits, NEG_INF)
+
+
+@dataclasses.dataclass(frozen=True)
+class TopP:
+  p: float
+
+  def __post_init__(self):
+    if not 0.0 < self.p <= 1.0:
+      raise ValueError(f"top_p={self.p!r} must lie in (0, 1]")
+
+  def __call__(self, logits):
+    if self.p >= 1.0:
+      return logits
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep_sorted = mass_before < self.p
+    keep_sorted = keep_sorted.at[..., 0].set(True)  # the top token survives any p
+    # Scatter the keep flags back to vocabulary order.
+    keep = jnp.zeros_like(keep_sorted).at[
+        jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+    return jnp.where(keep, logits, NEG_INF)
+
+
+@dataclasses.dataclass(frozen=True)
+class Greedy:
+
+  def __call__(self, logits):
+    best = jnp.argmax(logits, axis=-1)
+    return jnp.where(jnp.arange(logits.shape[-1])[None, :] == best[:, None], 0.0, NEG_INF).astype(
+        logits.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+  processors: tuple
+
+  def __call__(self, logits):
+    for proc in self.processors:
+      logits = proc(logits)
+    return logits
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+
+  def __call__(self, logits):
+    return logits
+
+
+def is_greedy(processor) -> bool:
+  """Whether ``processor`` ends in :class:`Greedy` (sampling from it is deterministic)."""
+  if isinstance(processor, Greedy):
+    return True
+  return isinstance(processor, Chain) and any(isinstance(p, Greedy) for p in processor.processors)
+
+
+def temperature(t: float) -> Temperature:
+  return Temperature(float(t))
+
+
+def top_k(k: int) -> TopK:
+  return TopK(k)
+
+
+def top_p(p: float) -> TopP:
+  return TopP(float(p))
+
+
+def greedy() -> Greedy:
+  return Greedy()
+
+
+def identity() -> Identity:
+  return Identity()
+
+
+def chain(*processors) -> Chain:
+  """Applies ``processors`` left to right (flattening nested chains)."""
+  flat = []
+  for p in processors:
+    if isinstance(p, Chain):
+      flat.extend(p.processors)
+    elif callable(p):
+      flat.append(p)
+    else:
+      raise TypeError(f"chain() takes logits processors (callables), got {p!r}")
+  return Chain(tuple(flat))
+
+
+def build(*, temperature: float = 1.0, top_k: int | None = None,
+          top_p: float | None = None) -> Chain:
+  """The usual sampling knobs as one processor; ``temperature == 0`` means greedy.
+
+  ``top_k=None`` / ``0`` and ``top_p=None`` / ``1.0`` disable those filters.
+  """
+  if temperature is None or temperature < 0:
+    raise ValueError(f"temperature={temperature!r} must be >= 0 (0 = greedy)")
+  if temperature == 0:
+    return chain(Greedy())
+  procs = [] if temperature == 1.0 else [Temperature(float(temperature))]
+  if top_k not in (None, 0):
+    procs.append(TopK(int(top_k)))
+  if top_p is not None and top_p < 1.0:
+    procs.append(TopP(float(top_p)))
+  return chain(*procs)

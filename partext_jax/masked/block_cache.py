@@ -1,0 +1,347 @@
+r"""Cached block decoding for masked-diffusion LMs: Fast-dLLM prefix / dual cache and exact mode.
+
+Runs the adaptive samplers of :mod:`partext_jax.masked.adaptive` (``topk``, ``threshold``,
+``factor``) and :mod:`partext_jax.masked.rules` in semi-autoregressive block mode
+(:mod:`partext_jax.masked.blocks`) with a key/value cache (ALGORITHMS.md section 7). The
+window ``[L - gen_length, L)`` is cut into blocks ``[s_j, e_j)`` of ``block_length`` positions;
+every step decodes positions of the current block only, with the same rule, randomness and
+carry-over as the uncached sampler. What changes is how the logits of the block are computed.
+With ``K_l, V_l`` the per-layer keys and values of a full forward pass, stored at the block's
+first step (the *refresh*, a full forward pass whose logits serve that step):
+
+* ``cache="prefix"`` (Fast-dLLM prefix cache): later steps of the block run only positions
+  ``[s_j, L)`` (block and suffix) through the model; in every layer they attend to the stored
+  ``K_l, V_l`` of the prefix ``[0, s_j)`` and to their own fresh keys and values. Cost per step
+  ``(L - s_j) / L`` of a full pass.
+* ``cache="dual"`` (Fast-dLLM dual cache): later steps run only the block ``[s_j, e_j)``; it
+  attends to the stored rows of the prefix *and* the suffix ``[e_j, L)`` plus its own fresh rows
+  (the reference overwrites the block's rows of the cache in place each step; here they are never
+  read, only the fresh ones). Cost ``block_length / L``.
+* ``cache="exact"``: refresh at every step (a full pass each step, so no stored row is ever
+  read, and none is kept): token for token the uncached sampler.
+
+In every layer ``l`` a cached step computes, for a query ``q`` of the block (or suffix),
+
+    h_l(q) = sum_{k in C} softmax_k(q . K_l[k] / sqrt(D)) V_l[k]
+             + (fresh rows of the queries themselves),
+
+where ``C`` is the stored context. Prefix tokens do not change within a block (they are decoded)
+and neither do suffix tokens (all MASK), but the *block* tokens do, and from layer 1 on the
+stored rows of the context were computed while the block held its older tokens (and for a
+time-conditioned model at an older ``t``): the cache is stale, which is the Fast-dLLM
+approximation; its effect on quality is measured, not assumed
+(``experiments/bench_block_cache.py``). Layer-0 rows depend only on their own token, so a
+1-layer model without time conditioning decodes exactly with either cache.
+
+Batches. With a cache all rows work on the same block ``j``, the first block any row still has a
+MASK in (for ``topk`` block ``step // steps_per_block`` as uncached); a row that finished block
+``j`` waits, without decoding, until every row has (a batch may take more steps than its slowest
+row alone; exact mode, which only makes full passes, lets rows move on as uncached). A row's
+randomness is indexed by its *own* step count (``fold_in(fold_in(key, row_step), row)``, which
+equals the uncached sampler's global step for a row that never waits), and its context is sliced
+from its own cache row, so a row's output does not depend on the other rows (the reference's
+dual cache mixes rows at batch > 1). The refresh is a batch-level call at the block's first step.
+
+Cost accounting (``info``, stacked along a leading step axis): ``nfe`` counts denoiser calls of
+any kind, ``full_calls`` the refreshes (one per block for the caches, one per step for exact),
+``cost`` the call's query positions over ``L`` (a full pass = 1; attention over the context is
+not counted, it is the small part at these lengths).
+
+The model is injected, never imported: ``kv_denoise_fn(tokens int32[B, T], t float32[B],
+positions int32[B, T], context) -> (logits float32[B, T, V], kv)`` where ``context`` is ``None``
+(a plain pass over the ``T`` positions) or ``(kv, ranges)``: a stored ``kv`` of a full pass and
+the static ``ranges = ((start, stop), ...)`` of its rows the queries attend to (prefix; and
+suffix for the dual cache); ``kv`` leaves are ``[layers, B, L, ...]`` (positions on axis 2).
+:func:`partext_jax.models.denoiser.make_cached_denoise_fn` builds one for the project's
+denoiser.
+
+Example::
+
+    from partext_jax.models.denoiser import make_cached_denoise_fn
+    kv_fn = make_cached_denoise_fn(cfg, params)
+    x = jnp.full((4, 128), cfg.mask_id, jnp.int32).at[:, :16].set(prompt)
+    sampler = block_cache(kv_fn, mask_id=cfg.mask_id, cache="dual", rule="threshold",
+                          threshold=0.9, block_length=16, gen_length=112)
+    tokens, info = sampler.sample(jax.random.key(0), x)
+    int(info.nfe.sum()), int(info.full_calls.sum()), float(info.cost.sum())
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from partext_jax.base import checked_callable, checked_choice, model_jit
+from partext_jax.masked import blocks
+from partext_jax.masked.adaptive import DecodeConfig, decode_config, select_row
+from partext_jax.masked.driver import (MaskedSampler, assemble_sampler, row_keys,
+                                       run_blockwise_loop)
+
+CACHE_MODES = ("exact", "prefix", "dual")
+
+
+class CacheState(NamedTuple):
+  """Carried state.
+
+  Attributes:
+    tokens: ``int32[B, L]`` current sequence.
+    step: ``int32[]`` global step index.
+    row_step: ``int32[B]`` steps in which each row decoded (its randomness index for the
+      variable-count rules).
+    block_count: ``int32[B]`` masked count of the block at its first step (``topk`` only).
+    cache: the ``kv`` pytree of the last refresh, leaves ``[layers, B, L, ...]`` (zeros in
+      exact mode, which never reads it).
+    cache_block: ``int32[]`` the block the cache was refreshed for (``-1``: none yet).
+  """
+  tokens: jax.Array
+  step: jax.Array
+  row_step: jax.Array
+  block_count: jax.Array
+  cache: Any
+  cache_block: jax.Array
+
+
+class CacheInfo(NamedTuple):
+  """Per-step diagnostics (``sample`` stacks them on a leading ``[max_steps]`` axis; steps after
+  the end read zeros, ``block = -1`` and the final tokens).
+
+  Attributes:
+    nfe: ``int32[]`` denoiser calls (0 or 1, batch level).
+    full_calls: ``int32[]`` full forward passes (cache refreshes) among them.
+    cost: ``float32[]`` query positions of the call over ``L`` (full pass = 1).
+    num_decoded: ``int32[B]`` tokens decoded per row.
+    block: ``int32[B]`` the block a row decoded in, ``-1`` if none.
+    tokens: ``int32[B, L]`` after the step if ``record_trajectory``, else ``None``.
+  """
+  nfe: jax.Array
+  full_calls: jax.Array
+  cost: jax.Array
+  num_decoded: jax.Array
+  block: jax.Array
+  tokens: Any = None
+
+
+def _positions(b: int, start: int, stop: int):
+  return jnp.broadcast_to(jnp.arange(start, stop, dtype=jnp.int32), (b, stop - start))
+
+
+def _call(kv_denoise_fn, tokens, t, positions, context):
+  """``kv_denoise_fn`` with a clear error when it is not a cached model."""
+  try:
+    out = kv_denoise_fn(tokens, t, positions, context)
+  except TypeError as e:
+    raise TypeError(
+        "kv_denoise_fn must be a cached model kv_denoise_fn(tokens, t, positions, context) -> "
+        "(logits, kv), e.g. models.denoiser.make_cached_denoise_fn(cfg, params); a plain "
+        f"denoise_fn(tokens, t) does not fit ({e})") from e
+  if not (isinstance(out, tuple) and len(out) == 2):
+    raise TypeError(f"kv_denoise_fn must return (logits, kv), got {type(out).__name__}")
+  return out
+
+
+def build_kernel(kv_denoise_fn, config: DecodeConfig, cache_mode: str, vocab_size: int):
+  """The pure ``step(rng_key, state) -> (state, info)`` (static config, mode and ``V``)."""
+  mask_id, rule = config.mask_id, config.rule
+
+  def model_logits(x, t, j, refresh, cache):
+    """``(logits [B, L, V], cache, cost)`` for block ``j``; logits outside the queried
+    positions are zero (never eligible)."""
+    b, l = x.shape
+    layout = config.layout(l)
+
+    def full():
+      logits, kv = _call(kv_denoise_fn, x, t, _positions(b, 0, l), None)
+      return logits.astype(jnp.float32), kv, jnp.float32(1.0)
+
+    if cache_mode == "exact":   # nothing reads the cache: keep the (unused) old one
+      logits, _, cost = full()
+      return logits, cache, cost
+
+    def cached(jj):
+      s = layout.start + jj * layout.block_length
+      e = s + layout.block_length
+      # Stored rows the queries attend to: the prefix, and for the dual cache the suffix.
+      if cache_mode == "prefix":
+        q0, q1, ranges = s, l, ((0, s),)
+      else:
+        q0, q1, ranges = s, e, ((0, s), (e, l))
+      ranges = tuple(r for r in ranges if r[1] > r[0])
+      ctx = (cache, ranges) if ranges else None   # one block, no prompt: nothing to reuse
+      logits, _ = _call(kv_denoise_fn, x[:, q0:q1], t, _positions(b, q0, q1), ctx)
+      logits = jnp.zeros((b, l, vocab_size), jnp.float32).at[:, q0:q1].set(
+          logits.astype(jnp.float32))
+      return logits, cache, jnp.float32((q1 - q0) / l)
+
+    branches = [functools.partial(cached, jj) for jj in range(layout.num_blocks)]
+    return jax.lax.cond(
+        refresh, full,
+        lambda: jax.lax.switch(jnp.clip(j, 0, layout.num_blocks - 1), branches))
+
+  # The uncached sampler's draw, unchanged (exact mode reproduces it token for token).
+  row_select = functools.partial(select_row, rule=rule, temperature=config.temperature)
+
+  def step(rng_key, state: CacheState):
+    x = state.tokens
+    b, l = x.shape
+    layout = config.layout(l)
+    i = state.step
+    masked = x == mask_id
+    if rule.uses_count_schedule:
+      spb = config.num_steps // layout.num_blocks
+      j = jnp.minimum(i // spb, layout.num_blocks).astype(jnp.int32)
+      eligible = blocks.eligible_positions(masked, layout, jnp.full((b,), j, jnp.int32))
+      count_now = jnp.sum(eligible, axis=1, dtype=jnp.int32)
+      block_count = jnp.where(i % spb == 0, count_now, state.block_count)
+      k = block_count // spb + (i % spb < block_count % spb).astype(jnp.int32)
+      k = jnp.minimum(k, count_now)
+      key_index = jnp.full((b,), i, jnp.int32)
+      current = jnp.full((b,), j, jnp.int32)
+    else:
+      row_block = blocks.first_masked_block(masked, layout)
+      # The batch's block: the first one any row still has a MASK in (rows ahead wait). Exact
+      # mode makes only full passes, so its rows move on independently, as uncached.
+      j = jnp.min(row_block).astype(jnp.int32)
+      current = row_block if cache_mode == "exact" else jnp.full((b,), j, jnp.int32)
+      eligible = blocks.eligible_positions(masked, layout, current)
+      block_count = state.block_count
+      k = jnp.sum(eligible, axis=1, dtype=jnp.int32)
+      key_index = state.row_step
+    wants = jnp.any(eligible, axis=1) & (k > 0)
+    need_call = jnp.any(wants)
+    refresh = need_call & ((j != state.cache_block) | (cache_mode == "exact"))
+    t = jnp.mean(masked.astype(jnp.float32), axis=1)
+    logits, cache, cost = jax.lax.cond(
+        need_call, lambda: model_logits(x, t, j, refresh, state.cache),
+        lambda: (jnp.zeros((b, l, vocab_size), jnp.float32), state.cache, jnp.float32(0.0)))
+
+    x0, chosen = jax.vmap(row_select)(row_keys(rng_key, key_index, b), logits, eligible, k)
+    chosen = chosen & eligible & wants[:, None]
+    x_new = jnp.where(chosen, x0, x)
+    num_decoded = jnp.sum(chosen, axis=1, dtype=jnp.int32)
+    new_state = CacheState(
+        tokens=x_new, step=i + 1, row_step=state.row_step + wants.astype(jnp.int32),
+        block_count=block_count, cache=cache,
+        cache_block=jnp.where(refresh, j, state.cache_block).astype(jnp.int32))
+    info = CacheInfo(nfe=need_call.astype(jnp.int32), full_calls=refresh.astype(jnp.int32),
+                     cost=cost, num_decoded=num_decoded,
+                     block=jnp.where(num_decoded > 0, current, -1).astype(jnp.int32),
+                     tokens=x_new if config.record_trajectory else None)
+    return new_state, info
+
+  return step
+
+
+def _init_state(kv_denoise_fn, x_init) -> CacheState:
+  tokens = jnp.asarray(x_init).astype(jnp.int32)
+  b, l = tokens.shape
+  kv_shape = jax.eval_shape(
+      lambda x: _call(kv_denoise_fn, x, jnp.zeros((b,), jnp.float32), _positions(b, 0, l),
+                      None)[1], tokens)
+  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), kv_shape)
+  zeros = jnp.zeros((b,), jnp.int32)
+  return CacheState(tokens, jnp.zeros((), jnp.int32), zeros, zeros, cache,
+                    jnp.full((), -1, jnp.int32))
+
+
+def _sample_impl(rng_key, x_init, *, kv_denoise_fn, config, cache_mode, vocab_size):
+  step = build_kernel(kv_denoise_fn, config, cache_mode, vocab_size)
+  state = _init_state(kv_denoise_fn, x_init)
+  b, l = state.tokens.shape
+  layout = config.layout(l)
+  num = config.max_steps(l)
+  in_window = jnp.asarray(layout.in_window())
+  buffers = CacheInfo(
+      nfe=jnp.zeros((num,), jnp.int32), full_calls=jnp.zeros((num,), jnp.int32),
+      cost=jnp.zeros((num,), jnp.float32), num_decoded=jnp.zeros((num, b), jnp.int32),
+      block=jnp.full((num, b), -1, jnp.int32),
+      tokens=jnp.zeros((num, b, l), jnp.int32) if config.record_trajectory else None)
+  return run_blockwise_loop(step, rng_key, state, buffers, num_steps=num,
+                            mask_id=config.mask_id, in_window=in_window,
+                            record_trajectory=config.record_trajectory)
+
+
+_sample = model_jit(_sample_impl, static_argnames=("config", "cache_mode", "vocab_size"),
+                    model_argnames=("kv_denoise_fn",))
+
+
+def make_cached_sampler(kv_denoise_fn, config: DecodeConfig, *, cache: str) -> MaskedSampler:
+  """A :class:`MaskedSampler` running ``config``'s rule and blocks with the ``cache`` mode.
+
+  ``config`` is the :class:`partext_jax.masked.adaptive.DecodeConfig` the uncached sampler
+  takes (any rule object: ``TopKRule``, ``ThresholdRule``, ``FactorRule``, ``EntropyBoundRule``);
+  ``cache`` is one of :data:`CACHE_MODES`. ``sample(rng_key, x_init) -> (tokens, CacheInfo)``;
+  ``step`` is jit-compiled once per vocabulary size (it is the same function ``sample`` loops).
+  """
+  checked_callable("kv_denoise_fn", kv_denoise_fn)
+  if not isinstance(config, DecodeConfig):
+    raise TypeError(f"config must be a DecodeConfig, got {config!r}")
+  checked_choice("cache", cache, CACHE_MODES)
+
+  def plain(tokens, t):
+    b, l = tokens.shape
+    return _call(kv_denoise_fn, tokens, t, _positions(b, 0, l), None)[0]
+
+  def check_shape(b, l, vocab_size):
+    del vocab_size
+    config.layout(l)
+    kv = jax.eval_shape(lambda x: _call(kv_denoise_fn, x, jnp.zeros((b,), jnp.float32),
+                                        _positions(b, 0, l), None)[1],
+                        jax.ShapeDtypeStruct((b, l), jnp.int32))
+    for leaf in jax.tree.leaves(kv):
+      if leaf.ndim < 3 or leaf.shape[1:3] != (b, l):
+        raise ValueError(f"kv_denoise_fn's kv leaves must be [layers, B={b}, T={l}, ...] "
+                         f"(positions on axis 2); got a leaf of shape {leaf.shape}")
+
+  def check_input(x_init, vocab_size):
+    del vocab_size
+    blocks.check_prompt_region(x_init, config.mask_id, config.layout(x_init.shape[1]))
+
+  @functools.lru_cache(maxsize=None)
+  def jitted_kernel(vocab_size):
+    # Compiled once: run eagerly, every lax.switch / cond branch would be retraced each call.
+    return jax.jit(build_kernel(kv_denoise_fn, config, cache, vocab_size))
+
+  return assemble_sampler(
+      plain, config.mask_id,
+      kernel=jitted_kernel,
+      init_state=lambda x, v: _init_state(kv_denoise_fn, x),
+      sample=lambda key, x, v: _sample(key, x, kv_denoise_fn=kv_denoise_fn, config=config,
+                                       cache_mode=cache, vocab_size=v),
+      check_shape=check_shape, check_input=check_input)
+
+
+def block_cache(kv_denoise_fn, *, mask_id: int, cache: str = "dual", rule: str = "threshold",
+                block_length=None, gen_length=None, num_steps=None, proxy=None,
+                temperature: float = 0.0, threshold=None, factor=None, alg_temp=None, gamma=None,
+                record_trajectory: bool = False) -> MaskedSampler:
+  """Builds a cached block-decoding :class:`MaskedSampler` (math in the module docstring).
+
+  Args:
+    kv_denoise_fn: ``(tokens, t, positions, context) -> (logits, kv)``, e.g.
+      :func:`partext_jax.models.denoiser.make_cached_denoise_fn`.
+    mask_id: the MASK token id, ``>= V``.
+    cache: ``"dual"``, ``"prefix"`` (Fast-dLLM) or ``"exact"`` (refresh every step).
+    rule: ``"topk"``, ``"threshold"``, ``"factor"`` (:mod:`partext_jax.masked.adaptive`)
+      or ``"eb"`` (:mod:`partext_jax.masked.rules`).
+    block_length, gen_length: the blocks (``gen_length % block_length == 0``); default one
+      block over the whole sequence.
+    num_steps: ``rule="topk"`` only (a multiple of the number of blocks).
+    proxy: confidence proxy of the confidence rules.
+    temperature: ``tau >= 0`` of the token draw (0: argmax).
+    threshold: ``rule="threshold"`` (default 0.9) or ``"eb"`` (optional union).
+    factor: ``rule="factor"`` only (default 1.0). alg_temp: ``rule="topk"`` only.
+    gamma: ``rule="eb"`` only, entropy budget (default 0.0).
+    record_trajectory: also return the tokens after every step.
+
+  The same arguments without ``cache`` build the uncached sampler (``confidence(...)`` or
+  ``eb_sampler(...)`` on the plain model), which ``cache="exact"`` reproduces token for token.
+  """
+  checked_choice("cache", cache, CACHE_MODES)
+  config = decode_config(mask_id=mask_id, rule=rule, num_steps=num_steps, proxy=proxy,
+                         temperature=temperature, threshold=threshold, factor=factor,
+                         alg_temp=alg_temp, gamma=gamma, block_length=block_length,
+                         gen_length=gen_length, record_trajectory=record_trajectory)
+  return make_cached_sampler(kv_denoise_fn, config, cache=cache)

@@ -1,1 +1,0 @@
-"""Pure-functional samplers. Each module holds one algorithm (BlackJAX style)."""
