@@ -6,19 +6,18 @@ beat it) and the unigram entropy (a model ignoring context cannot beat that). Ab
 
     python experiments/train.py --config=configs/markov.py --workdir=/tmp/markov
 
-Starts from configs/default.py (where every field is documented); the text-only data fields
-(max_bytes, validation_fraction, tokenizer, vocab_size) are ignored by the markov source.
+Starts from the defaults (``configs/default.py``); the text-only data fields (max_bytes,
+validation_fraction, tokenizer, vocab_size) are ignored by the markov source.
 """
 
-import pathlib
-import runpy
+from partext_jax.training import config as config_lib
 
 
 def get_config():
   """Returns the Markov-chain experiment config."""
-  config = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))["get_config"]()
+  config = config_lib.default_config()
   # Data: 8192 training and 256 validation sequences of 64 states (num_states, concentration and
-  # seed of the chain as in default.py).
+  # seed of the chain at their defaults).
   config.data.update(source="markov", seq_len=64, num_train_sequences=8192,
                      num_valid_sequences=256)
   # Model: two small blocks.
@@ -28,7 +27,7 @@ def get_config():
                       eval_every=100, eval_batch_size=64, eval_batches=4, eval_time_samples=8)
   # Sampling: 64 tau-leaping steps.
   config.sample.update(num_steps=64)
-  # Mesh: default.py's (every device on the data axis; batch 32 and eval batch 64 split over
-  # up to 32 devices, if their count divides 32). At d_model=64, fsdp / tensor sharding would
-  # only add traffic.
+  # Mesh: the default (every device on the data axis; batch 32 and eval batch 64 split over up
+  # to 32 devices, if their count divides 32). At d_model=64, fsdp / tensor sharding would only
+  # add traffic.
   return config

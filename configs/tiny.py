@@ -2,16 +2,15 @@
 
     python experiments/train.py --config=configs/tiny.py --workdir=/tmp/tiny
 
-Starts from configs/default.py (where every field is documented) and changes only sizes.
+Starts from the defaults (``configs/default.py``) and changes only sizes.
 """
 
-import pathlib
-import runpy
+from partext_jax.training import config as config_lib
 
 
 def get_config():
   """Returns the tiny experiment config."""
-  config = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))["get_config"]()
+  config = config_lib.default_config()
   # Data: 300 kB of stdlib source, character-level, short sequences.
   config.data.update(max_bytes=300_000, validation_fraction=0.1, tokenizer="char",
                      vocab_size=128, seq_len=32)
@@ -24,6 +23,6 @@ def get_config():
                       progress_bar=False)
   # Sampling: two short samples.
   config.sample.update(num_samples=2, num_steps=8)
-  # Mesh: default.py's (every device on the data axis). Batch sizes of 8 split over 1, 2, 4 or 8
+  # Mesh: the default (every device on the data axis). Batch sizes of 8 split over 1, 2, 4 or 8
   # devices; e.g. --config.mesh.data=2 --config.mesh.fsdp=2 --config.mesh.tensor=2 on 8.
   return config

@@ -21,15 +21,12 @@ Shapes (defaults): SmolLM2-135M attention (9 query heads, 3 KV heads, head_dim 6
 Pallas interpret mode (the CPU path): a check that the script runs, not a measurement.
 """
 
-import datetime
-import platform
-import time
-
 from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common
 from partext_jax.kernels import block_attention as ba
 from partext_jax.kernels import tree_attention as ta
 from partext_jax.models import attention as attention_lib
@@ -43,13 +40,7 @@ _OUT = flags.DEFINE_string("out", None, "Also write the markdown table here.")
 
 
 def _best_time(fn, *args, reps):
-  jax.block_until_ready(fn(*args))  # compile + warm up
-  best = float("inf")
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - t0)
-  return best
+  return common.time_call(lambda: fn(*args), repeats=reps).best
 
 
 def _inputs(b, t, h, g, d, s, dtype, seed=0):
@@ -131,28 +122,16 @@ def main(argv):
           prefix = seq_len // 2
           rows.append(bench_block(b, h, g, d, 8192, prefix, q_len, seq_len, dtype, interpret,
                                   reps))
-  device = jax.devices()[0]
-  lines = [
-      f"Command: `python experiments/bench_kernels.py{' --smoke' if smoke else ''} "
-      f"--dtype={dtype.name}`  ",
-      f"Device: {device.device_kind} ({jax.default_backend()}), Pallas "
-      f"{'interpret mode' if interpret else 'compiled'}; host {platform.machine()}; "
-      f"jax {jax.__version__}; {datetime.date.today().isoformat()}  ",
-      f"Heads: H={h}, G={g}, D={d}; best of {reps}.",
-      "",
-      "| kernel | shape | Pallas ms | XLA ms | speedup | Pallas GB/s | XLA GB/s | max abs diff |",
-      "|---|---|---|---|---|---|---|---|",
-  ]
-  for r in rows:
-    lines.append(f"| {r['kernel']} | {r['shape']} | {1e3 * r['t_k']:.3f} | {1e3 * r['t_x']:.3f} "
-                 f"| {r['t_x'] / r['t_k']:.2f} | {r['nbytes'] / r['t_k'] / 1e9:.1f} "
-                 f"| {r['nbytes'] / r['t_x'] / 1e9:.1f} | {r['err']:.2e} |")
-  text = "\n".join(lines)
-  print(text)
-  if _OUT.value:
-    with open(_OUT.value, "w", encoding="utf-8") as f:
-      f.write(text + "\n")
-
+  header = (f"Command: `python experiments/bench_kernels.py{' --smoke' if smoke else ''} "
+            f"--dtype={dtype.name}`  \nMachine: {common.machine()}; Pallas "
+            f"{'interpret mode' if interpret else 'compiled'}  \nHeads: H={h}, G={g}, D={d}; "
+            f"best of {reps}.")
+  table = [(r["kernel"], r["shape"], f"{1e3 * r['t_k']:.3f}", f"{1e3 * r['t_x']:.3f}",
+            f"{r['t_x'] / r['t_k']:.2f}", f"{r['nbytes'] / r['t_k'] / 1e9:.1f}",
+            f"{r['nbytes'] / r['t_x'] / 1e9:.1f}", f"{r['err']:.2e}") for r in rows]
+  common.write_report(header + "\n\n" + common.markdown_table(
+      ["kernel", "shape", "Pallas ms", "XLA ms", "speedup", "Pallas GB/s", "XLA GB/s",
+       "max abs diff"], table), _OUT.value)
 
 if __name__ == "__main__":
   app.run(main)

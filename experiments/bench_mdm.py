@@ -10,11 +10,6 @@ time-independent default denoiser), at several step counts; each row reports the
 The sampler is already jit-compiled once per shape; timings exclude that first compilation.
 """
 
-import datetime
-import platform
-import statistics
-import time
-
 from absl import app
 from absl import flags
 import jax
@@ -22,9 +17,10 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+import common
 from partext_jax.models import denoiser
 from partext_jax.masked.tau_leaping import tau_leaping
-from partext_jax.training import datasets, trainer
+from partext_jax.training import core, datasets, mdm
 from partext_jax.training.config import parse_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", lock_config=True)
@@ -37,36 +33,29 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats per sampling row (m
 _OUT = flags.DEFINE_string("out", None, "Also write the markdown table here.")
 
 
-def _timed(fn, repeats):
-  jax.block_until_ready(fn())  # compile
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def main(argv):
   del argv
   cfg = parse_config(_CONFIG.value)
   data = datasets.build_dataset(cfg.data, workdir=None)
   model_cfg = cfg.model.denoiser_config(vocab_size=data.vocab_size, max_len=cfg.data.seq_len)
-  optimizer = trainer.make_optimizer(cfg.train)
-  state = trainer.init_train_state(jax.random.PRNGKey(0), model_cfg, optimizer)
-  step = trainer.make_train_step(model_cfg, optimizer, schedule=cfg.diffusion.masking_schedule(),
-                                 antithetic=cfg.diffusion.antithetic, ema_decay=cfg.train.ema_decay)
+  optimizer = core.make_optimizer(cfg.train, cfg.train.num_steps)
+  state = mdm.init_train_state(jax.random.PRNGKey(0), model_cfg, optimizer)
+  step = mdm.make_train_step(model_cfg, optimizer, schedule=cfg.diffusion.masking_schedule(),
+                             antithetic=cfg.diffusion.antithetic, ema_decay=cfg.train.ema_decay)
   bsz, seq = cfg.train.batch_size, cfg.data.seq_len
   batches = [jnp.asarray(data.train[(i * bsz) % (len(data.train) - bsz):][:bsz])
              for i in range(_TRAIN_STEPS.value + 1)]
   state, _ = step(state, batches[0], jax.random.PRNGKey(1))  # compile
   jax.block_until_ready(state)
-  start = time.perf_counter()
-  for i, batch in enumerate(batches[1:]):
-    state, metrics = step(state, batch, jax.random.PRNGKey(i))
-  jax.block_until_ready(metrics)
-  train_s = (time.perf_counter() - start) / _TRAIN_STEPS.value
-  rows = [("train step", bsz, "-", "-", train_s, bsz * seq / train_s)]
+
+  def train():
+    nonlocal state
+    for i, batch in enumerate(batches[1:]):
+      state, metrics = step(state, batch, jax.random.PRNGKey(i))
+    return metrics
+
+  train_s = common.time_call(train, repeats=1).median / _TRAIN_STEPS.value
+  rows = [("train step", bsz, "-", "-", f"{train_s:.3f}", f"{bsz * seq / train_s:,.0f}")]
 
   denoise_fn = denoiser.make_denoise_fn(model_cfg, state.ema_params)
   for case in _SAMPLE_GRID.value:
@@ -75,28 +64,18 @@ def main(argv):
     for cache in (False, True):
       sampler = tau_leaping(denoise_fn, mask_id=model_cfg.mask_id, num_steps=n,
                             schedule=cfg.diffusion.masking_schedule(), cache_outputs=cache)
-      secs = _timed(lambda: sampler.sample(jax.random.PRNGKey(0), x_init), _REPEATS.value)
-      _, info = sampler.sample(jax.random.PRNGKey(0), x_init)
-      nfe = int(np.asarray(info.nfe).sum())
-      rows.append((f"tau-leaping{' + output cache' if cache else ''}", batch, n, nfe, secs,
-                   x_init.size / secs))
+      timing = common.time_call(lambda: sampler.sample(jax.random.PRNGKey(0), x_init),
+                                repeats=_REPEATS.value)
+      nfe = int(np.asarray(timing.output[1].nfe).sum())
+      rows.append((f"tau-leaping{' + output cache' if cache else ''}", batch, n, nfe,
+                   f"{timing.median:.3f}", f"{x_init.size / timing.median:,.0f}"))
 
   params = denoiser.count_params(state.params)
-  lines = [
-      f"MDM benchmark, {datetime.date.today()}, {platform.processor() or platform.machine()}, "
-      f"{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}; model "
-      f"{params / 1e6:.2f} M params, seq_len {seq}, vocab {data.vocab_size}",
-      "",
-      "| what | batch | steps | NFE | seconds | tokens/s |",
-      "|---|---|---|---|---|---|",
-  ]
-  for what, b, n, nfe, secs, tps in rows:
-    lines.append(f"| {what} | {b} | {n} | {nfe} | {secs:.3f} | {tps:,.0f} |")
-  table = "\n".join(lines)
-  print(table)
-  if _OUT.value:
-    with open(_OUT.value, "w", encoding="utf-8") as f:
-      f.write(table + "\n")
+  common.write_report(
+      f"MDM benchmark: {common.machine()}; model {params / 1e6:.2f} M params, seq_len {seq}, "
+      f"vocab {data.vocab_size}\n\n"
+      + common.markdown_table(["what", "batch", "steps", "NFE", "seconds", "tokens/s"], rows),
+      _OUT.value)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
+import common
 from partext_jax import pretrained
 from partext_jax.ar import sampling as ar
 from partext_jax.ar.speculative import decode
@@ -60,13 +61,8 @@ def tree_choices(name: str):
 
 
 def _best(fn, reps):
-  out = jax.block_until_ready(fn())
-  best = float("inf")
-  for _ in range(reps):
-    t = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    best = min(best, time.perf_counter() - t)
-  return best, out
+  timing = common.time_call(fn, repeats=reps)
+  return timing.best, timing.output
 
 
 def main(argv):
@@ -110,17 +106,12 @@ def main(argv):
       + ", ".join(f"{valid.get(f'head{h}_top1', float('nan')):.2f}"
                   for h in range(1, mcfg.num_heads + 1)) + ".",
       "",
-      "| prompt | decoder | tree nodes | tokens / target forward | tokens/s | speed-up vs AR | "
-      "identical to AR |",
-      "|---|---|---|---|---|---|---|",
   ]
-  for p, d, t, acc, tps, sp, same in rows:
-    lines.append(f"| {p} | {d} | {t} | {acc:.2f} | {tps:.1f} | {sp:.2f}x | {same} |")
-  table = "\n".join(lines)
-  print(table)
-  if _OUT.value:
-    with open(_OUT.value, "w", encoding="utf-8") as f:
-      f.write(table + "\n")
+  table = [(p, d, t, f"{acc:.2f}", f"{tps:.1f}", f"{sp:.2f}x", same)
+           for p, d, t, acc, tps, sp, same in rows]
+  common.write_report("\n".join(lines) + "\n" + common.markdown_table(
+      ["prompt", "decoder", "tree nodes", "tokens / target forward", "tokens/s",
+       "speed-up vs AR", "identical to AR"], table), _OUT.value)
 
 
 if __name__ == "__main__":

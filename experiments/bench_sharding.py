@@ -28,10 +28,7 @@ def _preset_devices(argv):
 
 _preset_devices(sys.argv)
 
-import datetime  # noqa: E402
 import functools  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
 import time  # noqa: E402
 
 from absl import app  # noqa: E402
@@ -40,13 +37,13 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402
 from partext_jax import parallel  # noqa: E402
 from partext_jax.models import denoiser, llama  # noqa: E402
 from partext_jax.ar import processors as lp  # noqa: E402
 from partext_jax.masked.tau_leaping import tau_leaping  # noqa: E402
 from partext_jax.schedules import MaskingSchedule  # noqa: E402
-from partext_jax.training import mdm as trainer  # noqa: E402
+from partext_jax.training import mdm  # noqa: E402
 
 flags.DEFINE_integer("devices", None, "Simulated CPU devices (set before JAX starts).")
 flags.DEFINE_string("meshes", "1,1,1;8,1,1;1,8,1;1,1,8;2,2,2;2,1,4",
@@ -68,16 +65,6 @@ def _parse_meshes(text):
   return meshes
 
 
-def _timed(fn, repeats):
-  jax.block_until_ready(fn())  # compile
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def _max_diff(a, b):
   return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
              for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
@@ -87,10 +74,10 @@ def run_mesh(shape, *, cfg, lcfg, data, x_init, prompts):
   d, f, t = shape
   mesh = parallel.make_mesh(data=d, fsdp=f, tensor=t, devices=jax.devices()[:d * f * t])
   optimizer = optax.adamw(1e-3)
-  state_sh = trainer.train_state_shardings(cfg, optimizer, mesh)
-  state = trainer.init_train_state(jax.random.PRNGKey(0), cfg, optimizer, shardings=state_sh)
-  step = trainer.make_train_step(cfg, optimizer, schedule=MaskingSchedule("linear"),
-                                 antithetic=True, ema_decay=0.99, mesh=mesh)
+  state_sh = mdm.train_state_shardings(cfg, optimizer, mesh)
+  state = mdm.init_train_state(jax.random.PRNGKey(0), cfg, optimizer, shardings=state_sh)
+  step = mdm.make_train_step(cfg, optimizer, schedule=MaskingSchedule("linear"),
+                             antithetic=True, ema_decay=0.99, mesh=mesh)
   batches = [parallel.shard_batch(b, mesh) for b in data]
   state, _ = step(state, batches[0], jax.random.PRNGKey(1))  # compile
   jax.block_until_ready(state)
@@ -106,8 +93,8 @@ def run_mesh(shape, *, cfg, lcfg, data, x_init, prompts):
   build = functools.partial(tau_leaping, mask_id=cfg.mask_id, num_steps=FLAGS.sample_steps)
   sample = lambda: parallel.sample(build, jax.random.key(2), x_init, params=sp,  # noqa: E731
                                    apply_fn=denoiser.DenoiserApply(cfg), mesh=mesh)[0]
-  mdm_s = _timed(sample, FLAGS.repeats)
-  mdm_tokens = parallel.to_host(sample())
+  timing = common.time_call(sample, repeats=FLAGS.repeats)
+  mdm_s, mdm_tokens = timing.median, parallel.to_host(timing.output)
 
   model = llama.LlamaLM(lcfg)
   lparams = parallel.shard_params(model.init(jax.random.key(3)),
@@ -115,8 +102,8 @@ def run_mesh(shape, *, cfg, lcfg, data, x_init, prompts):
   gen = lambda: parallel.generate(jax.random.key(4), model, lparams, prompts,  # noqa: E731
                                   mesh=mesh, max_new_tokens=FLAGS.new_tokens,
                                   processor=lp.build(temperature=1.0))[0]
-  ar_s = _timed(gen, FLAGS.repeats)
-  ar_tokens = parallel.to_host(gen())
+  timing = common.time_call(gen, repeats=FLAGS.repeats)
+  ar_s, ar_tokens = timing.median, parallel.to_host(timing.output)
   return {"mesh": f"{d}x{f}x{t}", "train_s": train_s, "mdm_s": mdm_s, "ar_s": ar_s,
           "param_bytes": per_device, "params": params, "mdm_tokens": mdm_tokens,
           "ar_tokens": ar_tokens}
@@ -144,29 +131,21 @@ def main(argv):
     print(f"done {rows[-1]['mesh']}", flush=True)
   ref = rows[0]
   total = sum(x.nbytes for x in jax.tree_util.tree_leaves(ref["params"]))
-  header = (f"Sharding benchmark, {datetime.date.today()}, {platform.machine()}, "
-            f"{jax.device_count()} x {jax.devices()[0].platform} devices, jax {jax.__version__}; "
-            f"denoiser {total / 4 / 1e6:.2f} M params, batch {b}, seq_len {seq}, "
-            f"{FLAGS.sample_steps} tau-leaping steps, {FLAGS.new_tokens} AR tokens/row")
-  lines = [header, "",
-           "| mesh (data x fsdp x tensor) | train tokens/s | tau-leaping tokens/s | "
-           "AR tokens/s | param bytes / device | of 1 device | max param diff vs 1 device | "
-           "same tokens (tau-leaping, AR) |",
-           "|---|---|---|---|---|---|---|---|"]
+  header = (f"Sharding benchmark: {common.machine()}; denoiser {total / 4 / 1e6:.2f} M params, "
+            f"batch {b}, seq_len {seq}, {FLAGS.sample_steps} tau-leaping steps, "
+            f"{FLAGS.new_tokens} AR tokens/row")
+  table = []
   for r in rows:
     same = (bool(np.array_equal(r["mdm_tokens"], ref["mdm_tokens"])),
             bool(np.array_equal(r["ar_tokens"], ref["ar_tokens"])))
-    lines.append(
-        f"| {r['mesh']} | {b * seq / r['train_s']:,.0f} | {b * seq / r['mdm_s']:,.0f} | "
-        f"{b * FLAGS.new_tokens / r['ar_s']:,.0f} | {r['param_bytes']:,} | "
-        f"{r['param_bytes'] / total:.3f} | {_max_diff(r['params'], ref['params']):.1e} | "
-        f"{'yes' if same[0] else 'NO'}, {'yes' if same[1] else 'NO'} |")
-  table = "\n".join(lines)
-  print(table)
-  if FLAGS.out:
-    with open(FLAGS.out, "w", encoding="utf-8") as f:
-      f.write(table + "\n")
-
+    table.append((r["mesh"], f"{b * seq / r['train_s']:,.0f}", f"{b * seq / r['mdm_s']:,.0f}",
+                  f"{b * FLAGS.new_tokens / r['ar_s']:,.0f}", f"{r['param_bytes']:,}",
+                  f"{r['param_bytes'] / total:.3f}", f"{_max_diff(r['params'], ref['params']):.1e}",
+                  f"{'yes' if same[0] else 'NO'}, {'yes' if same[1] else 'NO'}"))
+  common.write_report(header + "\n\n" + common.markdown_table(
+      ["mesh (data x fsdp x tensor)", "train tokens/s", "tau-leaping tokens/s", "AR tokens/s",
+       "param bytes / device", "of 1 device", "max param diff vs 1 device",
+       "same tokens (tau-leaping, AR)"], table), FLAGS.out)
 
 if __name__ == "__main__":
   app.run(main)

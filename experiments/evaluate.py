@@ -1,41 +1,33 @@
-r"""Prints the validation NELBO bound of a trained run (EMA parameters).
+r"""Prints the validation NELBO bound of a trained run (EMA parameters) as JSON.
 
     python experiments/evaluate.py --workdir=/tmp/tiny --num_time_samples=8
 
 The model, data and tokenizer come from the latest checkpoint in ``--workdir``; ``--config``
-(optional) replaces the stored config.
+(optional) replaces the stored config. The estimate is the trainer's own (same batches and
+Monte-Carlo keys as its final evaluation, unless the counts are changed here).
 """
 
 import json
-import os
-import sys
 
 from absl import app
 from absl import flags
 import jax
-from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from partext_jax.training import runs as sampling  # noqa: E402
+import common
+from partext_jax.training import runs
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("workdir", None, "Directory of a trained run (holds checkpoints/).")
-config_flags.DEFINE_config_file(
-    "config", None, "Optional config file; default: the config stored in the checkpoint.",
-    lock_config=True)
+common.define_trained_run_flags()
 flags.DEFINE_integer("num_batches", None, "Validation batches (default: config.train).")
 flags.DEFINE_integer("num_time_samples", None,
                      "Monte-Carlo draws per batch (default: config.train).")
-flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
-  metrics = sampling.evaluate_run(
-      FLAGS.workdir, config=FLAGS.config, num_batches=FLAGS.num_batches,
-      num_time_samples=FLAGS.num_time_samples)
+  common.no_arguments(argv)
+  metrics = runs.evaluate_run(FLAGS.workdir, config=FLAGS.config, num_batches=FLAGS.num_batches,
+                              num_time_samples=FLAGS.num_time_samples)
   print(json.dumps(metrics, indent=2), flush=True)
 
 

@@ -1,4 +1,4 @@
-r"""Trains a masked-diffusion denoiser: a thin launcher around ``train_and_evaluate``.
+r"""Trains a masked-diffusion denoiser: a thin launcher around ``mdm.train_and_evaluate``.
 
     python experiments/train.py --config=configs/default.py --workdir=/tmp/stdlib
     python experiments/train.py --config=configs/tiny.py --workdir=/tmp/tiny \
@@ -13,41 +13,30 @@ Re-running with the same workdir resumes from the latest checkpoint (exactly: sa
 and randomness), or only re-evaluates and samples when the run has finished.
 """
 
-import os
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from partext_jax import parallel  # noqa: E402
-from partext_jax.training import mdm as trainer  # noqa: E402
+import common
+from partext_jax.training import mdm
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, samples.")
 config_flags.DEFINE_config_file(
     "config", None, "File path to the training configuration.", lock_config=True)
-flags.DEFINE_string("coordinator_address", None,
-                    "host:port of process 0; set to run multi-process (jax.distributed).")
-flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process run.")
-flags.DEFINE_integer("process_id", 0, "This process's index in a multi-process run.")
+common.define_distributed_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
-  if FLAGS.coordinator_address:
-    parallel.initialize_distributed(coordinator_address=FLAGS.coordinator_address,
-                                    num_processes=FLAGS.num_processes,
-                                    process_id=FLAGS.process_id)
+  common.no_arguments(argv)
+  common.initialize_distributed()
   logging.info("JAX devices: %s", jax.devices())
   logging.info("workdir: %s", FLAGS.workdir)
-  trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  mdm.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -1,39 +1,40 @@
 r"""Trains the P2 planner head on a trained MDM (frozen) and prints its held-out metrics.
 
-    python experiments/train_planner.py --workdir=workdir/default --planner_workdir=workdir/planner
+    python experiments/train_planner.py --config=configs/planner.py --workdir=workdir/default \
+        --planner_workdir=workdir/planner
     python experiments/sweep_samplers.py --workdir=workdir/default --planner_workdir=workdir/planner
 
-The head is saved under ``<planner_workdir>/planner`` (orbax, atomic).
+The head is checkpointed under ``<planner_workdir>/planner`` (orbax, atomic; a rerun resumes),
+its log in ``<planner_workdir>/planner_metrics.jsonl``. Override any field of the config on the
+command line, e.g. ``--config.num_steps=100``.
 """
 
 from absl import app
 from absl import flags
+import jax
+from ml_collections import config_flags
 
+import common
 from partext_jax.training import planner
-from partext_jax.training.runs import load_run
+from partext_jax.training import runs
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Trained MDM run (experiments/train.py).",
-                               required=True)
-_PLANNER_WORKDIR = flags.DEFINE_string("planner_workdir", None, "Where the head is saved.",
-                                       required=True)
-_STEPS = flags.DEFINE_integer("steps", 300, "Optimiser steps.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Data windows per step.")
-_LR = flags.DEFINE_float("learning_rate", 3e-3, "AdamW peak learning rate (cosine decay).")
-_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("workdir", None, "Trained MDM run (experiments/train.py).")
+flags.DEFINE_string("planner_workdir", None, "Where the head is saved.")
+config_flags.DEFINE_config_file(
+    "config", None, "File path to the planner training configuration.", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir", "planner_workdir"])
 
 
 def main(argv):
-  del argv
-  cfg = planner.PlannerTrainConfig(steps=_STEPS.value, batch_size=_BATCH.value,
-                                   learning_rate=_LR.value, seed=_SEED.value)
-  run = load_run(_WORKDIR.value)
-  _, metrics = planner.train_planner(run, cfg, workdir=_PLANNER_WORKDIR.value)
-  print(f"held-out filled tokens: {metrics['num_tokens']}, correct: {metrics['correct_rate']:.3f}")
-  print(f"BCE {metrics['bce']:.4f} nats (base rate {metrics['base_rate_bce']:.4f}); "
-        f"accuracy {metrics['accuracy']:.3f}")
-  print(f"ROC AUC: planner head {metrics['auc']:.3f} vs self-planning score "
-        f"{metrics['self_planning_auc']:.3f}")
+  common.no_arguments(argv)
+  run = runs.load_run(FLAGS.workdir)
+  _, metrics = planner.train_planner(run, planner.parse_config(FLAGS.config),
+                                     workdir=FLAGS.planner_workdir)
+  print(planner.format_report(metrics))
 
 
 if __name__ == "__main__":
+  jax.config.config_with_absl()
   app.run(main)

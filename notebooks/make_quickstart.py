@@ -34,7 +34,7 @@ import numpy as np
 import partext_jax
 from partext_jax.models import denoiser
 from partext_jax.masked.tau_leaping import tau_leaping
-from partext_jax.training import runs as sampling, trainer
+from partext_jax.training import mdm, runs
 
 REPO = pathlib.Path(partext_jax.__file__).resolve().parent.parent
 STEPS = int(os.environ.get("PARTEXT_NOTEBOOK_STEPS", "400"))
@@ -50,12 +50,12 @@ print(jax.devices(), "training", STEPS, "steps into", workdir)"""),
 `train_and_evaluate` is the same function `experiments/train.py` calls: AdamW with warmup and
 cosine decay, an EMA of the parameters, orbax checkpoints in `workdir` (rerun the cell and it
 resumes), metrics in `workdir/metrics.jsonl`."""),
-    ("code", """metrics = trainer.train_and_evaluate(config, workdir)
+    ("code", """metrics = mdm.train_and_evaluate(config, workdir)
 print({k: v for k, v in metrics.items() if k != "samples"})"""),
     ("md", """## Sample with tau-leaping, recording the trajectory
 The sampler takes the model as a plain callable `denoise_fn(tokens, t) -> logits`; `sample` runs
 every step in one `lax` loop under `jit`."""),
-    ("code", """run = sampling.load_run(workdir)
+    ("code", """run = runs.load_run(workdir)
 denoise_fn = denoiser.make_denoise_fn(run.model_config, run.state.ema_params)
 mask_id = run.model_config.mask_id
 sampler = tau_leaping(denoise_fn, mask_id=mask_id, num_steps=32,

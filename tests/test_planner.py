@@ -12,7 +12,7 @@ import runpy
 from partext_jax.models import planner as planner_lib
 from partext_jax.masked.p2 import p2
 from partext_jax.training import planner as train_lib
-from partext_jax.training import mdm as trainer
+from partext_jax.training import mdm
 from partext_jax.training.checkpoint import CheckpointError
 from partext_jax.training.runs import load_run
 
@@ -49,7 +49,7 @@ def tiny_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("mdm"))
   config = runpy.run_path(str(ROOT / "configs" / "tiny.py"))["get_config"]()
   config.train.num_steps = 60
-  trainer.train_and_evaluate(config, workdir)
+  mdm.train_and_evaluate(config, workdir)
   return load_run(workdir)
 
 
@@ -61,9 +61,9 @@ def _auc_standard_error(auc, n_pos, n_neg):
 
 
 def test_head_learns_and_round_trips(tiny_run, tmp_path):
-  cfg = train_lib.PlannerTrainConfig(steps=150, batch_size=16, learning_rate=1e-2, hidden=32,
-                                     eval_batches=8)
-  head, metrics = train_lib.train_planner(tiny_run, cfg, workdir=str(tmp_path), progress=False)
+  cfg = train_lib.PlannerTrainConfig(num_steps=150, batch_size=16, learning_rate=1e-2, hidden=32,
+                                     eval_batches=8, progress_bar=False)
+  head, metrics = train_lib.train_planner(tiny_run, cfg, workdir=str(tmp_path))
   # Better than predicting the base rate, and ranks correct tokens above wrong ones by more
   # than 4 standard errors of the AUC.
   assert metrics["bce"] < metrics["base_rate_bce"]
@@ -110,7 +110,7 @@ def test_missing_planner_checkpoint_is_a_clear_error(tmp_path):
 
 def test_bad_config():
   with pytest.raises(ValueError, match="steps"):
-    train_lib.PlannerTrainConfig(steps=0)
+    train_lib.PlannerTrainConfig(num_steps=0)
   with pytest.raises(ValueError, match="learning_rate"):
     train_lib.PlannerTrainConfig(learning_rate=-1.0)
   with pytest.raises(ValueError, match="hidden"):

@@ -13,11 +13,13 @@ import numpy as np
 import optax
 import pytest
 
+from partext_jax.data import corpus
 from partext_jax.models.denoiser import DenoiserConfig
 from partext_jax.training import checkpoint as checkpoint_lib
 from partext_jax.training import config as config_lib
-from partext_jax.training import runs as sampling
-from partext_jax.training import mdm as trainer
+from partext_jax.training import core
+from partext_jax.training import mdm
+from partext_jax.training import runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,7 +39,7 @@ def load_config(name: str) -> ml_collections.ConfigDict:
 def test_shipped_configs_parse(name):
   cfg = config_lib.parse_config(load_config(name))
   assert isinstance(cfg.train, config_lib.TrainConfig)
-  # Every field of every section is set explicitly in the file (nothing left to defaults).
+  # Every field of every section is in the ConfigDict (all of them show, and can be overridden).
   raw = load_config(name)
   for section in ("data", "model", "diffusion", "train", "sample"):
     fields = {f.name for f in dataclasses.fields(type(getattr(cfg, section)))}
@@ -127,29 +129,111 @@ def test_checkpoint_round_trip_keep_n_and_corruption(tmp_path):
   empty.close()
 
 
+# --- trainer core ----------------------------------------------------------------------------
+
+
+def test_learning_rate_schedule_and_weight_decay_mask():
+  sched = core.learning_rate_schedule(
+      config_lib.OptimizerConfig(learning_rate=1.0, warmup_steps=4, end_learning_rate_ratio=0.1),
+      20)
+  assert float(sched(0)) == 0.0 and float(sched(2)) == pytest.approx(0.5)
+  assert float(sched(4)) == pytest.approx(1.0) and float(sched(20)) == pytest.approx(0.1)
+  rates = [float(sched(k)) for k in range(4, 21)]
+  assert all(a >= b for a, b in zip(rates, rates[1:]))  # Cosine decay after the warmup.
+  no_warmup = core.learning_rate_schedule(
+      config_lib.OptimizerConfig(learning_rate=1.0, warmup_steps=0, end_learning_rate_ratio=0.0),
+      20)
+  assert float(no_warmup(0)) == pytest.approx(1.0) and float(no_warmup(20)) == pytest.approx(0.0)
+
+  params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
+            "norm": {"scale": jnp.ones(2)}}
+  assert core.weight_decay_mask(params) == {"dense": {"kernel": True, "bias": False},
+                                            "norm": {"scale": False}}
+  # With a zero gradient only the decoupled weight decay moves the parameters, and only masked-in
+  # ones: kernel -> kernel - lr * wd * kernel.
+  cfg = config_lib.OptimizerConfig(learning_rate=0.1, warmup_steps=0, weight_decay=0.5)
+  opt = core.make_optimizer(cfg, 10)
+  updates, _ = opt.update(jax.tree_util.tree_map(jnp.zeros_like, params), opt.init(params), params)
+  np.testing.assert_allclose(updates["dense"]["kernel"], -0.05 * np.ones((2, 2)), rtol=1e-6)
+  np.testing.assert_array_equal(updates["dense"]["bias"], 0.0)
+  np.testing.assert_array_equal(updates["norm"]["scale"], 0.0)
+  with pytest.raises(config_lib.ConfigError, match="grad_clip_norm"):
+    config_lib.OptimizerConfig(grad_clip_norm=-1.0)
+
+
+def test_core_loop_resumes_exactly_on_a_toy_problem(tmp_path):
+  """Least squares with key-dependent noise: history, checkpoints, exact resume, finished runs."""
+  xs = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+  ys = xs @ np.array([1.0, -2.0, 0.5], np.float32)
+  loop = config_lib.TrainConfig(num_steps=12, log_every=3, eval_every=6, checkpoint_every=4,
+                                keep_checkpoints=5, learning_rate=0.1, warmup_steps=2,
+                                progress_bar=False)
+  optimizer = core.make_optimizer(loop, loop.num_steps)
+
+  def loss_fn(params, batch, key):
+    x, y = batch
+    noisy = y + 1e-2 * jax.random.normal(key, y.shape)  # The step's key reaches the loss.
+    return jnp.mean((x @ params["kernel"] + params["bias"] - noisy) ** 2), {"bias": params["bias"]}
+
+  def batch_at(step):
+    idx = corpus.batch_indices(len(xs), step=step, batch_size=8, seed=0)
+    return jnp.asarray(xs[idx]), jnp.asarray(ys[idx])
+
+  def evaluate(state):
+    pred = xs @ np.asarray(state.params["kernel"]) + float(state.params["bias"])
+    return {"loss": float(np.mean((pred - ys) ** 2))}
+
+  def run(files):
+    state = core.init_train_state(
+        jax.random.PRNGKey(0), lambda key: {"kernel": jnp.zeros(3), "bias": jnp.zeros(())},
+        optimizer, ema=False)
+    return core.train_loop(state, core.make_train_step(loss_fn, optimizer), batch_at, loop=loop,
+                           files=files, metadata={"note": "toy"}, evaluate=evaluate,
+                           learning_rate=core.learning_rate_schedule(loop, loop.num_steps))
+
+  in_memory = run(None)
+  files = core.RunFiles(str(tmp_path))
+  first = run(files)
+  assert first.history == in_memory.history == core.read_metrics(files.metrics_path)
+  assert [(r["step"], "eval/loss" in r) for r in first.history] == [
+      (3, False), (6, False), (6, True), (9, False), (12, False), (12, True)]
+  assert first.last_eval["eval/loss"] < 0.5 * np.mean(ys ** 2)  # Learned (loss at zero params).
+  assert sorted(int(d) for d in os.listdir(files.checkpoint_dir) if d.isdigit()) == [4, 8, 12]
+
+  shutil.rmtree(os.path.join(files.checkpoint_dir, "12"))  # Crash after the step-8 checkpoint.
+  resumed = run(files)
+  assert resumed.start_step == 8 and resumed.history == first.history
+  _assert_trees_equal(resumed.state, first.state)
+
+  again = run(files)  # Finished: nothing trained, the final evaluation read back.
+  assert again.start_step == 12 and again.last_train == {}
+  assert again.last_eval == first.last_eval
+  assert core.read_metrics(files.metrics_path) == first.history
+  with checkpoint_lib.Checkpointer(files.checkpoint_dir, keep=5) as ckpt:
+    params, meta = ckpt.restore_params(first.state.params)
+  _assert_trees_equal(params, first.state.params)
+  assert meta == {"note": "toy", "eval": {"loss": first.last_eval["eval/loss"]}}
+
+
 # --- trainer ---------------------------------------------------------------------------------
 
 
 def _losses(workdir):
-  with open(os.path.join(workdir, trainer.METRICS_FILE)) as f:
+  with open(os.path.join(workdir, core.METRICS_FILE)) as f:
     rows = [json.loads(line) for line in f]
   return [(r["step"], {k: v for k, v in r.items() if k != "train/tokens_per_s"}) for r in rows]
 
 
 def _final_state(workdir):
-  return sampling.load_run(workdir).state
+  return runs.load_run(workdir).state
 
 
 def test_resume_is_exact_and_finished_runs_skip_training(tmp_path):
   cfg = load_config("tiny")
-  cfg.train.num_steps = 8
-  cfg.train.log_every = 2
-  cfg.train.eval_every = 4
-  cfg.train.checkpoint_every = 4
-  cfg.train.keep_checkpoints = 3
+  cfg.train.update(num_steps=8, log_every=2, eval_every=4, checkpoint_every=4, keep_checkpoints=3)
   cfg.model.dropout_rate = 0.1  # Exercise the dropout rng as well.
   workdir = str(tmp_path / "run")
-  straight = trainer.train_and_evaluate(cfg, workdir)
+  straight = mdm.train_and_evaluate(cfg, workdir)
   assert straight["step"] == 8
   reference_metrics = _losses(workdir)
   reference_state = _final_state(workdir)
@@ -158,14 +242,14 @@ def test_resume_is_exact_and_finished_runs_skip_training(tmp_path):
   # Simulate a crash after the step-4 checkpoint (the step-8 one never got written): the rerun
   # restores step 4, drops the stale log lines and replays steps 5..8.
   shutil.rmtree(os.path.join(workdir, "checkpoints", "8"))
-  resumed = trainer.train_and_evaluate(cfg, workdir)
+  resumed = mdm.train_and_evaluate(cfg, workdir)
   assert _losses(workdir) == reference_metrics
   resumed_state = _final_state(workdir)
   _assert_trees_equal(resumed_state, reference_state)
   assert resumed["eval/bits_per_token"] == straight["eval/bits_per_token"]
 
   # Finished: nothing is trained, the metrics file is untouched.
-  again = trainer.train_and_evaluate(cfg, workdir)
+  again = mdm.train_and_evaluate(cfg, workdir)
   assert again["step"] == 8 and _losses(workdir) == reference_metrics
   assert "train/loss" not in again
   for name in ("metrics.png", "samples.txt", "tokenizer.json", "config.json"):
@@ -174,22 +258,12 @@ def test_resume_is_exact_and_finished_runs_skip_training(tmp_path):
 
 def test_loss_decreases_on_markov_data(tmp_path):
   cfg = load_config("markov")
-  cfg.data.seq_len = 16
-  cfg.data.num_train_sequences = 1024
-  cfg.data.num_valid_sequences = 64
-  cfg.model.d_model = 32
-  cfg.model.num_layers = 1
-  cfg.model.mlp_dim = 64
-  cfg.train.num_steps = 40
-  cfg.train.warmup_steps = 5
-  cfg.train.learning_rate = 3e-3
-  cfg.train.log_every = 10
-  cfg.train.eval_every = 40
-  cfg.train.checkpoint_every = 40
-  cfg.train.progress_bar = False
-  cfg.sample.num_steps = 8
-  cfg.sample.num_samples = 2
-  out = trainer.train_and_evaluate(cfg, str(tmp_path / "markov"))
+  cfg.data.update(seq_len=16, num_train_sequences=1024, num_valid_sequences=64)
+  cfg.model.update(d_model=32, num_layers=1, mlp_dim=64)
+  cfg.train.update(num_steps=40, warmup_steps=5, learning_rate=3e-3, log_every=10, eval_every=40,
+                   checkpoint_every=40, progress_bar=False)
+  cfg.sample.update(num_steps=8, num_samples=2)
+  out = mdm.train_and_evaluate(cfg, str(tmp_path / "markov"))
   rows = [r for _, r in _losses(str(tmp_path / "markov")) if "train/loss" in r]
   first, last = rows[0]["train/loss"], rows[-1]["train/loss"]
   uniform_nats = np.log(cfg.data.num_states)

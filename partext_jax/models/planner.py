@@ -1,7 +1,8 @@
 r"""A trained P2 planner: a small head on the frozen denoiser that judges each decoded token.
 
-P2 (Peng et al., "Path Planning for Masked Diffusion Model Sampling") chooses which decoded
-tokens to send back to MASK by a *planner* score. Self-planning reuses the denoiser's own
+P2 (Peng et al. 2025, "Path Planning for Masked Diffusion Model Sampling";
+``docs/algorithms.md#p2-path-planning``) chooses which decoded tokens to send back to MASK by a
+*planner* score. Self-planning reuses the denoiser's own
 log-probability of the proposal; BERT-planning asks another masked LM; the **trained planner**
 learns the question directly: given a filled-in sequence ``y`` (earlier decoded tokens kept, the
 rest proposed), is token ``y_l`` right?
@@ -76,11 +77,17 @@ class PlannerHead(nn.Module):
 
 
 def init_head(rng_key, config: PlannerConfig, d_model: int):
+  """Head parameters for ``d_model``-wide features (Dense kernels ``[d_model, hidden]``,
+  ``[hidden, 1]`` and their biases, float32), from ``rng_key``."""
   return nn.meta.unbox(PlannerHead(config).init(rng_key, jnp.zeros((1, 1, d_model)))["params"])
 
 
 def denoiser_features(model_cfg: DenoiserConfig, params, tokens):
-  """The denoiser's final-norm hidden states ``[B, L, d]`` for ``tokens`` at ``t = 0``."""
+  """The denoiser's final-norm hidden states ``[B, L, d_model]`` for ``tokens`` int32[B, L].
+
+  Evaluated at ``t = 0`` (what the head is trained and used on); activations in the model's
+  dtype.
+  """
   t = jnp.zeros((tokens.shape[0],), jnp.float32)
   _, state = Denoiser(model_cfg).apply(
       {"params": params}, tokens, t,
@@ -90,13 +97,21 @@ def denoiser_features(model_cfg: DenoiserConfig, params, tokens):
 
 def head_scores(model_cfg: DenoiserConfig, denoiser_params, head_config: PlannerConfig,
                 head_params, tokens):
-  """``s [B, L]`` for a fully filled ``tokens`` (no MASK)."""
+  """Scores ``s`` float32[B, L] (logits of "this token is right") of ``tokens`` int32[B, L].
+
+  ``tokens`` must be fully filled (no MASK): the head judges tokens, not gaps.
+  """
   h = denoiser_features(model_cfg, denoiser_params, tokens)
   return PlannerHead(head_config).apply({"params": head_params}, h)
 
 
 def score_as_logits(score, x0, vocab_size: int):
-  """Logits whose ``log_softmax`` at ``x0`` is ``log sigmoid(score)`` (module docstring)."""
+  """Logits ``[B, L, vocab_size]`` whose ``log_softmax`` at ``x0`` is ``log sigmoid(score)``.
+
+  ``score`` float32[B, L], ``x0`` int[B, L]; the other ``V - 1`` tokens share
+  ``log(1 - sigmoid(score))`` equally (module docstring). Raises ``ValueError`` if
+  ``vocab_size < 2``.
+  """
   if vocab_size < 2:
     raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
   hit = jax.nn.log_sigmoid(score)[..., None]
@@ -121,7 +136,9 @@ def trained_planner(model_cfg: DenoiserConfig, denoiser_params, head_params, *,
                     head_config: PlannerConfig = PlannerConfig()) -> jax.tree_util.Partial:
   """``planner(x, x0) -> logits [B, L, V]`` for :func:`partext_jax.masked.p2.p2`.
 
-  A ``Partial`` holding both parameter trees, so they are traced (new weights do not recompile).
+  ``x`` int32[B, L] the current tokens (MASK = ``model_cfg.mask_id`` where undecided), ``x0``
+  int32[B, L] the proposal; the head judges ``where(x == MASK, x0, x)``. A ``Partial`` holding
+  both parameter trees, so they are traced (new weights do not recompile).
   """
   return jax.tree_util.Partial(_PlannerCall(model_cfg, head_config), denoiser_params,
                                head_params)

@@ -11,12 +11,17 @@ Restoring is exact: the same arrays, dtypes and tree structure as were saved. An
 raises while reading (a truncated or corrupted step directory) is re-raised as
 :class:`CheckpointError` naming the directory.
 
+:meth:`Checkpointer.restore_params` reads the parameters alone (inference needs no optimiser
+state), from a training checkpoint or from a parameters-only export such as the committed Medusa
+heads.
+
 Example::
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=2)
     ckpt.save(state, metadata={"config": cfg.to_dict()})
     if ckpt.latest_step() is not None:
       state, metadata = ckpt.restore(abstract_state)
+      params, metadata = ckpt.restore_params(abstract_params)
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ class TrainState:
   """Everything a run needs to continue exactly.
 
   ``rng`` is the run's base key (raw ``uint32[2]``); step ``k`` uses ``fold_in(rng, k)``, so the
-  key never has to be advanced and a resumed run draws the same randomness.
+  key never has to be advanced and a resumed run draws the same randomness. ``ema_params`` is
+  ``{}`` for trainers without an EMA (the Medusa and planner heads).
   """
 
   step: jax.Array  # int32 scalar: number of completed optimiser steps.
@@ -95,7 +101,11 @@ class Checkpointer:
     return os.path.join(self.directory, str(step))
 
   def save(self, state: TrainState, *, metadata: dict[str, Any], force: bool = True) -> int:
-    """Saves ``state`` at ``int(state.step)``; returns the step."""
+    """Saves ``state`` at ``int(state.step)`` (atomically); returns the step.
+
+    ``metadata`` must be JSON-serialisable. Raises :class:`CheckpointError` naming the directory
+    if orbax fails to write.
+    """
     step = int(jax.device_get(state.step))
     try:
       self._manager.save(
@@ -109,52 +119,76 @@ class Checkpointer:
                             f"{type(e).__name__}: {e}") from e
     return step
 
+  def _latest_or(self, step: int | None) -> int:
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        raise CheckpointError(f"no checkpoint found in {self.directory!r}")
+    return step
+
+  def _restore(self, step: int, what: str, **items) -> dict[str, Any]:
+    """``manager.restore`` of ``items``; any failure (or a missing item) names the directory."""
+    path = self.step_directory(step)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+      restored = {name: restored[name] for name in items}
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types; name the path.
+      raise CheckpointError(
+          f"checkpoint {what} at {path!r} is unreadable (truncated or corrupt?): "
+          f"{type(e).__name__}: {_first_line(e)}. Delete that step directory to fall back to an "
+          f"older checkpoint.") from e
+    missing = [name for name, value in restored.items() if value is None]
+    if missing:
+      raise CheckpointError(f"checkpoint at {path!r} is incomplete (missing {missing})")
+    return restored
+
   def restore(self, target: TrainState, *, step: int | None = None
               ) -> tuple[TrainState, dict[str, Any]]:
     """Restores ``step`` (default: the latest) into the structure of ``target``.
 
-    ``target`` may hold arrays or ``ShapeDtypeStruct`` (see :func:`abstract_like`).
+    Args:
+      target: a :class:`TrainState` of arrays or ``ShapeDtypeStruct`` (see :func:`abstract_like`);
+        the restored arrays take its shapes, dtypes and shardings.
+      step: the step to read; default the latest.
+    Returns:
+      ``(state, metadata)``.
+    Raises:
+      CheckpointError: no checkpoint, an unreadable or incomplete one, or one whose tree
+        structure differs from ``target``'s (written by another config); names the directory.
     """
-    if step is None:
-      step = self.latest_step()
-      if step is None:
-        raise CheckpointError(f"no checkpoint found in {self.directory!r}")
-    path = self.step_directory(step)
-    try:
-      restored = self._manager.restore(
-          step,
-          args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_like(target)),
-                                  metadata=ocp.args.JsonRestore()))
-      state, metadata = restored["state"], restored["metadata"]
-    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types; name the path.
-      raise CheckpointError(
-          f"checkpoint at {path!r} is unreadable (truncated or corrupt?): {type(e).__name__}: "
-          f"{_first_line(e)}. Delete that step directory to fall back to an older checkpoint."
-      ) from e
-    if state is None or metadata is None:
-      raise CheckpointError(f"checkpoint at {path!r} is incomplete (missing state or metadata)")
+    step = self._latest_or(step)
+    restored = self._restore(step, "state", state=ocp.args.StandardRestore(abstract_like(target)),
+                             metadata=ocp.args.JsonRestore())
+    state = restored["state"]
     if jax.tree_util.tree_structure(state) != jax.tree_util.tree_structure(target):
-      raise CheckpointError(f"checkpoint at {path!r} does not match the expected train state "
-                            f"structure (was it written by a different config?)")
-    return state, dict(metadata)
+      raise CheckpointError(f"checkpoint at {self.step_directory(step)!r} does not match the "
+                            f"expected train state structure (was it written by a different "
+                            f"config?)")
+    return state, dict(restored["metadata"])
+
+  def restore_params(self, target_params: Any, *, step: int | None = None
+                     ) -> tuple[Any, dict[str, Any]]:
+    """Only ``state.params`` (and the metadata): no optimiser state needs to be rebuilt.
+
+    Reads a full training checkpoint and a parameters-only export alike (one whose other
+    fields are empty). ``target_params``: the parameter tree of arrays or ``ShapeDtypeStruct``.
+    Raises :class:`CheckpointError` (naming the directory) as :meth:`restore` does, also when a
+    parameter's shape differs from the target's.
+    """
+    step = self._latest_or(step)
+    target = {"params": abstract_like(target_params)}
+    restored = self._restore(
+        step, "parameters",
+        state=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True),
+        metadata=ocp.args.JsonRestore())
+    return restored["state"]["params"], dict(restored["metadata"])
 
   def restore_metadata(self, *, step: int | None = None) -> dict[str, Any]:
     """Only the JSON metadata (e.g. to rebuild the config and tokenizer before the state)."""
-    if step is None:
-      step = self.latest_step()
-      if step is None:
-        raise CheckpointError(f"no checkpoint found in {self.directory!r}")
-    path = self.step_directory(step)
-    try:
-      restored = self._manager.restore(
-          step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
-      metadata = restored["metadata"]
-    except Exception as e:  # noqa: BLE001
-      raise CheckpointError(f"checkpoint metadata at {path!r} is unreadable: "
-                            f"{type(e).__name__}: {_first_line(e)}") from e
-    if metadata is None:
-      raise CheckpointError(f"checkpoint at {path!r} has no metadata")
-    return dict(metadata)
+    step = self._latest_or(step)
+    return dict(self._restore(step, "metadata", metadata=ocp.args.JsonRestore())["metadata"])
 
   def close(self) -> None:
     self._manager.close()

@@ -1,5 +1,6 @@
 """Trains Medusa heads on a frozen LM's own greedy continuations (self-distillation).
 
+Cai et al. (2024), "Medusa"; the objective is ``docs/algorithms.md#drafters`` (Medusa training).
 Data (Medusa-2's self-distillation, small enough for a CPU). Chat prompts are built from fixed
 templates (general topics, and names / docstrings of the Python standard library); the frozen
 target greedily answers each (``max_new_tokens``, stopping at EOS). For an answer
@@ -16,6 +17,12 @@ verification (given the earlier guesses were). The hidden states are computed on
 pass over prompt + answer) and cached in the workdir as ``medusa_data_<hash>.npz``
 (``hash`` = the data fields of the config), written atomically.
 
+Training is the trainer core's (:mod:`partext_jax.training.core`): AdamW with warmup and cosine
+decay, the frozen target's parameters passed to the jitted step as traced arguments, one
+``metrics.jsonl`` line and one checkpoint (heads and optimiser state, resumable) per epoch in
+``<workdir>/checkpoints``. Step ``k`` trains on the positions ``corpus.batch_indices(N, step=k,
+seed=seed)`` (a seeded permutation per epoch).
+
 Prompts are split into train / validation by a stable hash of the prompt text; the report gives
 per-head top-1 / top-k accuracy on validation and the mean accepted length of a top-1 chain,
 ``E[1 + max{m : heads 1..m all right}]`` (the root token is always accepted).
@@ -28,35 +35,60 @@ Usage::
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-import difflib
 import hashlib
 import json
 import os
+import shutil
 import time
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+import tqdm
 
+from partext_jax import pretrained
+from partext_jax.ar import sampling as ar
 from partext_jax.data import corpus
-from partext_jax.ar.speculative.drafters import medusa as medusa_drafter
 from partext_jax.models import medusa as medusa_heads
 from partext_jax.training import checkpoint as checkpoint_lib
+from partext_jax.training import core
+from partext_jax.training.config import (ConfigError, LoopConfig, OptimizerConfig,
+                                         check_positive, parse_dataclass)
 
 DATA_FIELDS = ("num_prompts", "max_new_tokens", "gen_batch_size", "num_heads")
 
-
-class MedusaConfigError(ValueError):
-  """An unknown or invalid Medusa training config key / value."""
+MedusaConfigError = ConfigError  # The error of an invalid Medusa training config.
 
 
 @dataclasses.dataclass(frozen=True)
-class MedusaTrainConfig:
-  """Every field is documented in ``configs/medusa.py``."""
+class MedusaTrainConfig(OptimizerConfig):
+  """Medusa training hyper-parameters (``configs/medusa.py``).
 
+  The optimiser fields of :class:`~partext_jax.training.config.OptimizerConfig` (here: warmup
+  20 steps, cosine decay to 10%, no weight decay, AdamW's default betas), plus:
+
+  Attributes:
+    num_heads: ``K``; head ``k`` guesses the token ``k`` places after the target's next one.
+    num_layers: residual SiLU blocks per head (Medusa uses 1).
+    num_prompts: chat prompts answered by the frozen model (half general topics, half stdlib).
+    max_new_tokens: longest greedy answer per prompt (stops earlier at EOS).
+    gen_batch_size: prompts answered per batched greedy ``generate`` call.
+    validation_fraction: fraction of prompts (by a stable hash of the text) held out.
+    batch_size: answer positions (hidden states) per optimiser step.
+    num_epochs: passes over the training positions.
+    head_decay: loss weight of head ``k`` is ``head_decay ** (k - 1)`` (Medusa: 0.8).
+    topk_eval: ``k`` of the reported top-k validation accuracy.
+    seed: seed of the data order (the heads start at zero, independent of it).
+    progress_bar: show tqdm progress bars.
+  """
+
+  learning_rate: float = 1e-3
+  warmup_steps: int = 20
+  weight_decay: float = 0.0
+  b2: float = 0.999
   num_heads: int = 4
   num_layers: int = 1
   num_prompts: int = 128
@@ -65,58 +97,40 @@ class MedusaTrainConfig:
   validation_fraction: float = 0.125
   batch_size: int = 256
   num_epochs: int = 3
-  learning_rate: float = 1e-3
-  warmup_steps: int = 20
-  weight_decay: float = 0.0
   head_decay: float = 0.8
   topk_eval: int = 4
   seed: int = 0
   progress_bar: bool = True
 
   def __post_init__(self):
-    for name in ("num_heads", "num_layers", "num_prompts", "max_new_tokens", "gen_batch_size",
-                 "batch_size", "num_epochs", "topk_eval"):
-      v = getattr(self, name)
-      if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-        raise MedusaConfigError(f"{name}={v!r} must be a positive int")
+    self.check_optimizer()
+    check_positive(self, "num_prompts", "max_new_tokens", "gen_batch_size", "batch_size",
+                   "num_epochs", "topk_eval")
+    try:  # MedusaConfig's own checks of num_heads / num_layers.
+      self.heads_config(hidden_size=1)
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
     if not 0.0 < self.validation_fraction < 1.0:
-      raise MedusaConfigError(f"validation_fraction={self.validation_fraction} must be in (0, 1)")
-    if not self.learning_rate > 0:
-      raise MedusaConfigError(f"learning_rate={self.learning_rate} must be > 0")
-    if self.warmup_steps < 0 or self.weight_decay < 0:
-      raise MedusaConfigError("warmup_steps and weight_decay must be >= 0")
+      raise ConfigError(f"validation_fraction={self.validation_fraction} must be in (0, 1)")
     if not 0.0 < self.head_decay <= 1.0:
-      raise MedusaConfigError(f"head_decay={self.head_decay} must be in (0, 1]")
+      raise ConfigError(f"head_decay={self.head_decay} must be in (0, 1]")
+
+  def heads_config(self, hidden_size: int) -> medusa_heads.MedusaConfig:
+    """The heads' :class:`~partext_jax.models.medusa.MedusaConfig` on a base of this width."""
+    return medusa_heads.MedusaConfig(num_heads=self.num_heads, hidden_size=hidden_size,
+                                     num_layers=self.num_layers)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
 
 def parse_config(config: Any) -> MedusaTrainConfig:
-  """A ``ConfigDict`` / mapping -> :class:`MedusaTrainConfig`; unknown keys raise loudly."""
-  items = dict(config.items()) if hasattr(config, "items") else None
-  if items is None:
-    raise MedusaConfigError(f"config must be a ConfigDict or a mapping, got {type(config)}")
-  fields = {f.name: f for f in dataclasses.fields(MedusaTrainConfig)}
-  kwargs = {}
-  for key, value in items.items():
-    if key not in fields:
-      close = difflib.get_close_matches(key, list(fields), n=1)
-      hint = f" (did you mean {close[0]!r}?)" if close else ""
-      raise MedusaConfigError(f"unknown Medusa config key {key!r}{hint}; valid keys: "
-                              f"{sorted(fields)}")
-    default = fields[key].default
-    if isinstance(default, bool):
-      if not isinstance(value, bool):
-        raise MedusaConfigError(f"{key}={value!r} must be a bool")
-    elif isinstance(default, int):
-      if isinstance(value, bool) or int(value) != value:
-        raise MedusaConfigError(f"{key}={value!r} must be an int")
-      value = int(value)
-    elif isinstance(default, float):
-      value = float(value)
-    kwargs[key] = value
-  return MedusaTrainConfig(**kwargs)
+  """A ``ConfigDict`` / mapping (or the config itself) -> :class:`MedusaTrainConfig`.
+
+  Strict, as :func:`partext_jax.training.config.parse_dataclass`: unknown keys, wrong types and
+  invalid values raise ``ConfigError`` (= :data:`MedusaConfigError`).
+  """
+  return parse_dataclass(MedusaTrainConfig, config, where="config")
 
 
 # ----------------------------------------------------------------------------------- prompts
@@ -143,7 +157,6 @@ _CODE_TEMPLATES = (
 
 def _stdlib_functions(limit: int) -> list[tuple[str, str, str]]:
   """``(module, function, first docstring line)`` from top-level stdlib modules, sorted."""
-  import ast  # pylint: disable=import-outside-toplevel
   root = corpus.stdlib_root()
   names = sorted(n for n in os.listdir(root) if n.endswith(".py") and not n.startswith("_"))
   out = []
@@ -165,7 +178,10 @@ def _stdlib_functions(limit: int) -> list[tuple[str, str, str]]:
 
 
 def build_prompts(num_prompts: int) -> list[str]:
-  """``num_prompts`` distinct chat prompts, deterministic (half general topics, half stdlib)."""
+  """``num_prompts`` distinct chat prompts, deterministic (half general topics, half stdlib).
+
+  Raises ``ConfigError`` if ``num_prompts`` exceeds the prompts the templates make.
+  """
   general = [t.format(topic) for topic in _TOPICS for t in _TEMPLATES]
   code = [t.format(mod=m, name=n, doc=d) for (m, n, d) in _stdlib_functions(200)
           for t in _CODE_TEMPLATES]
@@ -190,14 +206,12 @@ def is_validation_prompt(prompt: str, *, validation_fraction: float) -> bool:
 def self_distill(bundle, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
                  progress: bool = False) -> list[tuple[list[int], list[int]]]:
   """``[(prompt_ids, answer_ids)]``: the target's greedy answers (EOS included, if emitted)."""
-  from partext_jax.ar import sampling as ar  # pylint: disable=import-outside-toplevel
   model, params, tok = bundle
   ids = [tok.encode(tok.apply_chat_template([{"role": "user", "content": p}]))
          for p in prompts]
   out = []
   batches = range(0, len(ids), batch_size)
   if progress:
-    import tqdm  # pylint: disable=import-outside-toplevel
     batches = tqdm.tqdm(batches, desc="self-distill (greedy answers)", unit="batch")
   for i in batches:
     chunk = ids[i:i + batch_size]
@@ -262,7 +276,12 @@ def _data_key(cfg: MedusaTrainConfig, model_config) -> str:
 
 
 def load_or_build_data(bundle, cfg: MedusaTrainConfig, workdir: str) -> dict[str, np.ndarray]:
-  """The cached arrays ``{train,valid}_{hidden,targets}`` (built and saved on the first call)."""
+  """The cached arrays ``{train,valid}_{hidden,targets}`` (built and saved on the first call).
+
+  ``bundle``: ``(model, params, tokenizer)`` of the frozen target. ``*_hidden`` float32[N, E],
+  ``*_targets`` int32[N, K] (:func:`hidden_and_targets`). Raises ``ConfigError`` if a split gets
+  no prompt.
+  """
   model, params, _ = bundle
   path = os.path.join(workdir, f"medusa_data_{_data_key(cfg, model.config)}.npz")
   if os.path.exists(path):
@@ -297,40 +316,34 @@ def load_or_build_data(bundle, cfg: MedusaTrainConfig, workdir: str) -> dict[str
 # --------------------------------------------------------------------------------- training
 
 
+def _head_nll(logits, tgt):
+  """``-log softmax(logits)[tgt]`` float32[K, N] (a ``-1`` target reads token 0: mask it)."""
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.take_along_axis(logp, jnp.maximum(tgt, 0)[..., None], axis=-1)[..., 0]
+
+
 def medusa_loss(params, hidden, targets, base_params, *, config: medusa_heads.MedusaConfig,
                 base_config, head_decay: float):
-  """``(loss, per-head mean CE [K])``; ``targets == -1`` positions are ignored."""
+  """The Medusa training loss of ``docs/algorithms.md#drafters`` on a batch of positions.
+
+  Args:
+    params: the heads' parameters.
+    hidden: float32[N, E], the frozen target's final hidden states.
+    targets: int32[N, K], ``targets[j, k - 1]`` the token head ``k`` must predict (``-1``: none,
+      ignored).
+    base_params, base_config: the frozen target (its LM head scores the heads' outputs).
+    head_decay: head ``k``'s weight is ``head_decay ** (k - 1)``.
+  Returns:
+    ``(loss float32[], per-head mean cross-entropy float32[K])`` in nats.
+  """
   logits = medusa_heads.head_logits(params, hidden, base_params, config=config,
-                              base_config=base_config)  # [K, N, V]
+                                    base_config=base_config)  # [K, N, V]
   tgt = targets.T  # [K, N]
   valid = tgt >= 0
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, jnp.maximum(tgt, 0)[..., None], axis=-1)[..., 0]
+  nll = _head_nll(logits, tgt)
   per_head = jnp.sum(nll * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)
   weights = head_decay ** jnp.arange(config.num_heads, dtype=jnp.float32)
   return jnp.sum(weights * per_head), per_head
-
-
-def make_optimizer(cfg: MedusaTrainConfig, total_steps: int) -> optax.GradientTransformation:
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, cfg.learning_rate, min(cfg.warmup_steps, max(total_steps - 1, 0)),
-      max(total_steps, cfg.warmup_steps + 1), end_value=0.1 * cfg.learning_rate)
-  return optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(schedule, weight_decay=cfg.weight_decay))
-
-
-def make_train_step(mcfg: medusa_heads.MedusaConfig, base_config, optimizer, *, head_decay: float):
-  """``step(params, opt_state, base_params, hidden, targets) -> (params, opt_state, loss, ce)``."""
-
-  @jax.jit
-  def step(params, opt_state, base_params, hidden, targets):
-    (loss, ce), grads = jax.value_and_grad(medusa_loss, has_aux=True)(
-        params, hidden, targets, base_params, config=mcfg, base_config=base_config,
-        head_decay=head_decay)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, ce
-
-  return step
 
 
 def _eval_stats(params, base_params, h, t, *, config, base_config, topk):
@@ -339,9 +352,7 @@ def _eval_stats(params, base_params, h, t, *, config, base_config, topk):
   _, top = jax.lax.top_k(logits, topk)  # [K, N, k]
   hit1 = top[..., 0] == tgt
   hitk = jnp.any(top == tgt[..., None], axis=-1)
-  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), jnp.maximum(tgt, 0)[..., None],
-                             -1)[..., 0]
-  return hit1, hitk, nll
+  return hit1, hitk, _head_nll(logits, tgt)
 
 
 _eval_stats_jit = jax.jit(_eval_stats, static_argnames=("config", "base_config", "topk"))
@@ -349,7 +360,13 @@ _eval_stats_jit = jax.jit(_eval_stats, static_argnames=("config", "base_config",
 
 def evaluate_heads(params, base_params, hidden, targets, *, config: medusa_heads.MedusaConfig,
                    base_config, topk: int, batch_size: int = 512) -> dict[str, Any]:
-  """Per-head top-1 / top-``topk`` accuracy, CE, and the mean accepted length of a top-1 chain."""
+  """Per-head top-1 / top-``topk`` accuracy, CE, and the mean accepted length of a top-1 chain.
+
+  ``hidden`` float32[N, E] and ``targets`` int32[N, K] as for :func:`medusa_loss`, scored in
+  padded batches of ``batch_size`` (one compilation). Returns ``positions``,
+  ``head<k>_top1``, ``head<k>_top<topk>``, ``head<k>_ce`` (nats) and ``chain_accept_len``
+  (``1 + E[max{m : heads 1..m right}]``, a missing target ending the chain).
+  """
 
   def stats(h, t):
     return _eval_stats_jit(params, base_params, h, t, config=config, base_config=base_config,
@@ -381,41 +398,54 @@ def evaluate_heads(params, base_params, hidden, targets, *, config: medusa_heads
   return out
 
 
-def train_heads(data: dict[str, np.ndarray], base_params, base_config, cfg: MedusaTrainConfig
+def train_heads(data: dict[str, np.ndarray], base_params, base_config, cfg: MedusaTrainConfig,
+                *, workdir: str | None = None
                 ) -> tuple[medusa_heads.MedusaConfig, Any, list[dict[str, float]]]:
-  """Trains from zero-initialised heads; returns ``(config, params, per-epoch logs)``."""
-  mcfg = medusa_heads.MedusaConfig(num_heads=cfg.num_heads, hidden_size=base_config.hidden_size,
-                             num_layers=cfg.num_layers)
+  """Trains zero-initialised heads on the cached positions (:func:`medusa_loss`).
+
+  Args:
+    data: ``train_hidden`` float32[N, E] and ``train_targets`` int32[N, K] (``-1``: none).
+    base_params: the frozen target's parameters (its LM head scores the heads' outputs).
+    base_config: the target's config (``hidden_size`` = ``E``).
+    cfg: hyper-parameters; ``num_epochs * max(N // batch_size, 1)`` steps.
+    workdir: checkpoints (one per epoch; a rerun resumes) and ``metrics.jsonl`` go here;
+      ``None`` keeps everything in memory.
+  Returns:
+    ``(heads config, heads params, per-epoch logs)``, each log ``{"epoch", "train_loss"}`` (the
+    mean loss over the epoch).
+  """
+  mcfg = cfg.heads_config(base_config.hidden_size)
   hidden, targets = data["train_hidden"], data["train_targets"]
   n = len(hidden)
   steps_per_epoch = max(n // cfg.batch_size, 1)
-  total = steps_per_epoch * cfg.num_epochs
-  optimizer = make_optimizer(cfg, total)
-  params = medusa_heads.init_params(jax.random.key(cfg.seed), mcfg)
-  opt_state = optimizer.init(params)
-  step_fn = make_train_step(mcfg, base_config, optimizer, head_decay=cfg.head_decay)
-  bar = None
-  if cfg.progress_bar:
-    import tqdm  # pylint: disable=import-outside-toplevel
-    bar = tqdm.tqdm(total=total, desc="train Medusa heads", unit="step")
-  logs = []
-  for epoch in range(cfg.num_epochs):
-    perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
-    losses = []
-    for s in range(steps_per_epoch):
-      idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-      if len(idx) < cfg.batch_size:  # fewer positions than one batch: tile them
-        idx = np.resize(idx, cfg.batch_size)
-      params, opt_state, loss, _ = step_fn(params, opt_state, base_params,
-                                           jnp.asarray(hidden[idx]), jnp.asarray(targets[idx]))
-      losses.append(float(loss))
-      if bar is not None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    logs.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses))})
-  if bar is not None:
-    bar.close()
-  return mcfg, params, logs
+  loop = LoopConfig(num_steps=steps_per_epoch * cfg.num_epochs, log_every=steps_per_epoch,
+                    eval_every=steps_per_epoch * cfg.num_epochs,
+                    checkpoint_every=steps_per_epoch, keep_checkpoints=1,
+                    progress_bar=cfg.progress_bar)
+  optimizer = core.make_optimizer(cfg, loop.num_steps)
+
+  def loss_fn(params, batch, rng, base_params):
+    del rng  # Deterministic.
+    loss, per_head = medusa_loss(params, *batch, base_params, config=mcfg,
+                                 base_config=base_config, head_decay=cfg.head_decay)
+    return loss, {f"head{k + 1}_ce": per_head[k] for k in range(mcfg.num_heads)}
+
+  def batch_at(step):
+    idx = corpus.batch_indices(n, step=step, batch_size=cfg.batch_size, seed=cfg.seed)
+    return jnp.asarray(hidden[idx]), jnp.asarray(targets[idx])
+
+  state = core.init_train_state(jax.random.PRNGKey(cfg.seed),
+                                lambda key: medusa_heads.init_params(key, mcfg), optimizer,
+                                ema=False)
+  result = core.train_loop(
+      state, core.make_train_step(loss_fn, optimizer), batch_at, loop=loop,
+      files=None if workdir is None else core.RunFiles(workdir),
+      metadata={"medusa_config": dataclasses.asdict(mcfg), "train_config": cfg.to_dict()},
+      frozen=(base_params,), learning_rate=core.learning_rate_schedule(cfg, loop.num_steps),
+      desc="train Medusa heads")
+  logs = [{"epoch": r["step"] // steps_per_epoch, "train_loss": r["train/loss"]}
+          for r in result.history if "train/loss" in r]
+  return mcfg, result.state.params, logs
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -423,7 +453,11 @@ def train_heads(data: dict[str, np.ndarray], base_params, base_config, cfg: Medu
 
 def save_heads(directory: str, params, config: medusa_heads.MedusaConfig, *, step: int,
                metadata: dict[str, Any] | None = None) -> str:
-  """Saves the head parameters (atomically, orbax) under ``directory/<step>``; returns the path."""
+  """Exports the head parameters alone (atomically, orbax) under ``directory/<step>``.
+
+  The format of the committed asset: a train state whose optimiser state and EMA are empty.
+  Returns the step directory.
+  """
   state = checkpoint_lib.TrainState(step=jnp.int32(step), params=params, ema_params={},
                                     opt_state={}, rng=jnp.zeros((2,), jnp.uint32))
   meta = {"medusa_config": dataclasses.asdict(config), **(metadata or {})}
@@ -435,6 +469,7 @@ def save_heads(directory: str, params, config: medusa_heads.MedusaConfig, *, ste
 def load_heads(directory: str) -> tuple[medusa_heads.MedusaConfig, Any, dict[str, Any]]:
   """``(config, params, metadata)`` of the latest checkpoint under ``directory``.
 
+  Reads a training checkpoint (``<workdir>/checkpoints``) and a :func:`save_heads` export alike.
   Raises :class:`partext_jax.training.checkpoint.CheckpointError` naming the directory when it
   holds no checkpoint or a truncated / corrupt one.
   """
@@ -447,11 +482,23 @@ def load_heads(directory: str) -> tuple[medusa_heads.MedusaConfig, Any, dict[str
     except (KeyError, TypeError, ValueError) as e:
       raise checkpoint_lib.CheckpointError(
           f"checkpoint under {directory!r} has no valid medusa_config metadata: {e}") from e
-    params = medusa_heads.init_params(jax.random.key(0), config)
-    target = checkpoint_lib.TrainState(step=jnp.int32(0), params=params, ema_params={},
-                                       opt_state={}, rng=jnp.zeros((2,), jnp.uint32))
-    state, meta = ckpt.restore(target)
-  return config, state.params, meta
+    params, meta = ckpt.restore_params(
+        jax.eval_shape(lambda: medusa_heads.init_params(jax.random.key(0), config)))
+  return config, params, meta
+
+
+def export_heads(report: dict[str, Any], destination: str, *, command: str) -> str:
+  """Exports the heads of a finished run (``report``: :func:`train_and_evaluate`'s) alone.
+
+  Replaces ``destination`` with a :func:`save_heads` export (step 0) whose metadata holds the
+  train config, the validation metrics and ``command`` (how it was made). Returns the path.
+  """
+  config, params, meta = load_heads(os.path.dirname(report["checkpoint"]))
+  if os.path.isdir(destination):
+    shutil.rmtree(destination)
+  save_heads(destination, params, config, step=0, metadata={
+      "train_config": meta.get("train_config"), "valid": report["valid"], "command": command})
+  return destination
 
 
 def asset_directory() -> str:
@@ -464,38 +511,41 @@ def asset_directory() -> str:
 
 
 def train_and_evaluate(config: Any, workdir: str, *, bundle=None) -> dict[str, Any]:
-  """Self-distils data (cached), trains the heads, evaluates, and saves them.
+  """Self-distils data (cached), trains the heads (resumable), evaluates them, writes a report.
 
   Args:
     config: a ``ConfigDict`` (``configs/medusa.py``) or :class:`MedusaTrainConfig`.
-    workdir: holds the data cache, ``checkpoints/`` (the heads) and ``medusa_report.json``.
+    workdir: holds the data cache, ``checkpoints/`` (heads and optimiser state, read by
+      :func:`load_heads`), ``metrics.jsonl`` / ``metrics.png`` and ``medusa_report.json``.
     bundle: the target ``ModelBundle`` (default: the embedded SmolLM2).
   Returns:
-    the report dict (validation metrics of the trained and of the untrained heads).
+    the report dict (validation metrics of the trained and of the untrained heads, per-epoch
+    losses, timings, sizes, the checkpoint's step directory).
+  Raises:
+    ConfigError: an invalid config.
   """
-  cfg = config if isinstance(config, MedusaTrainConfig) else parse_config(config)
-  if bundle is None:
-    from partext_jax import pretrained  # pylint: disable=import-outside-toplevel
-    bundle = pretrained.load_bundle()
+  cfg = parse_config(config)
+  bundle = pretrained.load_bundle() if bundle is None else bundle
   model, base_params, _ = bundle
   start = time.perf_counter()
   data = load_or_build_data(bundle, cfg, workdir)
   t_data = time.perf_counter() - start
-  mcfg, params, logs = train_heads(data, base_params, model.config, cfg)
+  mcfg, params, logs = train_heads(data, base_params, model.config, cfg, workdir=workdir)
   t_train = time.perf_counter() - start - t_data
-  step = len(logs) * max(len(data["train_hidden"]) // cfg.batch_size, 1)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  # Saved before the (slow, full-vocabulary) evaluation; its metrics go to medusa_report.json.
-  path = save_heads(ckpt_dir, params, mcfg, step=step, metadata={"train_config": cfg.to_dict()})
+  files = core.RunFiles(workdir)
+  core.plot_metrics(files.metrics_path, files.plot_path,
+                    curves=[(f"train/head{k}_ce", f"head {k} CE (train)")
+                            for k in range(1, mcfg.num_heads + 1)], ylabel="nats")
   evaluate = lambda p: evaluate_heads(  # noqa: E731
       p, base_params, data["valid_hidden"], data["valid_targets"], config=mcfg,
       base_config=model.config, topk=cfg.topk_eval)
+  step = max(len(data["train_hidden"]) // cfg.batch_size, 1) * cfg.num_epochs
   report = {"config": cfg.to_dict(), "train_positions": int(len(data["train_hidden"])),
             "valid": evaluate(params),
             "valid_untrained": evaluate(medusa_heads.init_params(jax.random.key(0), mcfg)),
             "epochs": logs, "seconds_data": t_data, "seconds_train": t_train,
-            "head_params": mcfg.num_params, "head_bytes": 4 * mcfg.num_params}
-  report["checkpoint"] = path
+            "head_params": mcfg.num_params, "head_bytes": 4 * mcfg.num_params,
+            "checkpoint": os.path.join(files.checkpoint_dir, str(step))}
   with open(os.path.join(workdir, "medusa_report.json"), "w", encoding="utf-8") as f:
     json.dump(report, f, indent=2)
   return report

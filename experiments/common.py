@@ -1,0 +1,137 @@
+"""What the launchers and benchmarks in ``experiments/`` share: flags, timing, reports.
+
+Imported as ``import common`` (Python puts a script's own directory first on ``sys.path``); the
+package itself is the installed ``partext_jax``.
+
+* Launcher flags: :func:`define_trained_run_flags` (``--workdir`` / ``--config`` of a trained
+  run), :func:`define_distributed_flags` + :func:`initialize_distributed` (multi-host start),
+  :func:`mesh_from_flag` (``--mesh=DATA,FSDP,TENSOR``).
+* Benchmarks: :func:`time_call` (wall time of a jitted call after a warm-up), :func:`machine`
+  (the line that records where and when a table was measured), :func:`markdown_table` and
+  :func:`write_report` (print it and keep it under ``experiments/results/``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+from absl import app
+from absl import flags
+import jax
+from ml_collections import config_flags
+
+from partext_jax import parallel
+
+FLAGS = flags.FLAGS
+
+
+# --------------------------------------------------------------------------------------------
+# Launcher flags.
+
+
+def define_trained_run_flags() -> None:
+  """``--workdir`` (required: a trained run) and ``--config`` (optional: replaces its config)."""
+  flags.DEFINE_string("workdir", None, "Directory of a trained run (holds checkpoints/).")
+  config_flags.DEFINE_config_file(
+      "config", None, "Optional config file; default: the config stored in the checkpoint.",
+      lock_config=True)
+  flags.mark_flags_as_required(["workdir"])
+
+
+def define_distributed_flags() -> None:
+  """``--coordinator_address``, ``--num_processes``, ``--process_id`` (jax.distributed)."""
+  flags.DEFINE_string("coordinator_address", None,
+                      "host:port of process 0; set to run multi-process (jax.distributed).")
+  flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process run.")
+  flags.DEFINE_integer("process_id", 0, "This process's index in a multi-process run.")
+
+
+def initialize_distributed() -> bool:
+  """Starts ``jax.distributed`` if ``--coordinator_address`` is set; returns whether it did."""
+  if not FLAGS.coordinator_address:
+    return False
+  parallel.initialize_distributed(coordinator_address=FLAGS.coordinator_address,
+                                  num_processes=FLAGS.num_processes,
+                                  process_id=FLAGS.process_id)
+  return True
+
+
+def no_arguments(argv: Sequence[str]) -> None:
+  """Raises ``app.UsageError`` for positional arguments (every launcher takes flags only)."""
+  if len(argv) > 1:
+    raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
+
+
+def mesh_from_flag(sizes: Sequence[str] | None):
+  """A ``(data, fsdp, tensor)`` mesh from ``--mesh=D,F,T`` (``None``: all devices on data)."""
+  sizes = sizes or ["-1", "1", "1"]
+  if len(sizes) != 3:
+    raise app.UsageError(f"--mesh needs three sizes DATA,FSDP,TENSOR, got {sizes}")
+  data, fsdp, tensor = (int(v) for v in sizes)
+  return parallel.make_mesh(data=data, fsdp=fsdp, tensor=tensor)
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmarks.
+
+
+class Timing(NamedTuple):
+  """Seconds of the timed calls (``best``, ``median``) and the last call's output."""
+
+  best: float
+  median: float
+  output: Any
+
+
+def time_call(fn: Callable[[], Any], *, repeats: int) -> Timing:
+  """Times ``fn()`` ``repeats`` times after one untimed call (compilation, warm-up).
+
+  Every call is waited for with ``jax.block_until_ready``, so asynchronous dispatch does not
+  hide device time.
+  """
+  if repeats < 1:
+    raise ValueError(f"repeats={repeats} must be >= 1")
+  output = jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    output = jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return Timing(min(times), statistics.median(times), output)
+
+
+def cpu_model() -> str:
+  """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+  """Where and when: date, CPU, cores, load, devices, Python and jax versions (one line)."""
+  device = jax.devices()[0]
+  return (f"{datetime.date.today().isoformat()}; {cpu_model()}, {os.cpu_count()} cores (load "
+          f"average {os.getloadavg()[0]:.1f}); {jax.device_count()} x {device.device_kind} "
+          f"({jax.default_backend()}); Python {platform.python_version()}, jax {jax.__version__}")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A markdown table; cells are written with ``str`` (format numbers before)."""
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def write_report(text: str, out: str | None) -> None:
+  """Prints ``text`` and, given a path ``out``, writes it there too (newline-terminated)."""
+  print(text, flush=True)
+  if out:
+    with open(out, "w", encoding="utf-8") as f:
+      f.write(text.rstrip("\n") + "\n")
