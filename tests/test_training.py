@@ -46,6 +46,12 @@ def test_shipped_configs_parse(name):
     assert set(raw[section].keys()) == fields, section
 
 
+def test_default_config_file_documents_the_dataclass_defaults():
+  # configs/default.py lists (and comments) every field; the dataclasses' defaults must agree.
+  assert config_lib.parse_config(load_config("default")) == config_lib.parse_config({})
+  assert load_config("default").to_dict() == config_lib.default_config().to_dict()
+
+
 def test_model_config_mirrors_denoiser_config():
   model_fields = {f.name for f in dataclasses.fields(config_lib.ModelConfig)}
   denoiser_fields = {f.name for f in dataclasses.fields(DenoiserConfig)}
