@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import common
+from partext_jax.ar.speculative import trees
 from partext_jax.kernels import block_attention as ba
 from partext_jax.kernels import tree_attention as ta
 from partext_jax.models import attention as attention_lib
@@ -58,7 +59,7 @@ def _block_sizes(b, g, rows, max_len):
 
 def bench_tree(b, h, g, d, max_len, prefix, t, dtype, interpret, reps):
   q, kc, vc, kt, vt = _inputs(b, t, h, g, d, max_len, dtype)
-  mask = ta.ancestor_mask(np.concatenate([[-1], np.arange(t - 1) // 2]))  # a binary tree
+  mask = trees.ancestor_mask(np.concatenate([[-1], np.arange(t - 1) // 2]))  # a binary tree
   mask = jnp.broadcast_to(mask, (b, t, t))
   start, plen = jnp.zeros(b, jnp.int32), jnp.full((b,), prefix, jnp.int32)
   bs = _block_sizes(b, g, t * h // g, max_len)

@@ -8,7 +8,7 @@
 
 Both stream only the valid cache blocks with an online softmax, merge with the small in-block
 part through an exact log-sum-exp merge, run in interpret mode on CPU (the default there) and
-lower to Triton (GPU) and Mosaic (TPU).
+lower to Triton (GPU) and Mosaic (TPU) (``docs/algorithms.md#attention-kernels``).
 
 Import the modules (``from partext_jax.kernels import tree_attention as ta``; then
 ``ta.tree_attention(...)``): the functions are not re-exported here because they share their

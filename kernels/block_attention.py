@@ -1,7 +1,8 @@
 r"""Block cached attention: ``Q`` queries over (prefix cache) ∪ (the block) ∪ (suffix cache).
 
-The one kernel behind every diffusion-LM cache (ALGORITHMS.md section 7). For every batch row
-``b``, block query ``i`` and query head ``h`` (KV head ``g = h // (H / G)``)::
+The one kernel behind every diffusion-LM cache (``docs/algorithms.md#block-caches``,
+``docs/algorithms.md#attention-kernels``). For every batch row ``b``, block query ``i`` and
+query head ``h`` (KV head ``g = h // (H / G)``)::
 
     keys(b, i) = { cache slot s : prefix_start[b] <= s < prefix_start[b] + prefix_len[b] }
                ∪ { cache slot s : suffix_start[b] <= s < suffix_start[b] + suffix_len[b] }

@@ -21,10 +21,14 @@ Gradients. ``jax.grad`` works through a ``custom_vjp`` whose backward pass diffe
 :func:`tree_attention_reference` (dense, ``O(T S)`` memory). The kernel is an inference fast
 path; training through it is correct but not faster.
 
+The kernel takes the tree as a mask: usually the ancestor mask of the draft tree
+(:func:`partext_jax.ar.speculative.trees.ancestor_mask`, node ``i`` sees itself and its
+ancestors), but any ``bool[B, T, T]`` works (``docs/algorithms.md#attention-kernels``).
+
 Usage::
 
-    parents = jnp.array([-1, 0, 0, 1])              # node 0 is the root (child of the prefix)
-    mask = ancestor_mask(parents)                     # bool[4, 4], node sees itself + ancestors
+    # parents (-1, 0, 0, 1): node 0 is the root (child of the prefix), node 3 a child of node 1
+    mask = jnp.array([[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 1]], bool)
     out = tree_attention(q, k_cache, v_cache, k_tree, v_tree, mask[None],
                          start=jnp.array([0]), prefix_len=jnp.array([37]))
 
@@ -38,71 +42,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from partext_jax.kernels import _common
 from partext_jax.kernels._common import BlockSizes
 
-__all__ = ["BlockSizes", "tree_attention", "tree_attention_reference", "ancestor_mask",
-           "validate_parents"]
-
-
-# ----------------------------------------------------------------------------- tree helpers
-
-
-def validate_parents(parents) -> None:
-  """Raises ``ValueError`` unless ``parents`` (``int[T]`` or ``int[B, T]``, concrete) is a forest
-  in topological order: ``parents[i] == -1`` (a root, child of the prefix) or
-  ``0 <= parents[i] < i``. A cycle is reported as such."""
-  p = np.asarray(parents)
-  if p.ndim not in (1, 2) or not np.issubdtype(p.dtype, np.integer):
-    raise ValueError(f"parents must be an int array [T] or [B, T], got dtype={p.dtype}, "
-                     f"shape={p.shape}")
-  for row in p.reshape(-1, p.shape[-1]):
-    n = row.shape[0]
-    bad = (row < -1) | (row >= n)
-    if bad.any():
-      i = int(np.argmax(bad))
-      raise ValueError(f"parents[{i}]={int(row[i])} is out of range [-1, {n})")
-    for i in range(n):
-      # Follow parent pointers from i; more than n steps means a cycle.
-      j, steps = i, 0
-      while j != -1 and steps <= n:
-        j, steps = int(row[j]), steps + 1
-      if j != -1:
-        raise ValueError(f"parents has a cycle through node {i}: {row.tolist()}")
-    late = np.nonzero(row >= np.arange(n))[0]
-    if late.size:
-      i = int(late[0])
-      raise ValueError(f"parents is not topologically ordered: parents[{i}]={int(row[i])} >= {i} "
-                       "(renumber the nodes so that every parent precedes its children)")
-
-
-def ancestor_mask(parents):
-  """``bool[..., T, T]``: ``mask[i, j]`` iff node ``j`` is node ``i`` or one of its ancestors.
-
-  ``parents`` is ``int[T]`` or ``int[B, T]`` in topological order (``-1`` = root); when concrete
-  it is checked with :func:`validate_parents`. Jittable (a ``T``-step scan of row copies).
-  """
-  try:
-    concrete = np.asarray(parents)
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    concrete = None  # traced: the caller guarantees the order
-  if concrete is not None:
-    validate_parents(concrete)
-  parents = jnp.asarray(parents, jnp.int32)
-  if parents.ndim == 2:
-    return jax.vmap(ancestor_mask)(parents)
-  n = parents.shape[0]
-  eye = jnp.eye(n, dtype=bool)
-
-  def step(mask, i):
-    p = parents[i]
-    row = eye[i] | jnp.where(p >= 0, mask[jnp.maximum(p, 0)], False)
-    return mask.at[i].set(row), None
-
-  mask, _ = jax.lax.scan(step, eye, jnp.arange(n))
-  return mask
+__all__ = ["BlockSizes", "tree_attention", "tree_attention_reference"]
 
 
 # ----------------------------------------------------------------------------- the kernel
@@ -187,7 +131,7 @@ def tree_attention(q, k_cache, v_cache, k_tree, v_tree, tree_mask, start, prefix
       ``block_sizes.block_k``).
     k_tree, v_tree: ``[B, T, G, D]`` the nodes' own keys / values.
     tree_mask: ``bool[B, T, T]``, ``tree_mask[b, i, j]`` = node ``i`` may attend to node ``j``
-      (usually :func:`ancestor_mask`, which includes the node itself).
+      (usually the tree's ancestor mask, which includes the node itself).
     start: ``int[B]`` (or scalar) first valid cache slot of each row.
     prefix_len: ``int[B]`` (or scalar) number of valid slots from ``start`` (0 allowed). The
       range is clipped to ``[0, S)``.

@@ -10,10 +10,21 @@ Model protocols (one per family; the math of each family is in ``docs/algorithms
   :data:`CachedDenoiseFn` ``kv_denoise_fn(tokens, t, positions, context) -> (logits, kv)``
   serves the block caches.
 * **Autoregressive** -- :class:`CausalLM`: a hashable callable
-  ``model(params, tokens, positions, attn_mask, cache, write_slots, *, logits_at=None,
-  return_hidden=False) -> LMOutput`` with ``init_cache(batch, max_len)`` and optionally
-  ``context_length``, ``vocab_size``, ``eos_id``, ``pad_id``
-  (:class:`partext_jax.models.llama.LlamaLM`, :class:`partext_jax.testing.function_lm.FunctionLM`).
+  ``model(params, tokens int32[B, T], positions int32[B, T], attn_mask, cache, write_slots
+  int32[B], *, logits_at=None, return_hidden=False) -> LMOutput(logits, cache, hidden)`` with
+  ``init_cache(batch, max_len)`` and optionally ``context_length``, ``vocab_size``, ``eos_id``,
+  ``pad_id`` (:class:`partext_jax.models.llama.LlamaLM`,
+  :class:`partext_jax.testing.function_lm.FunctionLM`). The block's K/V go to cache slots
+  ``write_slots[b] + t``; ``attn_mask`` is ``bool[B, T, max_len]`` (see
+  :func:`partext_jax.models.attention.causal_cache_mask`) or a structured
+  :class:`partext_jax.models.attention.CacheBlockMask` (a model without use for its structure
+  expands it with :func:`partext_jax.models.attention.resolve_mask`). The cache is the model's
+  own pytree (:class:`partext_jax.models.attention.KVCache` for Llama); speculative decoding also
+  needs ``cache.compact(src, dst)``, the LM drafter ``cache.max_len``
+  (``docs/algorithms.md#autoregressive-sampling-and-logits-processors``). Drafters of
+  speculative decoding follow :class:`partext_jax.ar.speculative.drafters.Drafter`:
+  ``draft(rng_key, params, state, ctx, *, processor) -> (state, Draft)``
+  (``docs/algorithms.md#drafters``).
 
 Samplers (after BlackJAX's ``SamplingAlgorithm``)
 -------------------------------------------------
@@ -61,7 +72,9 @@ class LMOutput(NamedTuple):
 
 
 class CausalLM(Protocol):
-  """The autoregressive model protocol (see the module docstring)."""
+  """The autoregressive model protocol (see the module docstring): returns :class:`LMOutput`
+  with ``logits float32[B, T or K, V]`` (``K`` columns when ``logits_at int[B, K]`` is given),
+  the updated cache, and the final hidden states when ``return_hidden``."""
 
   def __call__(self, params, tokens, positions, attn_mask, cache, write_slots, *,
                logits_at=None, return_hidden: bool = False) -> LMOutput:

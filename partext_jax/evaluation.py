@@ -18,7 +18,7 @@ scores well), so it is always reported with the **unigram entropy** of the sampl
     H(x) = - sum_v c_v / n  log (c_v / n),      c_v = count of token v in one sample of length n,
 
 averaged over samples (nats; MDLM-family papers report it per sample in the tokenizer the
-samples were produced in).
+samples were produced in). See ``docs/algorithms.md#sample-quality``.
 
 Usage::
 

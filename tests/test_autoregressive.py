@@ -107,6 +107,14 @@ class CountingLM:
     return LMOutput(jnp.where(jax.nn.one_hot(nxt, self.vocab_size) > 0, 0.0, -1e9), cache)
 
 
+def test_bucket_length_is_a_power_of_two_or_min_bucket():
+  assert [ar.bucket_length(n) for n in (1, 16, 17, 33)] == [16, 16, 32, 64]
+  assert ar.bucket_length(3, min_bucket=10) == 10 and ar.bucket_length(11, min_bucket=10) == 16
+  tokens, lengths = ar.pad_prompts([[1, 2, 3], [4]], min_bucket=10, pad_id=9)
+  assert tokens.shape == (2, 10) and lengths.tolist() == [3, 1]
+  assert tokens[1].tolist() == [9] * 9 + [4]  # left padding
+
+
 def test_counting_model_sampling_and_eos():
   model = CountingLM(eos_id=7)
   proc = lp.build(temperature=1.3, top_p=0.9)

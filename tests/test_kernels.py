@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from partext_jax.ar.speculative import trees
 from partext_jax.kernels import _common
 from partext_jax.kernels import block_attention as ba
 from partext_jax.kernels import tree_attention as ta
@@ -52,6 +53,14 @@ def _tree_inputs(b, t, h, g, d, s, dtype, seed=0):
   return tuple(_rand((seed, i), sh, dtype) for i, sh in enumerate(shapes))
 
 
+def _assert_same_grads(loss, kernel, reference, args):
+  """``d loss(fn, *args) / d args[:5]`` (q, k, v of cache and block) agree for kernel and
+  reference."""
+  grad = lambda fn: jax.jit(jax.grad(lambda *a: loss(fn, *a), argnums=(0, 1, 2, 3, 4)))(*args)
+  for gk, gr in zip(grad(kernel), grad(reference)):
+    np.testing.assert_allclose(gk, gr, atol=1e-5, rtol=1e-5)
+
+
 def _path_mask(parents):
   """Brute-force ancestor mask by walking parent pointers."""
   t = len(parents)
@@ -80,7 +89,7 @@ class TestTreeAttention:
     _, t, h, g, d, s, bs, dtype = case
     q, kc, vc, kt, vt = _tree_inputs(3, t, h, g, d, s, dtype)
     parents = np.stack([_parents(k, t) for k in ("chain", "star", "random")])
-    mask = ta.ancestor_mask(parents)
+    mask = trees.ancestor_mask(parents)
     start = jnp.array([0, 5, s - 20])
     prefix_len = jnp.array([s // 2 + 3, 0, 40])       # row 2 runs past S: clipped to 20 slots
     out = ta.tree_attention(q, kc, vc, kt, vt, mask, start, prefix_len, block_sizes=bs,
@@ -108,31 +117,25 @@ class TestTreeAttention:
   def test_grad_matches_reference(self):
     t, h, g, d, s = 7, 2, 2, 16, 64
     args = _tree_inputs(3, t, h, g, d, s, jnp.float32, seed=2)
-    mask = ta.ancestor_mask(np.stack([_parents("random", t, seed=i) for i in range(3)]))
+    mask = trees.ancestor_mask(np.stack([_parents("random", t, seed=i) for i in range(3)]))
     start, prefix_len = jnp.array([0, 5, 1]), jnp.array([10, 0, 50])
     w = _rand(9, args[0].shape, jnp.float32)
-
-    def loss(fn, *a):
-      return jnp.sum(w * fn(*a, mask, start, prefix_len))
-
-    kern = lambda *a: ta.tree_attention(*a, interpret=self.INTERPRET)
-    grads = jax.jit(jax.grad(lambda *a: loss(kern, *a), argnums=(0, 1, 2, 3, 4)))(*args)
-    refs = jax.jit(jax.grad(lambda *a: loss(ta.tree_attention_reference, *a),
-                    argnums=(0, 1, 2, 3, 4)))(*args)
-    for gk, gr in zip(grads, refs):
-      np.testing.assert_allclose(gk, gr, atol=1e-5, rtol=1e-5)
+    _assert_same_grads(lambda fn, *a: jnp.sum(w * fn(*a, mask, start, prefix_len)),
+                       lambda *a: ta.tree_attention(*a, interpret=self.INTERPRET),
+                       ta.tree_attention_reference, args)
 
   def test_ancestor_mask(self):
     for kind in ("chain", "star", "random"):
       p = _parents(kind, 9, seed=3)
-      np.testing.assert_array_equal(ta.ancestor_mask(p), _path_mask(p))
+      np.testing.assert_array_equal(trees.ancestor_mask(p), _path_mask(p))
     batched = np.stack([_parents("chain", 5), _parents("star", 5)])
-    np.testing.assert_array_equal(ta.ancestor_mask(batched)[1], _path_mask(batched[1]))
-    np.testing.assert_array_equal(jax.jit(ta.ancestor_mask)(batched)[0], np.tril(np.ones((5, 5))))
+    np.testing.assert_array_equal(trees.ancestor_mask(batched)[1], _path_mask(batched[1]))
+    np.testing.assert_array_equal(jax.jit(trees.ancestor_mask)(batched)[0],
+                                  np.tril(np.ones((5, 5))))
 
   def test_bad_inputs(self):
     q, kc, vc, kt, vt = _tree_inputs(1, 4, 2, 2, 16, 64, jnp.float32)
-    mask = ta.ancestor_mask(_parents("chain", 4))[None]
+    mask = trees.ancestor_mask(_parents("chain", 4))[None]
     with pytest.raises(ValueError, match="block_k=64 must divide the cache length 96"):
       ta.tree_attention(q, jnp.zeros((1, 96, 2, 16)), jnp.zeros((1, 96, 2, 16)), kt, vt, mask, 0,
                         3, block_sizes=ta.BlockSizes(block_k=64))
@@ -154,11 +157,11 @@ class TestTreeAttention:
     with pytest.raises(ValueError, match="start must be an int"):
       ta.tree_attention(q, kc, vc, kt, vt, mask, 0.5, 3)
     with pytest.raises(ValueError, match="cycle"):
-      ta.ancestor_mask(np.array([-1, 2, 1]))
+      trees.ancestor_mask(np.array([-1, 2, 1]))
     with pytest.raises(ValueError, match="not topologically ordered"):
-      ta.ancestor_mask(np.array([-1, 2, 0]))
+      trees.ancestor_mask(np.array([-1, 2, 0]))
     with pytest.raises(ValueError, match="out of range"):
-      ta.validate_parents(np.array([-1, 5]))
+      trees.validate_parents(np.array([-1, 5]))
 
 
 class TestBlockAttention:
@@ -203,15 +206,9 @@ class TestBlockAttention:
     args = _tree_inputs(3, ql, h, g, d, s, jnp.float32, seed=6)
     ps, pn = jnp.array([0, 3, 0]), jnp.array([0, 17, 32])
 
-    def loss(fn, *a):
-      return jnp.sum(jnp.sin(fn(*a, ps, pn)))
-
-    kern = lambda *a, **k: ba.block_attention(*a, **k, interpret=self.INTERPRET)
-    grads = jax.jit(jax.grad(lambda *a: loss(kern, *a), argnums=(0, 1, 2, 3, 4)))(*args)
-    refs = jax.jit(jax.grad(lambda *a: loss(ba.block_attention_reference, *a),
-                    argnums=(0, 1, 2, 3, 4)))(*args)
-    for gk, gr in zip(grads, refs):
-      np.testing.assert_allclose(gk, gr, atol=1e-5, rtol=1e-5)
+    _assert_same_grads(lambda fn, *a: jnp.sum(jnp.sin(fn(*a, ps, pn))),
+                       lambda *a: ba.block_attention(*a, interpret=self.INTERPRET),
+                       ba.block_attention_reference, args)
 
   def test_bad_inputs(self):
     q, kc, vc, kb, vb = _tree_inputs(1, 8, 2, 2, 16, 64, jnp.float32)
@@ -293,8 +290,9 @@ def tiny_prefilled():
   slots = jnp.broadcast_to(jnp.arange(p), (b, p))
   positions = jnp.maximum(slots - first[:, None], 0)
   cache = llama.init_cache(config, b, max_len)
-  _, cache, _ = _fwd(params, tokens, positions, llama.causal_cache_mask(slots, first, max_len),
-                  cache, jnp.zeros(b, jnp.int32), config=config)
+  _, cache, _ = _fwd(params, tokens, positions,
+                     attention_lib.causal_cache_mask(slots, first, max_len), cache,
+                     jnp.zeros(b, jnp.int32), config=config)
   return config, params, cache, first, tokens
 
 
@@ -303,18 +301,18 @@ def test_cache_block_mask_to_dense_is_causal_for_a_chain():
   m = attention_lib.CacheBlockMask(first, write - first, jnp.tril(jnp.ones((2, 5, 5), bool)),
                                    write)
   slots = write[:, None] + jnp.arange(5)[None]
-  np.testing.assert_array_equal(m.to_dense(12), llama.causal_cache_mask(slots, first, 12))
+  np.testing.assert_array_equal(m.to_dense(12), attention_lib.causal_cache_mask(slots, first, 12))
   # A block running past the cache end: the dropped slots are simply absent.
-  np.testing.assert_array_equal(m.to_dense(9), llama.causal_cache_mask(slots, first, 9))
+  np.testing.assert_array_equal(m.to_dense(9), attention_lib.causal_cache_mask(slots, first, 9))
 
 
 def test_llama_tree_block_pallas_equals_xla(tiny_prefilled):
   """Structured mask: pallas (kernel) == xla (dense expansion), and a node's logits equal a
-  plain causal forward over its root path (ALGORITHMS 8.7)."""
+  plain causal forward over its root path (``docs/algorithms.md#correctness-properties``)."""
   config, params, cache, first, prompt = tiny_prefilled
   p = prompt.shape[1]
   parents = np.stack([_parents("random", 5, seed=7), _parents("chain", 5)])
-  anc = ta.ancestor_mask(parents)
+  anc = trees.ancestor_mask(parents)
   depth = anc.sum(-1) - 1
   tree = jnp.asarray(np.random.default_rng(2).integers(3, config.vocab_size, (2, 5)))
   positions = (p - first)[:, None] + depth

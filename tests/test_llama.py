@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from partext_jax.models import llama
+from partext_jax.models import attention, llama
 from partext_jax import pretrained
 
 # Jitted forward: tiny-model calls compile in well under a second instead of dispatching op by op.
@@ -31,20 +31,29 @@ def _full_logits(config, params, tokens):
   return _fwd(params, tokens, pos, config=config)[0]
 
 
+def _prefilled(tiny, seed, *, b, t, prefix, max_len, explicit_mask):
+  """Random ``tokens [b, t]``, their full-forward logits, and the first ``prefix`` of them scored
+  into a fresh cache (an explicit causal mask, or ``None``: the model's default mask)."""
+  config, params = tiny
+  tokens = jax.random.randint(jax.random.key(seed), (b, t), 0, config.vocab_size)
+  pos = jnp.broadcast_to(jnp.arange(prefix), (b, prefix))
+  mask = attention.causal_cache_mask(pos, 0, max_len) if explicit_mask else None
+  logits, cache, _ = _fwd(params, tokens[:, :prefix], pos, mask,
+                          llama.init_cache(config, b, max_len), jnp.zeros(b, jnp.int32),
+                          config=config)
+  full = _full_logits(config, params, tokens)
+  np.testing.assert_allclose(logits, full[:, :prefix], atol=1e-5, rtol=1e-5)
+  return tokens, full, cache
+
+
 def test_cached_decoding_equals_full_forward(tiny):
   config, params = tiny
   b, t, prefix, max_len = 2, 10, 4, 16
-  tokens = jax.random.randint(jax.random.key(1), (b, t), 0, config.vocab_size)
-  full = _full_logits(config, params, tokens)
-  cache = llama.init_cache(config, b, max_len)
-  pos = jnp.broadcast_to(jnp.arange(prefix), (b, prefix))
-  logits, cache, _ = _fwd(params, tokens[:, :prefix], pos,
-                                llama.causal_cache_mask(pos, 0, max_len), cache,
-                                jnp.zeros(b, jnp.int32), config=config)
-  np.testing.assert_allclose(logits, full[:, :prefix], atol=1e-5, rtol=1e-5)
+  tokens, full, cache = _prefilled(tiny, 1, b=b, t=t, prefix=prefix, max_len=max_len,
+                                   explicit_mask=True)
   step = jax.jit(lambda p, x, i, c: _fwd(
-      p, x, jnp.full((b, 1), i), llama.causal_cache_mask(jnp.full((b, 1), i), 0, max_len), c,
-      jnp.full((b,), i), config=config))
+      p, x, jnp.full((b, 1), i), attention.causal_cache_mask(jnp.full((b, 1), i), 0, max_len),
+      c, jnp.full((b,), i), config=config))
   for i in range(prefix, t):
     logits, cache, _ = step(params, tokens[:, i:i + 1], i, cache)
     np.testing.assert_allclose(logits[:, 0], full[:, i], atol=1e-5, rtol=1e-5)
@@ -56,16 +65,12 @@ def test_cached_decoding_equals_full_forward(tiny):
 def test_block_with_causal_mask_equals_full_forward(tiny):
   config, params = tiny
   b, t, prefix, max_len = 2, 9, 3, 12
-  tokens = jax.random.randint(jax.random.key(2), (b, t), 0, config.vocab_size)
-  full = _full_logits(config, params, tokens)
-  cache = llama.init_cache(config, b, max_len)
-  pos = jnp.broadcast_to(jnp.arange(prefix), (b, prefix))
-  _, cache, _ = _fwd(params, tokens[:, :prefix], pos, None, cache, jnp.zeros(b, jnp.int32),
-                           config=config)
+  tokens, full, cache = _prefilled(tiny, 2, b=b, t=t, prefix=prefix, max_len=max_len,
+                                   explicit_mask=False)
   blk = jnp.broadcast_to(jnp.arange(prefix, t), (b, t - prefix))
   logits, _, _ = _fwd(params, tokens[:, prefix:], blk,
-                            llama.causal_cache_mask(blk, 0, max_len), cache,
-                            jnp.full((b,), prefix), config=config)
+                      attention.causal_cache_mask(blk, 0, max_len), cache,
+                      jnp.full((b,), prefix), config=config)
   np.testing.assert_allclose(logits, full[:, prefix:], atol=1e-5, rtol=1e-5)
 
 

@@ -1,4 +1,5 @@
-"""Medusa heads: shapes and axes, trees from choice lists, training, checkpoints, lossless decoding."""
+"""Medusa heads: shapes and axes, trees from choice lists, training, checkpoints, lossless
+decoding."""
 
 import os
 import pathlib
@@ -48,34 +49,40 @@ def test_heads_shapes_axes_and_zero_init_equals_base_head(tie):
   # Zero-initialised residual blocks are the identity: every head starts as the base LM head.
   np.testing.assert_allclose(heads, jnp.broadcast_to(logits, heads.shape), rtol=1e-5, atol=1e-5)
   # ... and non-zero blocks change the prediction.
-  moved = medusa_heads.head_logits(_random_heads(jax.random.key(3), mcfg), hidden, base, config=mcfg,
-                             base_config=cfg)
+  moved = medusa_heads.head_logits(_random_heads(jax.random.key(3), mcfg), hidden, base,
+                                   config=mcfg, base_config=cfg)
   assert float(jnp.abs(moved - heads).max()) > 1e-2
 
 
 def test_tree_from_choices_is_valid_and_matches_treespec():
-  tree = medusa_drafter.tree_from_choices(medusa_drafter.DEFAULT_CHOICES, num_heads=4)
-  trees.validate_parents(tree.parent)  # one root at 0, parent[i] < i
-  assert tree.num_nodes == len(medusa_drafter.DEFAULT_CHOICES) + 1
-  for i, c in enumerate(tree.choices, start=1):
-    assert tree.depth[i] == len(c) and tree.rank[i] == c[-1]
+  spec = trees.TreeSpec.from_choices(medusa_drafter.DEFAULT_CHOICES)
+  trees.validate_parents(spec.parent)  # one root at 0, parent[i] < i
+  assert spec.size == len(medusa_drafter.DEFAULT_CHOICES) + 1
+  assert sorted(spec.choices) == sorted(medusa_drafter.DEFAULT_CHOICES)
+  for i, c in enumerate(spec.choices, start=1):
+    assert spec.depth[i] == len(c) and spec.sibling_rank[i] == c[-1]
     # Walking up the parents spells the choice backwards.
     walk, j = [], i
     while j > 0:
-      walk.append(int(tree.rank[j]))
-      j = int(tree.parent[j])
+      walk.append(spec.sibling_rank[j])
+      j = spec.parent[j]
     assert tuple(walk[::-1]) == c
-  # Contiguous-rank lists give exactly the shared TreeSpec (same node order and sibling ranks).
-  spec = trees.TreeSpec.from_choices(medusa_drafter.DEFAULT_CHOICES)
-  assert spec.parent == tuple(int(p) for p in tree.parent)
-  assert spec.sibling_rank[1:] == tuple(int(r) for r in tree.rank[1:])
-  np.testing.assert_array_equal(tree.ancestor_mask(), np.asarray(trees.ancestor_mask(
-      jnp.asarray(tree.parent))))
-  assert tree.topk == (4, 3, 2, 1)
-  paths = tree.paths()
+  # The ancestor mask marks exactly the nodes on the walk to the root.
+  anc = np.asarray(trees.ancestor_mask(spec.parent))
+  for i in range(spec.size):
+    want, j = np.zeros(spec.size, bool), i
+    while j >= 0:
+      want[j], j = True, spec.parent[j]
+    np.testing.assert_array_equal(anc[i], want)
+  # Head d needs its top-(largest rank at depth d + 1) tokens: 4, 3, 2, 1 for the default tree.
+  widths = tuple(1 + max(r for r, d in zip(spec.sibling_rank, spec.depth) if d == k)
+                 for k in range(1, spec.max_depth + 1))
+  assert widths == (4, 3, 2, 1) and spec.max_children == 4
+  leaves = [i for i in range(spec.size) if i not in spec.parent]
+  paths = np.asarray(trees.root_paths(spec.parent, max_depth=spec.max_depth))[leaves]
   assert paths.shape == (8, 5) and (paths[:, 0] == 0).all()
-  chain = medusa_drafter.tree_from_choices(medusa_drafter.chain_choices(3))
-  assert tuple(chain.parent) == (-1, 0, 1, 2)
+  chain = trees.TreeSpec.from_choices(medusa_drafter.chain_choices(3))
+  assert chain.parent == (-1, 0, 1, 2) == trees.TreeSpec.chain(3).parent
 
 
 @pytest.mark.parametrize("choices,match", [
@@ -86,18 +93,20 @@ def test_tree_from_choices_is_valid_and_matches_treespec():
     (((0,), (0, 0), (0, 0, 0)), "num_heads=2"),
 ], ids=["not-closed", "duplicate", "negative", "empty", "too-deep"])
 def test_tree_from_choices_rejects_bad_lists(choices, match):
+  cfg = llama.LlamaConfig.tiny()
+  mcfg = medusa_heads.MedusaConfig(num_heads=2, hidden_size=cfg.hidden_size)
   with pytest.raises(ValueError, match=match):
-    medusa_drafter.tree_from_choices(choices, num_heads=2)
+    medusa_drafter.MedusaDrafter(mcfg, cfg, choices=choices)
 
 
 def test_draft_tree_tokens_takes_per_head_ranks():
-  tree = medusa_drafter.tree_from_choices(((0,), (1,), (0, 0), (0, 1), (1, 0)))
+  spec = trees.TreeSpec.from_choices(((0,), (1,), (0, 0), (0, 1), (1, 0)))
   v = 10
   # Head d ranks tokens in a known order: head 1 prefers 7 > 3 > ..., head 2 prefers 5 > 2 > ...
   logits = np.zeros((2, 1, v), np.float32)
   logits[0, 0, [7, 3, 1]] = [3.0, 2.0, 1.0]
   logits[1, 0, [5, 2, 9]] = [3.0, 2.0, 1.0]
-  toks = medusa_drafter.draft_tree_tokens(jnp.asarray(logits), jnp.array([4]), tree=tree)
+  toks = medusa_drafter.draft_tree_tokens(jnp.asarray(logits), jnp.array([4]), spec=spec)
   np.testing.assert_array_equal(toks, [[4, 7, 3, 5, 2, 5]])
 
 
@@ -182,14 +191,16 @@ def test_greedy_medusa_decoding_is_lossless_on_tiny_model():
   model = llama.LlamaLM(cfg)
   base = model.init(jax.random.key(0))
   mcfg = medusa_heads.MedusaConfig(num_heads=3, hidden_size=cfg.hidden_size)
-  drafter = medusa_drafter.MedusaDrafter(mcfg, cfg, choices=((0,), (1,), (0, 0), (1, 0), (0, 0, 0)))
+  drafter = medusa_drafter.MedusaDrafter(mcfg, cfg,
+                                         choices=((0,), (1,), (0, 0), (1, 0), (0, 0, 0)))
   prompts = [[1, 5, 9, 4], [1, 7], [1, 3, 3, 3, 8, 11]]
   want, _ = ar.generate(jax.random.key(0), model, base, prompts, max_new_tokens=24, eos_id=None)
   # The base model's own next-token head as head 1 guarantees accepted drafts somewhere.
-  for heads in (medusa_heads.init_params(jax.random.key(0), mcfg), _random_heads(jax.random.key(1), mcfg)):
+  for heads in (medusa_heads.init_params(jax.random.key(0), mcfg),
+                _random_heads(jax.random.key(1), mcfg)):
+    dparams = medusa_drafter.drafter_params(heads, base, base_config=cfg)
     got, info = decode.generate(jax.random.key(0), model, base, prompts, drafter=drafter,
-                                drafter_params=medusa_drafter.drafter_params(heads, base, base_config=cfg),
-                                max_new_tokens=24, eos_id=None)
+                                drafter_params=dparams, max_new_tokens=24, eos_id=None)
     np.testing.assert_array_equal(got, want)
     assert int(np.asarray(info.lengths).min()) == 24
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from partext_jax.models import llama
+from partext_jax.models import attention, llama
 from partext_jax.ar import sampling as ar
 from partext_jax.ar.speculative import decode, drafters, trees
 from partext_jax.testing import ngram
@@ -28,10 +28,14 @@ def test_tree_logits_equal_causal_forward_over_root_path(tiny_params):
   root_slot = jnp.array([3])  # prefix = slots 0..2, root (token 4) at slot 3
   fwd = jax.jit(lambda *a: TINY(tiny_params, *a))  # eager would compile op by op
   _, cache, _ = fwd(prompt[:, :3], jnp.arange(3)[None],
-                 llama.causal_cache_mask(jnp.arange(3)[None], 0, s_len), cache, jnp.zeros(1, int))
-  mask = decode.tree_attention_mask(tree, root_slot=root_slot, first_slot=jnp.array([0]),
-                                    cache_len=s_len)
+                    attention.causal_cache_mask(jnp.arange(3)[None], 0, s_len), cache,
+                    jnp.zeros(1, int))
+  mask = trees.tree_mask(trees.ancestor_mask(tree.parent), root_slot=root_slot,
+                         first_slot=jnp.array([0]))
+  # The structured mask (what the decode loop passes) and its dense expansion give the same.
   logits = fwd(toks, 3 + tree.depth, mask, cache, root_slot).logits
+  dense = fwd(toks, 3 + tree.depth, mask.to_dense(s_len), cache, root_slot).logits
+  np.testing.assert_array_equal(logits, dense)
   paths = np.asarray(trees.root_paths(tree.parent[0], max_depth=spec.max_depth))
   # One batched causal forward over every node's root path (right-padded), read at its end.
   seqs = np.zeros((spec.size, 3 + spec.max_depth + 1), np.int32)

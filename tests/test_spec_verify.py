@@ -1,4 +1,5 @@
-"""Losslessness of speculative decoding on enumerable toy n-gram models (ALGORITHMS.md 6, 8.5).
+"""Losslessness of speculative decoding on enumerable toy n-gram models
+(``docs/algorithms.md#speculative-decoding``, ``#correctness-properties``).
 
 The first ``K`` generated tokens of ``n`` independent rows are compared with the target's exact
 joint (enumerated). Statistic: Pearson's ``X^2 = n sum (f - p)^2 / p`` over the cells with
@@ -135,3 +136,32 @@ def test_typical_acceptance_is_explicit_and_lossy_by_design():
   res = _verify(jax.random.key(0), tree, p_low, rule="typical")
   assert res.num_accepted.tolist() == [0]
   assert "typical" not in verify.LOSSLESS_RULES
+
+
+def test_typical_acceptance_uses_medusas_threshold_and_alpha():
+  """``p(x) > min(0.09, 0.3 exp(-H(p)))`` (Medusa's ``evaluate_posterior`` defaults), by hand.
+
+  Case A, p = (0.92, 0.08): H = -(0.92 ln 0.92 + 0.08 ln 0.08) = 0.2788, 0.3 exp(-H) = 0.2271,
+  so the threshold is the hard 0.09 and the child 1 (p = 0.08) is rejected. (The swapped
+  defaults, min(0.3, 0.09 exp(-H)) = 0.0681, would accept it.)
+  Case B, p uniform over 20 tokens: H = ln 20, 0.3 exp(-H) = 0.015 < 0.09, so the entropy term
+  decides: a child with p = 0.05 is accepted; the same child under a peaked row (p = 0.05 next to
+  0.95: threshold 0.09) is rejected.
+  """
+  from partext_jax.ar.speculative import trees
+  tree = trees.TreeSpec.chain(1).tree(np.array([[0, 1]] * 3))
+  p = np.zeros((3, 2, 20), np.float32)
+  p[:, 1, 0] = 1.0                                   # after the child: token 0
+  p[0, 0, :2] = [0.92, 0.08]                         # case A
+  p[1, 0, :] = 1 / 20                                # case B, uniform
+  p[2, 0, :2] = [0.95, 0.05]                         # case B, peaked
+  h = [-(0.92 * np.log(0.92) + 0.08 * np.log(0.08)), np.log(20.0),
+       -(0.95 * np.log(0.95) + 0.05 * np.log(0.05))]
+  thresholds = np.minimum(0.09, 0.3 * np.exp(-np.asarray(h)))
+  np.testing.assert_allclose(thresholds, [0.09, 0.015, 0.09], atol=1e-12)
+  res = _verify(jax.random.key(0), tree, p, rule="typical")
+  assert res.num_accepted.tolist() == [0, 1, 0]
+  # Explicit parameters move the threshold: alpha = 0.09, threshold = 0.3 (swapped) accepts A.
+  swapped = jax.jit(functools.partial(verify.verify, rule="typical", posterior_threshold=0.3,
+                                      posterior_alpha=0.09))(jax.random.key(0), tree, p)
+  assert swapped.num_accepted.tolist() == [1, 1, 0]

@@ -1,4 +1,6 @@
-"""Autoregressive generation over the :class:`partext_jax.base.CausalLM` protocol.
+"""Autoregressive generation over the :class:`partext_jax.base.CausalLM` protocol
+(``docs/algorithms.md#autoregressive-sampling-and-logits-processors``,
+``docs/algorithms.md#speculative-decoding``).
 
 * :mod:`~partext_jax.ar.sampling` -- prefill + ``lax.while_loop`` decode with a KV cache,
   ragged prompts, streaming; ``generate`` / ``generate_text``.

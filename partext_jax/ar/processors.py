@@ -3,7 +3,9 @@
 A processor returns logits whose ``softmax`` is the distribution to sample from; removed tokens get
 ``-inf``. They compose like ``optax.chain``: ``chain(temperature(0.7), top_k(50), top_p(0.9))``
 applies left to right. Each processor is a frozen dataclass, hence hashable: it can be a
-``static_argnames`` value of a jitted sampler (equal processors share one compilation).
+``static_argnames`` value of a jitted sampler (equal processors share one compilation)
+(``docs/algorithms.md#autoregressive-sampling-and-logits-processors``; top-p after Holtzman et
+al. 2020, top-k after Fan et al. 2018).
 
 Math, for logits ``z`` of one row:
 
@@ -34,6 +36,8 @@ NEG_INF = -jnp.inf
 
 @dataclasses.dataclass(frozen=True)
 class Temperature:
+  """``z / temperature`` (``temperature > 0``; ``ValueError`` otherwise)."""
+
   temperature: float
 
   def __post_init__(self):
@@ -46,6 +50,8 @@ class Temperature:
 
 @dataclasses.dataclass(frozen=True)
 class TopK:
+  """Keeps ``z_i >= z_(k)``, the ``k``-th largest logit (ties kept); ``k >= 1``."""
+
   k: int
 
   def __post_init__(self):
@@ -60,6 +66,8 @@ class TopK:
 
 @dataclasses.dataclass(frozen=True)
 class TopP:
+  """Nucleus filter (Holtzman et al. 2020): keeps token ``j`` iff the mass before it is ``< p``."""
+
   p: float
 
   def __post_init__(self):
@@ -83,6 +91,7 @@ class TopP:
 
 @dataclasses.dataclass(frozen=True)
 class Greedy:
+  """Keeps only the argmax (first on ties): sampling becomes deterministic."""
 
   def __call__(self, logits):
     best = jnp.argmax(logits, axis=-1)
@@ -92,6 +101,8 @@ class Greedy:
 
 @dataclasses.dataclass(frozen=True)
 class Chain:
+  """Applies ``processors`` left to right (build with :func:`chain`)."""
+
   processors: tuple
 
   def __call__(self, logits):
@@ -102,6 +113,7 @@ class Chain:
 
 @dataclasses.dataclass(frozen=True)
 class Identity:
+  """Leaves the logits unchanged."""
 
   def __call__(self, logits):
     return logits
@@ -153,7 +165,7 @@ def build(*, temperature: float = 1.0, top_k: int | None = None,
 
   ``top_k=None`` / ``0`` and ``top_p=None`` / ``1.0`` disable those filters.
   """
-  if temperature is None or temperature < 0:
+  if temperature is None or not temperature >= 0:  # NaN included
     raise ValueError(f"temperature={temperature!r} must be >= 0 (0 = greedy)")
   if temperature == 0:
     return chain(Greedy())

@@ -1,23 +1,24 @@
 """Autoregressive sampling with a KV cache: one jit-compiled prefill + ``lax.while_loop`` decode.
 
-The model is injected (the sampler imports no model): any hashable callable
+The model is injected (the sampler imports no model): any :class:`partext_jax.base.CausalLM`,
 
     model(params, tokens int[B, T], positions int[B, T], attn_mask bool[B, T, S], cache,
-          write_slots int[B], *, logits_at=None) -> (logits float[B, T or K, V], cache)
+          write_slots int[B], *, logits_at=None) -> LMOutput(logits float[B, T or K, V], cache, _)
 
-with ``model.init_cache(batch, max_len)``, ``model.context_length`` (and optionally ``eos_id`` /
-``pad_id``), e.g. :class:`partext_jax.models.llama.LlamaLM`.
+with ``model.init_cache(batch, max_len)``, optionally ``model.context_length``, ``vocab_size``,
+``eos_id`` and ``pad_id``, e.g. :class:`partext_jax.models.llama.LlamaLM`
+(``docs/algorithms.md#autoregressive-sampling-and-logits-processors``).
 
-Layout. The ragged prompts are padded to a bucket length ``P`` (the next power of two ``>=
-min_bucket``), so prompts of the same bucket share one compilation. The cache has ``S = P + N``
-slots (``N = max_new_tokens``). Row ``b`` with prompt length ``n_b`` occupies
+Layout. The ragged prompts are padded to a bucket length ``P`` (:func:`bucket_length`), so
+prompts of the same bucket share one compilation. The cache has ``S = P + N`` slots
+(``N = max_new_tokens``). Row ``b`` with prompt length ``n_b`` occupies
 
 * left padding:  slots ``[P - n_b, P)`` and generates at ``P, P + 1, ...``;
 * right padding: slots ``[0, n_b)`` and generates at ``n_b, n_b + 1, ...`` (overwriting pads).
 
 With ``first_b`` the first real slot, a token at slot ``s`` has RoPE position ``s - first_b`` and
-attends to slots ``first_b <= s' <= s``: a prompt gives the same tokens alone and inside a padded
-batch, whichever the side.
+attends to slots ``first_b <= s' <= s`` (:func:`~partext_jax.models.attention.causal_cache_mask`):
+a prompt gives the same tokens alone and inside a padded batch, whichever the side.
 
 Loop. ``x_0 ~ proc(logits(prompt))``; for ``i = 1 .. N-1`` while some row is unfinished:
 ``x_i ~ proc(logits(x_{i-1} | cache))`` with key ``fold_in(rng_key, i)``. A row finishes after
@@ -31,7 +32,7 @@ Usage::
 
     model = LlamaLM(config)
     tokens, info = generate(jax.random.key(0), model, params, [[1, 2, 3], [4, 5]],
-                            max_new_tokens=32, processor=logits_processors.build(temperature=0.7,
+                            max_new_tokens=32, processor=processors.build(temperature=0.7,
                             top_p=0.9), eos_id=2)
     tokens[b, :info.lengths[b]]   # the generated ids of row b
 """
@@ -48,7 +49,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from partext_jax.ar import processors as lp
-from partext_jax.base import resolve_special_ids, vocab_size_of_lm
+from partext_jax.base import (LMOutput, checked_callable, checked_choice, checked_hashable,
+                              checked_int, resolve_special_ids, vocab_size_of_lm)
+from partext_jax.models.attention import causal_cache_mask
 
 PADDING_SIDES = ("left", "right")
 
@@ -75,7 +78,8 @@ class DecodeState(NamedTuple):
 
 
 def bucket_length(n: int, *, min_bucket: int = 16) -> int:
-  """Smallest power of two ``>= max(n, min_bucket)``."""
+  """``max(min_bucket, 2 ** ceil(log2(n)))``: the smallest power of two ``>= n``, or
+  ``min_bucket`` itself when that is larger (``min_bucket`` need not be a power of two)."""
   return max(min_bucket, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
 
 
@@ -86,21 +90,42 @@ def _sample(key, logits, processor):
   return jax.random.categorical(key, processor(logits), axis=-1).astype(jnp.int32)
 
 
-def _is_eos(tok, eos_ids):
+def is_eos(tokens, eos_ids: tuple) -> jax.Array:
+  """``bool`` array of ``tokens``' shape: the token is one of ``eos_ids`` (none when empty)."""
   if not eos_ids:
-    return jnp.zeros(tok.shape, bool)
-  return functools.reduce(jnp.logical_or, [tok == e for e in eos_ids])
+    return jnp.zeros(tokens.shape, bool)
+  return functools.reduce(jnp.logical_or, [tokens == e for e in eos_ids])
 
 
-def _mask(q_slots, first, max_len):
-  s = jnp.arange(max_len)[None, None, :]
-  return (s >= first[:, None, None]) & (s <= q_slots[:, :, None])
+def prefill(model, params, tokens, first_slot, cache_len: int, *, logits_at,
+            return_hidden: bool = False) -> LMOutput:
+  """Scores padded prompts into a fresh cache of ``cache_len`` slots (slot ``j`` = column ``j``).
+
+  Args:
+    model, params: a :class:`partext_jax.base.CausalLM` and its parameters.
+    tokens: ``int32[B, P]`` padded prompts; row ``b``'s real tokens start at ``first_slot[b]``
+      (left padding: ``P - n_b``; right padding: 0).
+    first_slot: ``int32[B]``.
+    cache_len: ``S >= P``.
+    logits_at: ``int[B, K]`` columns whose logits (and hidden states) are returned.
+    return_hidden: also return the final hidden states there.
+  Returns:
+    the model's :class:`~partext_jax.base.LMOutput`; a token at slot ``s`` has position
+    ``s - first_slot`` and attends causally to ``[first_slot, s]``.
+  """
+  b, p = tokens.shape
+  slots = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32)[None], (b, p))
+  kwargs = {"return_hidden": True} if return_hidden else {}
+  return model(params, tokens, jnp.maximum(slots - first_slot[:, None], 0),
+               causal_cache_mask(slots, first_slot, cache_len), model.init_cache(b, cache_len),
+               jnp.zeros((b,), jnp.int32), logits_at=logits_at, **kwargs)
 
 
 def generate_impl(rng_key, params, tokens, prompt_lengths, *, model, max_new_tokens: int,
-                   processor, eos_ids: tuple, pad_id: int, padding: str,
-                   stream_callback: Callable | None):
-  """The traced body of :func:`generate` (see the module docstring for the layout)."""
+                  processor, eos_ids: tuple, pad_id: int, padding: str,
+                  stream_callback: Callable | None):
+  """The traced body of :func:`generate` (see the module docstring for the layout); jit it with
+  ``static_argnames=STATIC_ARGNAMES`` (:mod:`partext_jax.parallel.runs` adds shardings)."""
   b, p = tokens.shape
   n = max_new_tokens
   s_len = p + n
@@ -111,13 +136,10 @@ def generate_impl(rng_key, params, tokens, prompt_lengths, *, model, max_new_tok
   else:
     first = jnp.zeros((b,), jnp.int32)
     next_slot = prompt_lengths
-  slots = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32)[None], (b, p))
-  positions = jnp.maximum(slots - first[:, None], 0)
-  cache = model.init_cache(b, s_len)
-  logits, cache, _ = model(params, tokens, positions, _mask(slots, first, s_len), cache,
-                        jnp.zeros((b,), jnp.int32), logits_at=(next_slot - 1)[:, None])
+  logits, cache, _ = prefill(model, params, tokens, first, s_len,
+                             logits_at=(next_slot - 1)[:, None])
   tok = _sample(jax.random.fold_in(rng_key, 0), logits[:, 0], processor)
-  done = _is_eos(tok, eos_ids)
+  done = is_eos(tok, eos_ids)
   out = jnp.full((b, n), pad_id, jnp.int32).at[:, 0].set(tok)
   if stream_callback is not None:
     jax.debug.callback(stream_callback, jnp.int32(0), tok, done, ordered=True)
@@ -129,12 +151,12 @@ def generate_impl(rng_key, params, tokens, prompt_lengths, *, model, max_new_tok
   def body(st: DecodeState):
     q = st.next_slot[:, None]
     logits, cache, _ = model(params, st.last[:, None], q - first[:, None],
-                          _mask(q, first, s_len), st.cache, st.next_slot)
+                             causal_cache_mask(q, first, s_len), st.cache, st.next_slot)
     tok = _sample(jax.random.fold_in(rng_key, st.step), logits[:, 0], processor)
     tok = jnp.where(st.done, pad_id, tok)
     out = jax.lax.dynamic_update_slice(st.tokens, tok[:, None], (0, st.step))
     lengths = st.lengths + (~st.done).astype(jnp.int32)
-    done = st.done | _is_eos(tok, eos_ids)
+    done = st.done | is_eos(tok, eos_ids)
     if stream_callback is not None:
       jax.debug.callback(stream_callback, st.step, tok, st.done, ordered=True)
     return DecodeState(st.step + 1, out, cache, tok, st.next_slot + 1, done, lengths)
@@ -147,15 +169,18 @@ def generate_impl(rng_key, params, tokens, prompt_lengths, *, model, max_new_tok
 
 
 STATIC_ARGNAMES = ("model", "max_new_tokens", "processor", "eos_ids", "pad_id", "padding",
-           "stream_callback")
+                   "stream_callback")
 _generate_jit = jax.jit(generate_impl, static_argnames=STATIC_ARGNAMES)
 
 
 def pad_prompts(prompts, *, padding: str = "left", pad_id: int = 0,
                 min_bucket: int = 16) -> tuple[np.ndarray, np.ndarray]:
-  """Ragged prompts -> ``(tokens int32[B, P], lengths int32[B])`` with ``P`` a bucket length."""
-  if padding not in PADDING_SIDES:
-    raise ValueError(f"padding={padding!r} is not one of {PADDING_SIDES}")
+  """Ragged prompts -> ``(tokens int32[B, P], lengths int32[B])`` with ``P`` a bucket length.
+
+  Raises ``TypeError`` / ``ValueError`` for anything but a non-empty list of non-empty token-id
+  lists (or an ``int[B, T]`` array), or an unknown ``padding``.
+  """
+  checked_choice("padding", padding, PADDING_SIDES)
   if isinstance(prompts, (np.ndarray, jax.Array)):
     arr = np.asarray(prompts)
     if arr.ndim != 2:
@@ -182,44 +207,30 @@ def pad_prompts(prompts, *, padding: str = "left", pad_id: int = 0,
   return tokens, lengths
 
 
-def generate(rng_key, model, params, prompts, *, max_new_tokens: int,
-             processor: Callable = lp.greedy(), eos_id: int | Sequence[int] | None = "model",
-             pad_id: int | None = None, padding: str = "left", min_bucket: int = 16,
-             stream_callback: Callable | None = None):
-  """Samples up to ``max_new_tokens`` tokens after each prompt.
+class Batch(NamedTuple):
+  """A checked, padded generation batch (host values): what :func:`prepare_batch` returns."""
 
-  Args:
-    rng_key: a PRNG key (step ``i`` uses ``fold_in(rng_key, i)``); unused by greedy.
-    model: the injected model callable (module docstring), e.g. ``LlamaLM(config)``.
-    params: its parameters.
-    prompts: a list of token-id lists (ragged), or ``int[B, T]`` (taken as full-length prompts).
-    max_new_tokens: ``N >= 1``; the output buffer is ``int32[B, N]``.
-    processor: a hashable logits processor (:mod:`logits_processors`), e.g. ``lp.build(...)``.
-    eos_id: an id, a sequence of ids, ``None`` (never stop early) or ``"model"`` (the model's
-      ``eos_id``).
-    pad_id: id written after a row finished and into prompt padding (default: model's, else 0).
-    padding: ``"left"`` or ``"right"`` (identical results; see the module docstring).
-    min_bucket: smallest prompt bucket.
-    stream_callback: optional hashable host function ``(step, tokens, done)`` per step.
-  Returns:
-    ``(tokens int32[B, N], GenerateInfo)``.
+  tokens: np.ndarray  # int32[B, P], P = bucket_length(longest prompt)
+  lengths: np.ndarray  # int32[B] prompt lengths
+  eos_ids: tuple  # resolved EOS ids (empty: never stop early)
+  pad_id: int
+
+
+def prepare_batch(model, prompts, *, max_new_tokens: int, processor, eos_id="model",
+                  pad_id: int | None = None, padding: str = "left",
+                  min_bucket: int = 16) -> Batch:
+  """Every host-side check of an autoregressive generation call, then the padded batch.
+
+  Shared by :func:`generate`, :func:`partext_jax.ar.speculative.decode.generate` and
+  :func:`partext_jax.parallel.generate`; the arguments are those of :func:`generate`.
+  Raises ``TypeError`` / ``ValueError`` (naming the argument) before anything is compiled: a bad
+  ``max_new_tokens`` / ``min_bucket`` / ``padding`` / processor, malformed prompts, ids outside
+  the model's ``[0, vocab_size)``, or prompt + ``max_new_tokens`` beyond ``context_length``.
   """
-  if padding not in PADDING_SIDES:
-    raise ValueError(f"padding={padding!r} is not one of {PADDING_SIDES}")
-  if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool):
-    raise TypeError(f"max_new_tokens must be an int, got {max_new_tokens!r}")
-  if max_new_tokens <= 0:
-    raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
-  if not isinstance(min_bucket, int) or min_bucket < 1:
-    raise ValueError(f"min_bucket={min_bucket!r} must be an int >= 1")
-  if not callable(processor):
-    raise TypeError(f"processor must be a logits processor (callable), got {processor!r}")
-  try:
-    hash(processor)
-  except TypeError as e:
-    raise TypeError(f"processor {processor!r} must be hashable (use logits_processors)") from e
-  if stream_callback is not None and not callable(stream_callback):
-    raise TypeError(f"stream_callback must be callable or None, got {stream_callback!r}")
+  checked_choice("padding", padding, PADDING_SIDES)
+  max_new_tokens = checked_int("max_new_tokens", max_new_tokens, minimum=1)
+  checked_int("min_bucket", min_bucket, minimum=1)
+  checked_hashable("processor", checked_callable("processor", processor))
   eos_ids, pad_id = resolve_special_ids(model, eos_id=eos_id, pad_id=pad_id)
   tokens, lengths = pad_prompts(prompts, padding=padding, pad_id=pad_id, min_bucket=min_bucket)
   vocab = vocab_size_of_lm(model)
@@ -235,9 +246,43 @@ def generate(rng_key, model, params, prompts, *, max_new_tokens: int,
     if longest + max_new_tokens > ctx:
       raise ValueError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
                        f"context_length={ctx}; lower max_new_tokens to <= {ctx - longest}")
-  return _generate_jit(rng_key, params, jnp.asarray(tokens), jnp.asarray(lengths), model=model,
-                       max_new_tokens=int(max_new_tokens), processor=processor, eos_ids=eos_ids,
-                       pad_id=pad_id, padding=padding, stream_callback=stream_callback)
+  return Batch(tokens, lengths, eos_ids, pad_id)
+
+
+def generate(rng_key, model, params, prompts, *, max_new_tokens: int,
+             processor: Callable = lp.greedy(), eos_id: int | Sequence[int] | None = "model",
+             pad_id: int | None = None, padding: str = "left", min_bucket: int = 16,
+             stream_callback: Callable | None = None):
+  """Samples up to ``max_new_tokens`` tokens after each prompt.
+
+  Args:
+    rng_key: a PRNG key (step ``i`` uses ``fold_in(rng_key, i)``); unused by greedy.
+    model: the injected :class:`~partext_jax.base.CausalLM` (module docstring), e.g.
+      ``LlamaLM(config)``.
+    params: its parameters.
+    prompts: a list of token-id lists (ragged), or ``int[B, T]`` (taken as full-length prompts).
+    max_new_tokens: ``N >= 1``; the output buffer is ``int32[B, N]``.
+    processor: a hashable logits processor (:mod:`partext_jax.ar.processors`), e.g.
+      ``processors.build(...)``.
+    eos_id: an id, a sequence of ids, ``None`` (never stop early) or ``"model"`` (the model's
+      ``eos_id``).
+    pad_id: id written after a row finished and into prompt padding (default: model's, else 0).
+    padding: ``"left"`` or ``"right"`` (identical results; see the module docstring).
+    min_bucket: smallest prompt bucket (:func:`bucket_length`).
+    stream_callback: optional hashable host function ``(step, tokens, done)`` per step.
+  Returns:
+    ``(tokens int32[B, N], GenerateInfo)``.
+  Raises:
+    TypeError, ValueError: bad arguments (:func:`prepare_batch`), before compiling.
+  """
+  if stream_callback is not None:
+    checked_callable("stream_callback", stream_callback)
+  batch = prepare_batch(model, prompts, max_new_tokens=max_new_tokens, processor=processor,
+                        eos_id=eos_id, pad_id=pad_id, padding=padding, min_bucket=min_bucket)
+  return _generate_jit(rng_key, params, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
+                       model=model, max_new_tokens=int(max_new_tokens), processor=processor,
+                       eos_ids=batch.eos_ids, pad_id=batch.pad_id, padding=padding,
+                       stream_callback=stream_callback)
 
 
 def trim(tokens, info: GenerateInfo) -> list[list[int]]:
@@ -247,6 +292,8 @@ def trim(tokens, info: GenerateInfo) -> list[list[int]]:
 
 
 class GeneratedText(NamedTuple):
+  """What :func:`generate_text` returns."""
+
   texts: list  # list[str], special tokens removed
   token_ids: list  # list[list[int]], EOS included
   info: GenerateInfo
@@ -262,8 +309,12 @@ def generate_text(model_bundle, prompts, *, rng_key=None, max_new_tokens: int = 
   Args:
     model_bundle: ``ModelBundle(model, params, tokenizer)`` (``pretrained.load_bundle()``).
     rng_key: required unless ``temperature == 0`` (greedy).
+    temperature, top_k, top_p: the processor (:func:`partext_jax.ar.processors.build`).
     chat: wrap each prompt as a user message with the tokenizer's chat template (and optional
       ``system`` message); otherwise the raw text is encoded.
+    max_new_tokens, padding, stream_callback: as :func:`generate`.
+  Returns:
+    :class:`GeneratedText` (texts without special tokens, ids with EOS, info, wall seconds).
   """
   model, params, tok = model_bundle
   if isinstance(prompts, str):

@@ -1,8 +1,15 @@
-"""One attention entry point with a swappable implementation.
+"""Attention for both models: one entry point with a swappable implementation, the KV cache and
+the cache masks.
 
 Both models call :func:`attention`; ``impl`` selects the implementation: ``"xla"`` (plain jnp,
 the reference every kernel is tested against) or ``"pallas"`` (the kernels of
 ``partext_jax.kernels``; imported on first use).
+
+KV cache. :class:`KVCache` ``(k, v)``, each ``[layers, B, S, kv_heads, head_dim]``, is the one
+cache type: the causal LM writes a block's rotary-embedded K/V into it at chosen slots
+(:meth:`KVCache.write`), speculative decoding moves accepted rows (:meth:`KVCache.compact`), the
+denoiser returns the K/V of the rows it ran, and :class:`partext_jax.parallel.MeshLM` pins it to a
+mesh. Which slots are valid is not stored: the attention mask says it.
 
 Masks. ``mask`` is either a dense boolean array broadcastable to ``[B, Tq, Tk]`` or a
 :class:`CacheBlockMask`, the structured mask of a block of ``T`` queries whose K/V were just
@@ -12,14 +19,17 @@ written into a cache at slots ``write_slots[b] + j``: query ``t`` sees the cache
 bidirectional diffusion block). ``"xla"`` expands it with :meth:`CacheBlockMask.to_dense`;
 ``"pallas"`` runs :func:`partext_jax.kernels.tree_attention.tree_attention`, which never builds
 the ``[T, max_len]`` mask and reads only the valid prefix. ``"pallas"`` with a dense mask (or
-none) falls back to ``"xla"``: dense masks carry no structure to exploit.
+none) falls back to ``"xla"``: dense masks carry no structure to exploit. The usual dense mask,
+causal over a left-padded cache, is :func:`causal_cache_mask`
+(``docs/algorithms.md#autoregressive-sampling-and-logits-processors``).
 
 Math (per batch row ``b``, query head ``h`` with KV head ``g = h // (H / G)``)::
 
     out[b, q, h] = sum_k softmax_k(q.k / sqrt(D) + bias[b, q, k]) v[b, k, g]
 
 where ``bias`` is ``0`` where ``mask`` is True and ``-inf`` elsewhere. A query row with no
-allowed key returns zeros (never NaN): padding rows are harmless.
+allowed key returns zeros (never NaN): padding rows are harmless
+(``docs/algorithms.md#attention-kernels``).
 """
 
 from __future__ import annotations
@@ -34,6 +44,70 @@ _IMPLS: dict[str, AttentionFn] = {}
 _STRUCTURED: set[str] = set()
 
 
+class KVCache(NamedTuple):
+  """Keys and values of every layer, ``k, v: [layers, B, max_len, kv_heads, head_dim]``.
+
+  Holds nothing else (see the module docstring): the attention mask says which slots are valid
+  and where each row's sequence starts.
+  """
+
+  k: jax.Array
+  v: jax.Array
+
+  @classmethod
+  def zeros(cls, num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int,
+            dtype) -> "KVCache":
+    shape = (num_layers, batch, max_len, num_kv_heads, head_dim)
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+  @property
+  def max_len(self) -> int:
+    return self.k.shape[2]
+
+  @property
+  def nbytes(self) -> int:
+    return self.k.size * self.k.dtype.itemsize + self.v.size * self.v.dtype.itemsize
+
+  def write(self, layer: int, write_slots, k, v) -> tuple["KVCache", jax.Array, jax.Array]:
+    """Stores a block's ``k, v [B, T, kv_heads, head_dim]`` at slots ``write_slots[b] + t`` of
+    ``layer`` (slots ``>= max_len`` are dropped).
+
+    Returns ``(cache, keys, values)`` with ``keys, values [B, max_len, kv_heads, head_dim]``
+    the layer after the write. Only the ``B * T`` new rows are scattered: inside a jit with the
+    cache carried or donated this is an in-place update, never a copy of the whole cache.
+    """
+    b, t = k.shape[:2]
+    rows = jnp.arange(b)[:, None]
+    slots = jnp.asarray(write_slots, jnp.int32)[:, None] + jnp.arange(t)[None, :]
+    ck = self.k.at[layer, rows, slots].set(k.astype(self.k.dtype), mode="drop")
+    cv = self.v.at[layer, rows, slots].set(v.astype(self.v.dtype), mode="drop")
+    return KVCache(ck, cv), ck[layer], cv[layer]
+
+  def compact(self, src, dst) -> "KVCache":
+    """Moves slot ``src[b, j]`` to ``dst[b, j]`` (``int[B, J]``) in every layer: all reads
+    before all writes, ``dst >= max_len`` drops
+    (``docs/algorithms.md#token-trees-and-kv-compaction``)."""
+    rows = jnp.arange(self.k.shape[1])[:, None]
+    return KVCache(self.k.at[:, rows, dst].set(self.k[:, rows, src], mode="drop"),
+                   self.v.at[:, rows, dst].set(self.v[:, rows, src], mode="drop"))
+
+
+def causal_cache_mask(q_slots, first_slot, max_len: int):
+  """``mask[b, t, s] = first_slot[b] <= s <= q_slots[b, t]``: causal attention over a cache.
+
+  Args:
+    q_slots: ``int[B, T]`` cache slot of every query (the slot its K/V is written to).
+    first_slot: ``int[B]`` (or scalar) first valid slot of each row (left-padding offset).
+    max_len: cache length ``S``.
+  Returns:
+    ``bool[B, T, S]``.
+  """
+  q = jnp.asarray(q_slots)[:, :, None]
+  first = jnp.broadcast_to(jnp.asarray(first_slot), (q.shape[0],))[:, None, None]
+  s = jnp.arange(max_len)[None, None, :]
+  return (s >= first) & (s <= q)
+
+
 class CacheBlockMask(NamedTuple):
   """Structured mask for a block of ``T`` queries over a KV cache (see the module docstring).
 
@@ -41,9 +115,12 @@ class CacheBlockMask(NamedTuple):
     start: ``int[B]`` first valid cache slot of each row (left padding).
     prefix_len: ``int[B]`` valid slots from ``start`` (0 allowed). The range must end at or
       before ``write_slots`` (the prefix never includes the block itself).
-    block_mask: ``bool[B, T, T]``; ``block_mask[b, t, j]``: query ``t`` sees block token ``j``.
-    write_slots: ``int[B]`` cache slot of block token 0; the model fills it in when ``None``.
-      Block tokens at slots ``>= max_len`` are dropped by the cache write and invisible here.
+    block_mask: ``bool[B, T, K]``; ``block_mask[b, t, j]``: query ``t`` sees block key ``j``
+      (cache slot ``write_slots[b] + j``). A model call takes ``K = T`` (the queries' own keys);
+      :meth:`to_dense` also takes ``K != T`` (e.g. the nodes of one tree depth over the whole
+      tree).
+    write_slots: ``int[B]`` cache slot of block key 0; the model fills it in when ``None``.
+      Block keys at slots ``>= max_len`` are dropped by the cache write and invisible here.
 
   Usage (a token tree of ``T`` nodes after a ragged prompt of ``n[b]`` tokens)::
 
@@ -57,11 +134,11 @@ class CacheBlockMask(NamedTuple):
   write_slots: jax.Array | None = None
 
   def block_slots(self) -> jax.Array:
-    """``int[B, T]`` cache slot of every block token."""
+    """``int[B, K]`` cache slot of every block key."""
     if self.write_slots is None:
       raise ValueError("CacheBlockMask.write_slots is None: pass write_slots to the model")
-    t = self.block_mask.shape[-1]
-    return jnp.asarray(self.write_slots, jnp.int32)[:, None] + jnp.arange(t)[None, :]
+    k = self.block_mask.shape[-1]
+    return jnp.asarray(self.write_slots, jnp.int32)[:, None] + jnp.arange(k)[None, :]
 
   def to_dense(self, max_len: int) -> jax.Array:
     """The equivalent dense ``bool[B, T, max_len]`` mask (what ``"xla"`` attends with)."""
@@ -74,7 +151,7 @@ class CacheBlockMask(NamedTuple):
     # Column ``slot[b, j]`` gets ``block_mask[b, :, j]``; slots >= max_len are dropped.
     slots = self.block_slots()
     rows = jnp.arange(b)[:, None]
-    cols = jnp.swapaxes(bm, 1, 2)                   # [B, T_key, T_query]
+    cols = jnp.swapaxes(bm, 1, 2)                   # [B, K, T]
     old = dense[rows, :, jnp.minimum(slots, max_len - 1)]
     return dense.at[rows, :, slots].set(old | cols, mode="drop")
 
@@ -150,17 +227,28 @@ def pallas_attention(q, k, v, mask):
 register("pallas", pallas_attention, structured=True)
 
 
+def resolve_mask(mask, *, impl: str, max_len: int, write_slots=None):
+  """``mask`` as implementation ``impl`` takes it. A :class:`CacheBlockMask` gets
+  ``write_slots`` (``int[B]``, the block's first slot) if it has none, and is expanded to its
+  dense ``bool[B, T, max_len]`` form unless ``impl`` was registered as ``structured``; other
+  masks pass unchanged."""
+  if not isinstance(mask, CacheBlockMask):
+    return mask
+  if mask.write_slots is None:
+    mask = mask._replace(write_slots=write_slots)
+  return mask if impl in _STRUCTURED else mask.to_dense(max_len)
+
+
 def attention(q, k, v, mask=None, *, impl: str = "xla"):
   """Dispatches to the implementation named ``impl`` (see :func:`available`).
 
   ``mask`` is a dense boolean mask, ``None``, or a :class:`CacheBlockMask` (expanded to a dense
-  mask for implementations that were not registered as ``structured``).
+  mask for implementations that were not registered as ``structured``). Raises ``ValueError``
+  for an unknown ``impl`` or query heads that are not a multiple of the key/value heads.
   """
   if impl not in _IMPLS:
     raise ValueError(f"attention impl={impl!r} is not one of {available()}")
   h, g = q.shape[2], k.shape[2]
   if h % g:
     raise ValueError(f"query heads ({h}) must be a multiple of key/value heads ({g})")
-  if isinstance(mask, CacheBlockMask) and impl not in _STRUCTURED:
-    mask = mask.to_dense(k.shape[1])
-  return _IMPLS[impl](q, k, v, mask)
+  return _IMPLS[impl](q, k, v, resolve_mask(mask, impl=impl, max_len=k.shape[1]))

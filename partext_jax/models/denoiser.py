@@ -16,10 +16,11 @@ and why samplers may cache its outputs.
 Cached calls (Fast-dLLM-style block decoding, :mod:`partext_jax.masked.block_cache`). Each
 layer ``l`` stores the rotary-embedded keys and values of every position it processed,
 ``K_l, V_l [B, T, H, D]``. A call with ``context=(cache, ranges)`` -- ``cache`` a
-:class:`KVCache` ``[num_layers, B, S, H, D]`` from an earlier call, ``ranges`` static
-``((start, stop), ...)`` rows of it, e.g. the prefix and the suffix of the current block -- runs
-only the ``T`` query positions ``tokens`` (at ``positions``) through the network; in every layer
-they attend to the stored rows ``C`` in ``ranges`` and to their own fresh keys and values::
+:class:`~partext_jax.models.attention.KVCache` ``[num_layers, B, S, H, D]`` from an earlier
+call, ``ranges`` static ``((start, stop), ...)`` rows of it, e.g. the prefix and the suffix
+of the current block -- runs only the ``T`` query positions ``tokens`` (at ``positions``)
+through the network; in every layer they attend to the stored rows ``C`` in ``ranges`` and to
+their own fresh keys and values::
 
     out_l[q] = sum_{k in C  U  fresh} softmax_k(q.k_l[k] / sqrt(D)) v_l[k]
 
@@ -45,7 +46,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,15 +53,10 @@ from flax import linen as nn
 
 from partext_jax.models import attention as attention_lib
 from partext_jax.models import layers
+from partext_jax.models.attention import KVCache  # the rows' rotary-embedded K/V [L, B, T, H, D]
 
 DTYPES = ("float32", "bfloat16")
 CONTEXT_ATTENTION_IMPLS = ("xla", "pallas")
-
-
-class KVCache(NamedTuple):
-  """Per-layer rotary-embedded keys and values, each ``[num_layers, B, T, H, D]``."""
-  k: jax.Array
-  v: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)

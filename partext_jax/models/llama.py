@@ -8,9 +8,10 @@ Architecture (pre-norm, as HF ``LlamaForCausalLM``)::
     h_{l+1} = h_l' + W_down (silu(W_gate n) * W_up n),  n = RMSNorm(h_l')
     logits  = RMSNorm(h_L) W_out,        W_out = E^T when ``tie_embeddings``
 
-KV cache. :class:`KVCache` holds ``k, v: [layers, B, max_len, kv_heads, head_dim]`` and nothing
-else: which slots are valid, and where each row's sequence starts, is the caller's business and is
-expressed entirely by the attention mask. A call with a cache
+KV cache. :class:`~partext_jax.models.attention.KVCache` holds ``k, v: [layers, B, max_len,
+kv_heads, head_dim]`` and nothing else: which slots are valid, and where each row's sequence
+starts, is the caller's business and is expressed entirely by the attention mask. A call with a
+cache
 
 1. computes the block's ``K, V`` (``T`` tokens per row, RoPE at ``positions[b, t]``),
 2. writes them at cache slots ``write_slots[b] + t`` (``t < T``; a slot ``>= max_len`` is
@@ -21,7 +22,7 @@ expressed entirely by the attention mask. A call with a cache
 So one call scores a prompt (``write_slots = 0``, causal mask), one new token (``T = 1``) or a
 block of draft / tree tokens with any mask (e.g. an ancestor mask over cache + block). Slots and
 positions are decoupled: with left padding, row ``b`` may start at slot ``first[b]`` with position
-0. :func:`causal_cache_mask` builds the usual mask.
+0. :func:`~partext_jax.models.attention.causal_cache_mask` builds the usual mask.
 
 Structured masks. Instead of the dense ``bool[B, T, max_len]``, ``attn_mask`` may be a
 :class:`partext_jax.models.attention.CacheBlockMask` ``(start, prefix_len, block_mask)``: query
@@ -29,6 +30,10 @@ Structured masks. Instead of the dense ``bool[B, T, max_len]``, ``attn_mask`` ma
 ``write_slots[b] + j``) iff ``block_mask[b, t, j]``. With ``attention_impl="xla"`` it is expanded
 to the equivalent dense mask; with ``"pallas"`` the tree-attention kernel reads only the valid
 prefix and never builds the ``[T, max_len]`` mask (the fast path for tree / draft verification).
+
+The math of cached scoring, ragged left padding and tree masks is in
+``docs/algorithms.md#autoregressive-sampling-and-logits-processors`` and
+``docs/algorithms.md#token-trees-and-kv-compaction``.
 
 Without a cache the call attends within the block: ``attn_mask`` is ``bool[B, T, T]`` (default:
 causal by block index).
@@ -40,7 +45,7 @@ Usage::
     params = model.init(jax.random.key(0))
     cache = model.init_cache(batch=1, max_len=32)
     tokens, pos = jnp.array([[1, 5, 9, 4, 3]]), jnp.arange(5)[None]
-    mask = causal_cache_mask(pos, 0, 32)          # bool[1, 5, 32]
+    mask = attention.causal_cache_mask(pos, 0, 32)          # bool[1, 5, 32]
     out = model(params, tokens, pos, mask, cache, jnp.zeros(1, jnp.int32))   # LMOutput
     out.logits.shape, out.cache                                             # [1, 5, V]
 """
@@ -56,6 +61,7 @@ from flax import linen as nn
 
 from partext_jax.base import LMOutput
 from partext_jax.models import attention as attention_lib
+from partext_jax.models.attention import KVCache, causal_cache_mask
 from partext_jax.models.layers import (RMSNorm, SwiGLU, apply_rope, default_init, head_projection,
                                        logical, logical_axes, output_projection)
 
@@ -116,46 +122,14 @@ class LlamaConfig:
     return cls(**kw)
 
 
-class KVCache(NamedTuple):
-  """``k, v: [layers, B, max_len, kv_heads, head_dim]`` (see the module docstring)."""
-
-  k: jax.Array
-  v: jax.Array
-
-  @property
-  def max_len(self) -> int:
-    return self.k.shape[2]
-
-  @property
-  def nbytes(self) -> int:
-    return self.k.size * self.k.dtype.itemsize + self.v.size * self.v.dtype.itemsize
-
-
 def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype=None) -> KVCache:
   """A zero cache; ``dtype`` defaults to ``config.dtype``."""
-  shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
-  dt = config.compute_dtype if dtype is None else dtype
-  return KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt))
-
-
-def causal_cache_mask(positions_or_slots, first_slot, max_len: int):
-  """``mask[b, t, s] = first_slot[b] <= s <= q_slot[b, t]``: causal attention over a cache.
-
-  Args:
-    positions_or_slots: ``int[B, T]`` cache slot of every query (the slot its K/V is written to).
-    first_slot: ``int[B]`` (or scalar) first valid slot of each row (left-padding offset).
-    max_len: cache length.
-  Returns:
-    ``bool[B, T, max_len]``.
-  """
-  q = jnp.asarray(positions_or_slots)[:, :, None]
-  first = jnp.broadcast_to(jnp.asarray(first_slot), (q.shape[0],))[:, None, None]
-  s = jnp.arange(max_len)[None, None, :]
-  return (s >= first) & (s <= q)
+  return KVCache.zeros(config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim,
+                       config.compute_dtype if dtype is None else dtype)
 
 
 class Attention(nn.Module):
-  """GQA self-attention reading and writing one layer of the KV cache."""
+  """GQA self-attention with RoPE, reading and writing layer ``layer`` of the KV cache."""
 
   config: LlamaConfig
   layer: int
@@ -163,40 +137,31 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x, positions, mask, cache, write_slots):
     c = self.config
-    dt = c.compute_dtype
-    q = head_projection(c.num_heads, c.head_dim, "heads", dt, "q")(x)
-    k = head_projection(c.num_kv_heads, c.head_dim, "kv_heads", dt, "k")(x)
-    v = head_projection(c.num_kv_heads, c.head_dim, "kv_heads", dt, "v")(x)
-    q = apply_rope(q, positions, theta=c.rope_theta)
-    k = apply_rope(k, positions, theta=c.rope_theta)
-    if cache is None:
-      keys, values = k, v
-    else:
-      b, t = x.shape[:2]
-      rows = jnp.arange(b)[:, None]
-      slots = write_slots[:, None] + jnp.arange(t)[None, :]  # [B, T]
-      # Scatter only the B*T new rows; inside a jit with the cache carried / donated this is an
-      # in-place update, never a copy of the whole cache.
-      ck = cache.k.at[self.layer, rows, slots].set(k.astype(cache.k.dtype), mode="drop")
-      cv = cache.v.at[self.layer, rows, slots].set(v.astype(cache.v.dtype), mode="drop")
-      cache = KVCache(ck, cv)
-      keys, values = ck[self.layer], cv[self.layer]
-    out = attention_lib.attention(q, keys, values, mask, impl=c.attention_impl)
-    return output_projection(c.hidden_size, dt, "o")(out), cache
+    project = lambda heads, axis, name: head_projection(heads, c.head_dim, axis,
+                                                        c.compute_dtype, name)(x)
+    q = apply_rope(project(c.num_heads, "heads", "q"), positions, theta=c.rope_theta)
+    k = apply_rope(project(c.num_kv_heads, "kv_heads", "k"), positions, theta=c.rope_theta)
+    v = project(c.num_kv_heads, "kv_heads", "v")
+    if cache is not None:
+      cache, k, v = cache.write(self.layer, write_slots, k, v)
+    out = attention_lib.attention(q, k, v, mask, impl=c.attention_impl)
+    return output_projection(c.hidden_size, c.compute_dtype, "o")(out), cache
 
 
 class DecoderLayer(nn.Module):
+  """Pre-norm block ``h + Attn(RMSNorm(h))``, then ``h' + SwiGLU(RMSNorm(h'))``; the block
+  index ``layer`` (a call argument) selects the cache layer."""
+
   config: LlamaConfig
-  layer: int
 
   @nn.compact
-  def __call__(self, x, positions, mask, cache, write_slots):
+  def __call__(self, x, positions, mask, cache, write_slots, layer: int):
     c = self.config
-    h = RMSNorm(c.rms_eps, c.compute_dtype, name="attn_norm")(x)
-    a, cache = Attention(c, self.layer, name="attn")(h, positions, mask, cache, write_slots)
+    norm = lambda name, h: RMSNorm(c.rms_eps, c.compute_dtype, name=name)(h)
+    a, cache = Attention(c, layer, name="attn")(norm("attn_norm", x), positions, mask, cache,
+                                                write_slots)
     x = x + a
-    h = RMSNorm(c.rms_eps, c.compute_dtype, name="mlp_norm")(x)
-    return x + SwiGLU(c.intermediate_size, c.compute_dtype, name="mlp")(h), cache
+    return x + SwiGLU(c.intermediate_size, c.compute_dtype, name="mlp")(norm("mlp_norm", x)), cache
 
 
 class Llama(nn.Module):
@@ -209,9 +174,10 @@ class Llama(nn.Module):
     attn_mask: ``bool[B, T, max_len]`` with a cache, ``bool[B, T, T]`` without (anything
       broadcastable works), or with a cache a structured
       :class:`~partext_jax.models.attention.CacheBlockMask` (its ``write_slots`` defaults to
-      ``write_slots``); ``None`` means causal (:func:`causal_cache_mask` with
+      ``write_slots``); ``None`` means causal
+      (:func:`~partext_jax.models.attention.causal_cache_mask` with
       ``q_slot = write_slots[b] + t`` and ``first = 0`` when a cache is given).
-    cache: a :class:`KVCache` or ``None``.
+    cache: a :class:`~partext_jax.models.attention.KVCache` or ``None``.
     write_slots: ``int[B]`` first cache slot of the block (required with a cache).
     logits_at: optional ``int[B, K]`` block indices; logits (and hidden) are computed only there
       (saves the ``T x V`` head matmul of a prefill).
@@ -220,6 +186,8 @@ class Llama(nn.Module):
   Returns:
     :class:`partext_jax.base.LMOutput` ``(logits [B, T or K, V] float32, cache, hidden)``;
     ``cache`` is ``None`` without one, ``hidden`` ``None`` unless ``return_hidden``.
+  Raises:
+    ValueError: a cache without ``write_slots``, or a ``CacheBlockMask`` without a cache.
   """
 
   config: LlamaConfig
@@ -236,18 +204,19 @@ class Llama(nn.Module):
       if write_slots is None:
         raise ValueError("write_slots (int[B]) is required when a cache is given")
       write_slots = jnp.broadcast_to(jnp.asarray(write_slots, jnp.int32), (b,))
-      if isinstance(attn_mask, attention_lib.CacheBlockMask) and attn_mask.write_slots is None:
-        attn_mask = attn_mask._replace(write_slots=write_slots)
       if attn_mask is None:
-        slots = write_slots[:, None] + jnp.arange(t)[None]
-        attn_mask = causal_cache_mask(slots, 0, cache.max_len)
+        attn_mask = causal_cache_mask(write_slots[:, None] + jnp.arange(t)[None], 0,
+                                      cache.max_len)
+      # Expanded once here (not in every layer) when the implementation takes dense masks.
+      attn_mask = attention_lib.resolve_mask(attn_mask, impl=c.attention_impl,
+                                             max_len=cache.max_len, write_slots=write_slots)
     elif isinstance(attn_mask, attention_lib.CacheBlockMask):
       raise ValueError("a CacheBlockMask attn_mask needs a cache (and write_slots)")
     elif attn_mask is None:
       attn_mask = jnp.tril(jnp.ones((t, t), bool))[None]
     for i in range(c.num_layers):
-      x, cache = DecoderLayer(c, i, name=f"layers_{i}")(x, positions, attn_mask, cache,
-                                                        write_slots)
+      x, cache = DecoderLayer(c, name=f"layers_{i}")(x, positions, attn_mask, cache,
+                                                     write_slots, i)
     if logits_at is not None:
       x = jnp.take_along_axis(x, logits_at[:, :, None].astype(jnp.int32), axis=1)
     hidden = RMSNorm(c.rms_eps, c.compute_dtype, name="final_norm")(x)
@@ -288,9 +257,10 @@ def param_logical_axes(config: LlamaConfig):
 class LlamaLM:
   """The model as the samplers see it: a hashable callable plus cache/params constructors.
 
-  ``model(params, tokens, positions, attn_mask, cache, write_slots, logits_at=None,
-  return_hidden=False) -> LMOutput`` (the :class:`partext_jax.base.CausalLM` protocol). Being a frozen dataclass of a frozen config, it can be a static
-  argument of ``jax.jit``; two equal configs hit the same compilation cache entry.
+  ``model(params, tokens, positions, attn_mask, cache, write_slots, *, logits_at=None,
+  return_hidden=False) -> LMOutput`` (the :class:`partext_jax.base.CausalLM` protocol). Being a
+  frozen dataclass of a frozen config, it can be a static argument of ``jax.jit``; two equal
+  configs hit the same compilation cache entry.
   """
 
   config: LlamaConfig

@@ -1,7 +1,8 @@
 """Medusa heads (Flax): extra next-next-token predictors on a frozen LM's last hidden state.
 
-Cai et al. (2024), "Medusa". The frozen target LM maps the final hidden state ``h_t`` (after the
-final RMSNorm, the LM head's input) of position ``t`` to the next-token logits ``h_t W`` with
+Cai et al. (2024), "Medusa" (``docs/algorithms.md#drafters``). The frozen target LM maps the
+final hidden state ``h_t`` (after the final RMSNorm, the LM head's input) of position ``t`` to
+the next-token logits ``h_t W`` with
 ``W = E^T`` the tied embedding (``[embed, vocab]``). Head ``k = 1 .. K`` guesses the token ``k``
 places *after* that one, ``x_{t+1+k}``, from the same ``h_t``::
 

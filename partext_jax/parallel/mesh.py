@@ -1,6 +1,7 @@
 r"""Meshes, logical-axis rules and sharded execution of training and every sampler.
 
-One model and one sampler serve a laptop and a pod: only the mesh changes. A mesh has three named
+One model and one sampler serve a laptop and a pod: only the mesh changes
+(``docs/algorithms.md#sharding``). A mesh has three named
 axes (sizes multiply to the device count; ``-1`` fills in what is left)::
 
     data    batch rows (data parallelism)

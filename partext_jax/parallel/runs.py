@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from partext_jax.ar import processors as lp
 from partext_jax.ar import sampling as ar
-from partext_jax.base import resolve_special_ids
+from partext_jax.models.attention import KVCache
 from partext_jax.parallel.mesh import (DEFAULT_RULES, batch_sharding, check_batch,
                                        check_rng_is_mesh_independent, logical_to_spec,
                                        normalize_rules, put, replicated, shard_batch, to_host)
@@ -54,11 +54,12 @@ class MeshDenoiser:
 
 @dataclasses.dataclass(frozen=True)
 class MeshLM:
-  """An autoregressive model (``LlamaLM`` interface) whose KV cache lives on the mesh.
+  """A :class:`~partext_jax.base.CausalLM` whose KV cache lives on the mesh.
 
-  The cache ``[layers, B, S, kv_heads, head_dim]`` is split as ``(None, batch, None, kv_heads,
-  None)`` -- rows with the batch, heads with the K/V projections that write them -- when it is
-  created and after every call, so the decode loop's carry never changes layout.
+  The :class:`~partext_jax.models.attention.KVCache` ``[layers, B, S, kv_heads, head_dim]`` is
+  split as ``(None, batch, None, kv_heads, None)`` -- rows with the batch, heads with the K/V
+  projections that write them -- when it is created and after every call, so the decode loop's
+  carry never changes layout.
   """
 
   model: Any
@@ -70,8 +71,11 @@ class MeshLM:
                            rules=self.rules)
     return NamedSharding(self.mesh, spec)
 
-  def _pin_cache(self, cache):
-    return jax.tree_util.tree_map(lambda c: _constrain(c, self._cache_sharding(c.shape)), cache)
+  def _pin_cache(self, cache: KVCache) -> KVCache:
+    if not isinstance(cache, KVCache):
+      raise TypeError(f"MeshLM places a KVCache [layers, B, S, kv_heads, head_dim]; the model's "
+                      f"cache is a {type(cache).__name__}")
+    return KVCache(*(_constrain(x, self._cache_sharding(x.shape)) for x in cache))
 
   def __call__(self, params, tokens, positions, attn_mask, cache, write_slots, **kwargs):
     tokens = _constrain(tokens, batch_sharding(self.mesh, 2, rules=self.rules))
@@ -140,24 +144,20 @@ def generate(rng_key, model, params, prompts, *, mesh: Mesh, max_new_tokens: int
              padding: str = "left", min_bucket: int = 16, rules=DEFAULT_RULES):
   """:func:`partext_jax.ar.sampling.generate` on ``mesh``.
 
-  Prompts are padded on the host exactly as ``generate`` does, rows split over the batch axes,
-  parameters as placed by :func:`shard_params`, and the KV cache pinned by :class:`MeshLM`.
-  All of ``generate``'s argument checks run first, abstractly (no FLOPs, no compilation).
-  Returns ``(tokens int32[B, N] batch-sharded, GenerateInfo)``.
+  Prompts are checked and padded on the host exactly as ``generate`` does
+  (:func:`partext_jax.ar.sampling.prepare_batch`), rows split over the batch axes, parameters as
+  placed by :func:`shard_params`, and the KV cache pinned by :class:`MeshLM`.
+  Returns ``(tokens int32[B, N] batch-sharded, GenerateInfo)``. Raises ``ValueError`` /
+  ``TypeError`` for ``generate``'s bad arguments or a batch that does not divide over the mesh.
   """
   check_rng_is_mesh_independent()
   processor = lp.greedy() if processor is None else processor
-  kwargs = dict(max_new_tokens=max_new_tokens, processor=processor, eos_id=eos_id,
-                pad_id=pad_id, padding=padding, min_bucket=min_bucket)
-  # Every check of the public entry point, by abstract evaluation (prompts stay host values).
-  jax.eval_shape(lambda p: ar.generate(jax.random.key(0), model, p, prompts, **kwargs), params)
-  eos_ids, pad_id = resolve_special_ids(model, eos_id=eos_id, pad_id=pad_id)
-  tokens, lengths = ar.pad_prompts(prompts, padding=padding, pad_id=int(pad_id),
-                                   min_bucket=min_bucket)
-  check_batch(tokens.shape[0], mesh, rules=rules, name="prompts batch")
+  batch = ar.prepare_batch(model, prompts, max_new_tokens=max_new_tokens, processor=processor,
+                           eos_id=eos_id, pad_id=pad_id, padding=padding, min_bucket=min_bucket)
+  check_batch(batch.tokens.shape[0], mesh, rules=rules, name="prompts batch")
   fn = _generate_jit(batch_sharding(mesh, 2, rules=rules))
-  return fn(put(rng_key, replicated(mesh)), params, shard_batch(tokens, mesh, rules=rules),
-            shard_batch(lengths, mesh, rules=rules),
+  return fn(put(rng_key, replicated(mesh)), params, shard_batch(batch.tokens, mesh, rules=rules),
+            shard_batch(batch.lengths, mesh, rules=rules),
             model=MeshLM(model, mesh, normalize_rules(rules)),
             max_new_tokens=int(max_new_tokens), processor=processor,
-            eos_ids=eos_ids, pad_id=pad_id, padding=padding, stream_callback=None)
+            eos_ids=batch.eos_ids, pad_id=batch.pad_id, padding=padding, stream_callback=None)

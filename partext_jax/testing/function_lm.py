@@ -1,4 +1,4 @@
-"""Adapter: any stateless causal ``logits_fn`` as a model of the ``LlamaLM`` calling protocol.
+"""Adapter: any stateless causal ``logits_fn`` as a :class:`partext_jax.base.CausalLM`.
 
 ``logits_fn(tokens int32[B, T]) -> logits float32[B, T, V]`` is a full causal forward (logits at
 ``t`` depend on ``tokens[:, :t + 1]`` only). :class:`FunctionLM` wraps it as::
@@ -12,9 +12,11 @@ query ``(b, t)`` with mask row ``m = attn_mask[b, t]`` sees the sequence
     seq[j] = cache.tokens[b, s]   for the slot s with m[s] and cache.positions[b, s] == j
 
 (one slot per position ``0 .. positions[b, t]``, exactly what a causal LM attends to through a
-tree mask), and gets ``logits_fn(seq)[positions[b, t]]``. That is ``O(T S)`` work per row, fine
+tree mask; a :class:`~partext_jax.models.attention.CacheBlockMask` is expanded to its dense
+form), and gets ``logits_fn(seq)[positions[b, t]]``. That is ``O(T S)`` work per row, fine
 for toy models and for checking the tree-attention plumbing of the decode loop against a plain
-causal forward. ``params`` is ignored (toys close over their tables).
+causal forward (``docs/algorithms.md#correctness-properties``). ``params`` is ignored (toys
+close over their tables).
 
 Usage::
 
@@ -32,11 +34,14 @@ import jax
 import jax.numpy as jnp
 
 from partext_jax.base import LMOutput
+from partext_jax.models.attention import causal_cache_mask, resolve_mask
 
 
 class TokenCache(NamedTuple):
-  tokens: jax.Array  # int32[B, S]
-  positions: jax.Array  # int32[B, S]
+  """The token and position written at every cache slot (``int32[B, S]`` each)."""
+
+  tokens: jax.Array
+  positions: jax.Array
 
   @property
   def max_len(self) -> int:
@@ -45,6 +50,20 @@ class TokenCache(NamedTuple):
   @property
   def nbytes(self) -> int:
     return self.tokens.size * 4 + self.positions.size * 4
+
+  def write(self, write_slots, tokens, positions) -> "TokenCache":
+    """Stores ``tokens, positions [B, T]`` at slots ``write_slots[b] + t`` (``>= S`` dropped)."""
+    rows = jnp.arange(tokens.shape[0])[:, None]
+    slots = write_slots[:, None] + jnp.arange(tokens.shape[1])[None]
+    return TokenCache(self.tokens.at[rows, slots].set(tokens, mode="drop"),
+                      self.positions.at[rows, slots].set(positions, mode="drop"))
+
+  def compact(self, src, dst) -> "TokenCache":
+    """Moves slot ``src[b, j]`` to ``dst[b, j]`` (all reads before all writes, as
+    :meth:`partext_jax.models.attention.KVCache.compact`)."""
+    rows = jnp.arange(self.tokens.shape[0])[:, None]
+    return TokenCache(self.tokens.at[rows, dst].set(self.tokens[rows, src], mode="drop"),
+                      self.positions.at[rows, dst].set(self.positions[rows, src], mode="drop"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,15 +94,6 @@ class FunctionLM:
     z = jnp.zeros((batch, max_len), jnp.int32)
     return TokenCache(z, z)
 
-  @staticmethod
-  def compact_cache(cache: TokenCache, src, dst) -> TokenCache:
-    """Moves slot ``src[b, j]`` to ``dst[b, j]`` (all reads before all writes)."""
-    rows = jnp.arange(cache.tokens.shape[0])[:, None]
-    tok = cache.tokens[rows, src]
-    pos = cache.positions[rows, src]
-    return TokenCache(cache.tokens.at[rows, dst].set(tok, mode="drop"),
-                      cache.positions.at[rows, dst].set(pos, mode="drop"))
-
   def __call__(self, params, tokens, positions, attn_mask=None, cache=None, write_slots=None, *,
                logits_at=None, return_hidden=False):
     del params
@@ -97,13 +107,11 @@ class FunctionLM:
       s_len = cache.max_len
       write_slots = jnp.broadcast_to(jnp.asarray(write_slots, jnp.int32), (b,))
       positions = jnp.broadcast_to(jnp.asarray(positions, jnp.int32), (b, t))
-      rows = jnp.arange(b)[:, None]
-      slots = write_slots[:, None] + jnp.arange(t)[None]
-      cache = TokenCache(cache.tokens.at[rows, slots].set(tokens, mode="drop"),
-                         cache.positions.at[rows, slots].set(positions, mode="drop"))
+      cache = cache.write(write_slots, tokens, positions)
       if attn_mask is None:
-        attn_mask = (jnp.arange(s_len)[None, None, :] <= slots[:, :, None])
-      attn_mask = jnp.broadcast_to(attn_mask, (b, t, s_len))
+        attn_mask = causal_cache_mask(write_slots[:, None] + jnp.arange(t)[None], 0, s_len)
+      attn_mask = jnp.broadcast_to(resolve_mask(attn_mask, impl="xla", max_len=s_len,
+                                                write_slots=write_slots), (b, t, s_len))
       # seq[b, t, j]: the token at the attended slot with position j.
       idx = jnp.where(attn_mask, cache.positions[:, None, :], s_len)  # [B, T, S]
       seq = jax.vmap(jax.vmap(lambda ix, tok: jnp.zeros((s_len,), jnp.int32).at[ix].set(

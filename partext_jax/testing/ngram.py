@@ -4,7 +4,8 @@
 ``table[x_{t-n+2}, .., x_t]`` (``n = order``; positions before 0 read token 0). Wrapped by
 :class:`partext_jax.testing.function_lm.FunctionLM` it is a target or a drafter.
 :func:`exact_continuation_probs` enumerates the exact joint of the first ``K`` generated tokens
-under a logits processor -- the oracle the losslessness tests compare samples against.
+under a logits processor -- the oracle the losslessness tests compare samples against
+(``docs/algorithms.md#correctness-properties``, ``#statistical-tests``).
 
 Usage::
 

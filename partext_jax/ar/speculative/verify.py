@@ -10,7 +10,7 @@ is tested; on acceptance ``cur <- x`` and ``r, s <- p[x], q[x]``; on rejection t
 updated. Since ``parent[i] < i`` the children of an accepted node come after it, so one pass
 suffices. The walk ends at a node whose children are all rejected (or a leaf) and emits one token
 ``y ~ r`` (the residual, or the bonus token ``p[cur]`` at a leaf). Rules (``u ~ U[0, 1)`` per
-node; ALGORITHMS.md section 6):
+node; ``docs/algorithms.md#speculative-decoding``):
 
 * ``"iid"`` (siblings i.i.d. from ``q``; SpecInfer): accept iff ``u q(x) <= r(x)``; on rejection
   ``r <- norm(max(r - q, 0))`` (kept as is when that has no mass).
@@ -21,8 +21,11 @@ node; ALGORITHMS.md section 6):
 * ``"match"`` (sample-and-match, the oracle; any drafter): one draw ``y_i ~ p[i]`` per node,
   shared by every path through it; accept the first child with ``x == y_cur``; emit ``y_cur``.
   With ``greedy=True`` the draw is ``argmax p[i]`` (greedy decoding: exact match).
-* ``"typical"`` (Medusa's typical acceptance, **lossy**, opt-in only): accept iff
-  ``p(x) > min(epsilon, delta exp(-H(p)))``; the emitted token is drawn from ``p[cur]``.
+* ``"typical"`` (Medusa's typical acceptance, Cai et al. 2024; **lossy**, opt-in only): accept
+  iff ``p(x) > min(posterior_threshold, posterior_alpha exp(-H(p)))`` with Medusa's defaults
+  ``posterior_threshold = 0.09``, ``posterior_alpha = 0.3`` (``evaluate_posterior`` of the
+  reference, which adds ``1e-5`` inside the entropy's log; here ``0 log 0 = 0``); the emitted
+  token is drawn from ``p[cur]``.
 
 All rules but ``"typical"`` are lossless when they match how siblings were drawn: the emitted
 tokens are distributed exactly as ancestral sampling from ``p``.
@@ -35,6 +38,7 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -59,7 +63,7 @@ def _norm(x):
 
 
 def _verify_row(key, tokens, parent, depth, valid, p, q, *, rule, greedy, max_depth,
-                typical_epsilon, typical_delta):
+                posterior_threshold, posterior_alpha):
   t, v = p.shape
   k_u, k_y, k_final = jax.random.split(key, 3)
   u = jax.random.uniform(k_u, (t,))
@@ -68,8 +72,6 @@ def _verify_row(key, tokens, parent, depth, valid, p, q, *, rule, greedy, max_de
       y = jnp.argmax(p, axis=-1).astype(jnp.int32)
     else:
       y = jax.random.categorical(k_y, jnp.log(p), axis=-1).astype(jnp.int32)
-  if q is None:
-    q = jnp.zeros((t, 1), p.dtype)  # unused by the rules that read no q
 
   path0 = jnp.full((max_depth + 1,), -1, jnp.int32).at[0].set(0)
   init = (jnp.int32(0), p[0], q[0], path0)
@@ -97,7 +99,7 @@ def _verify_row(key, tokens, parent, depth, valid, p, q, *, rule, greedy, max_de
     else:  # typical
       pc = p[cur]
       ent = -jnp.sum(jnp.where(pc > 0, pc * jnp.log(jnp.where(pc > 0, pc, 1.0)), 0.0))
-      accept = pc[x] > jnp.minimum(typical_epsilon, typical_delta * jnp.exp(-ent))
+      accept = pc[x] > jnp.minimum(posterior_threshold, posterior_alpha * jnp.exp(-ent))
       r_rej, s_rej = r, s
     acc = live & accept
     rej = live & ~accept
@@ -116,8 +118,8 @@ def _verify_row(key, tokens, parent, depth, valid, p, q, *, rule, greedy, max_de
 
 
 def verify(rng_key, tree: trees_lib.Tree, p_probs, q_probs=None, *, rule: str,
-           greedy: bool = False, max_depth: int | None = None, typical_epsilon: float = 0.3,
-           typical_delta: float = 0.09) -> VerifyResult:
+           greedy: bool = False, max_depth: int | None = None, posterior_threshold: float = 0.09,
+           posterior_alpha: float = 0.3) -> VerifyResult:
   """Verifies a batch of trees (see the module docstring).
 
   Args:
@@ -128,22 +130,26 @@ def verify(rng_key, tree: trees_lib.Tree, p_probs, q_probs=None, *, rule: str,
     rule: one of :data:`RULES`; ``"typical"`` is lossy.
     greedy: with ``rule="match"``, take ``argmax p`` instead of a draw.
     max_depth: static path length - 1 (default ``T - 1``).
+    posterior_threshold, posterior_alpha: ``"typical"`` only, the hard threshold and the
+      entropy factor of Medusa's rule ``p(x) > min(threshold, alpha exp(-H))``.
+  Returns:
+    :class:`VerifyResult` (accepted path, accepted count, emitted token, deepest node).
+  Raises:
+    ValueError: an unknown ``rule``, or a rule that reads ``q`` without ``q_probs``.
   """
   if rule not in RULES:
     raise ValueError(f"rule={rule!r} is not one of {RULES}")
-  if rule in ("iid", "without_replacement") and q_probs is None:
+  reads_q = rule in ("iid", "without_replacement")
+  if reads_q and q_probs is None:
     raise ValueError(f"rule={rule!r} needs the drafter's q_probs")
   b, t = tree.tokens.shape
   if max_depth is None:
     max_depth = t - 1
+  if not reads_q:
+    q_probs = jnp.zeros((b, t, 1), p_probs.dtype)  # carried, never read
   keys = jax.vmap(lambda i: jax.random.fold_in(rng_key, i))(jnp.arange(b))
-  fn = lambda k, tok, par, dep, val, p, q: _verify_row(
-      k, tok, par, dep, val, p, q, rule=rule, greedy=greedy, max_depth=max_depth,
-      typical_epsilon=typical_epsilon, typical_delta=typical_delta)
-  if q_probs is None or rule not in ("iid", "without_replacement"):
-    path, n, nxt, cur = jax.vmap(lambda k, tok, par, dep, val, p: fn(k, tok, par, dep, val, p, None))(
-        keys, tree.tokens, tree.parent, tree.depth, tree.valid, p_probs)
-  else:
-    path, n, nxt, cur = jax.vmap(fn)(keys, tree.tokens, tree.parent, tree.depth, tree.valid,
-                                     p_probs, q_probs)
-  return VerifyResult(path, n, nxt, cur)
+  row = functools.partial(_verify_row, rule=rule, greedy=greedy, max_depth=max_depth,
+                          posterior_threshold=posterior_threshold,
+                          posterior_alpha=posterior_alpha)
+  return VerifyResult(*jax.vmap(row)(keys, tree.tokens, tree.parent, tree.depth, tree.valid,
+                                     p_probs, q_probs))

@@ -1,18 +1,20 @@
-"""Drafters for draft-and-verify decoding, one module each, over the protocol of :mod:`~.base`.
+"""Drafters for draft-and-verify decoding, one module each, over the protocol of :mod:`~.base`
+(``docs/algorithms.md#drafters``).
 
 * :class:`~.lm.LMDrafter` -- any causal LM (chain, static trees, EAGLE-2 dynamic trees);
   :func:`~.lm.early_exit_drafter` -- the target's first layers.
 * :class:`~.prompt_lookup.PromptLookupDrafter` -- training-free n-gram lookup.
 * :class:`~.medusa.MedusaDrafter` -- Medusa heads (:mod:`partext_jax.models.medusa`).
 
-A new drafter is one module here implementing :class:`~.base.Drafter`.
+A new drafter is one module here implementing :class:`~.base.Drafter` (usually a frozen
+dataclass deriving from :class:`~.base.BaseDrafter`), exported below.
 """
 
-from partext_jax.ar.speculative.drafters.base import (SIBLING_RULES, CommitInfo, Draft,
-                                                      DraftContext, Drafter)
+from partext_jax.ar.speculative.drafters.base import (SIBLING_RULES, BaseDrafter, CommitInfo,
+                                                      Draft, DraftContext, Drafter)
 from partext_jax.ar.speculative.drafters.lm import LMDrafter, early_exit_drafter
 from partext_jax.ar.speculative.drafters.medusa import MedusaDrafter
 from partext_jax.ar.speculative.drafters.prompt_lookup import PromptLookupDrafter
 
-__all__ = ["SIBLING_RULES", "CommitInfo", "Draft", "DraftContext", "Drafter", "LMDrafter",
-           "MedusaDrafter", "PromptLookupDrafter", "early_exit_drafter"]
+__all__ = ["SIBLING_RULES", "BaseDrafter", "CommitInfo", "Draft", "DraftContext", "Drafter",
+           "LMDrafter", "MedusaDrafter", "PromptLookupDrafter", "early_exit_drafter"]

@@ -1,17 +1,18 @@
-"""The drafter protocol of draft-and-verify decoding (every drafter follows it).
+"""The drafter protocol of draft-and-verify decoding (``docs/algorithms.md#drafters``).
 
-The protocol (stable: :mod:`partext_jax.ar.speculative.drafters.medusa` and user drafters plug into it)
------------------------------------------------------------------------------------------------
+The protocol (stable: the drafters of this package and user drafters plug into it)
+---------------------------------------------------------------------------------
 A drafter is a **hashable** object (a frozen dataclass: it is a ``static_argnames`` value of the
 jitted decode loop) with these attributes and pure methods::
 
     sibling_rule: str   # how siblings are drawn: "iid" | "without_replacement" | "topk"
                         # ("topk" = deterministic distinct siblings, e.g. argmax chains, top-k
                         #  trees, prompt lookup, Medusa); :func:`verify.verify` uses the matching
-                        #  lossless rule (ALGORITHMS.md section 6).
+                        #  lossless rule (docs/algorithms.md#speculative-decoding).
     tree_size: int      # T, nodes per drafted tree *including the root* (node 0)
     max_depth: int      # D, the deepest node's depth (a chain of gamma drafts: T = D + 1 = gamma+1)
     needs_hidden: bool  # the decode loop passes the target's final hidden state (DraftContext)
+    may_draft_nothing: bool  # optional (default False): drafts may be empty, see decode.generate
 
     init(params, prompt, first_slot, *, cache_len) -> state
         Prefill. ``prompt int32[B, P]`` is the left-padded prompt (row b's real tokens occupy
@@ -23,8 +24,8 @@ jitted decode loop) with these attributes and pure methods::
         sample from ``softmax(processor(drafter_logits))`` and report those probabilities.
     commit(params, state, info: CommitInfo) -> state
         Called after verification: keep what the accepted path ``info.path`` needs (e.g. compact
-        the drafter's KV cache exactly as the target's, see :func:`decode.compact_cache`) and
-        drop the rest (roll back).
+        the drafter's KV cache exactly as the target's, ``KVCache.compact``) and drop the rest
+        (roll back).
 
 ``params`` is the drafter's own parameter pytree (``None`` for training-free drafters); it is a
 traced argument of the decode loop, so new weights never recompile.
@@ -36,17 +37,13 @@ distribution ``q`` the children of node ``i`` were drawn from (after the same pr
 target); it is only read by the ``"iid"`` and ``"without_replacement"`` rules and may be ``None``
 for ``"topk"`` drafters.
 
-Drafters in this module
------------------------
-* :class:`LMDrafter` -- any causal LM with the ``LlamaLM`` calling protocol (a small LM, an
-  :mod:`adapter`-wrapped toy, or the target's first ``k`` layers: :func:`early_exit_drafter`).
-  ``mode="chain"`` samples a chain (``"iid"`` rule, greedy under a greedy processor),
-  ``"tree_iid"`` / ``"tree_wor"`` fill a static tree with i.i.d. / without-replacement
-  (Gumbel-top-k) siblings, ``"eagle"`` grows an EAGLE-2 dynamic tree (top-k beams by cumulative
-  log-probability, best ``N`` nodes; ``"topk"`` rule).
-* :class:`PromptLookupDrafter` -- training-free n-gram lookup in the prompt and the text so far.
+A new drafter is one module in :mod:`partext_jax.ar.speculative.drafters`: a frozen dataclass
+implementing the protocol, usually deriving from :class:`BaseDrafter` (no-op ``init`` /
+``commit``, ``tree_size`` / ``max_depth`` from a static :class:`~..trees.TreeSpec` ``spec``).
+The shipped drafters: :class:`~.lm.LMDrafter` (any causal LM; modes ``chain``, ``tree_iid``,
+``tree_wor``, ``tree_topk``, ``eagle``) and :func:`~.lm.early_exit_drafter`,
+:class:`~.prompt_lookup.PromptLookupDrafter`, :class:`~.medusa.MedusaDrafter`.
 """
-
 
 from __future__ import annotations
 
@@ -90,6 +87,8 @@ class CommitInfo(NamedTuple):
 
 
 class Drafter(Protocol):
+  """The drafter protocol (see the module docstring)."""
+
   sibling_rule: str
   tree_size: int
   max_depth: int
@@ -105,3 +104,30 @@ class Drafter(Protocol):
     ...
 
 
+class BaseDrafter:
+  """Optional base class with the protocol's defaults.
+
+  Subclasses (frozen dataclasses) define ``sibling_rule``, ``draft`` and either a static tree
+  ``spec`` (:class:`~partext_jax.ar.speculative.trees.TreeSpec`, giving ``tree_size`` and
+  ``max_depth``) or those two attributes. The defaults keep no state: ``init`` returns ``()`` and
+  ``commit`` returns the state unchanged.
+  """
+
+  needs_hidden = False
+  may_draft_nothing = False
+
+  @property
+  def tree_size(self) -> int:
+    return self.spec.size
+
+  @property
+  def max_depth(self) -> int:
+    return self.spec.max_depth
+
+  def init(self, params, prompt, first_slot, *, cache_len: int):
+    del params, prompt, first_slot, cache_len
+    return ()
+
+  def commit(self, params, state, info: CommitInfo):
+    del params, info
+    return state

@@ -1,6 +1,10 @@
 """LM drafters: any causal LM (chain, static trees, EAGLE-2 dynamic trees) and early exit.
 
-See :mod:`partext_jax.ar.speculative.drafters.base` for the protocol.
+Chains after Leviathan et al. (2023) / Chen et al. (2023); static trees with i.i.d. siblings after
+SpecInfer (Miao et al. 2024), without-replacement siblings after Sequoia (Chen et al. 2024);
+dynamic trees after EAGLE-2 (Li et al. 2024); early exit as in LayerSkip's self-speculative
+decoding (Elhoushi et al. 2024). See :mod:`partext_jax.ar.speculative.drafters.base` for the
+protocol and ``docs/algorithms.md#drafters`` for the rules.
 """
 
 from __future__ import annotations
@@ -12,10 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from partext_jax.ar import processors as lp
+from partext_jax.ar import sampling as ar
 from partext_jax.ar.speculative import trees as trees_lib
-from partext_jax.ar.speculative.drafters.base import CommitInfo, Draft, DraftContext
-
-# ----------------------------------------------------------------------------------- LM drafter
+from partext_jax.ar.speculative.drafters.base import BaseDrafter, Draft, DraftContext
+from partext_jax.base import vocab_size_of_lm
+from partext_jax.models.attention import causal_cache_mask
+from partext_jax.models.llama import LlamaLM
 
 LM_MODES = ("chain", "tree_iid", "tree_wor", "tree_topk", "eagle")
 _MODE_RULE = {"chain": "iid", "tree_iid": "iid", "tree_wor": "without_replacement",
@@ -23,31 +30,28 @@ _MODE_RULE = {"chain": "iid", "tree_iid": "iid", "tree_wor": "without_replacemen
 
 
 class LMState(NamedTuple):
+  """The LM drafter's state: its cache, valid on ``[first_slot, dslot)``."""
+
   cache: Any
-  dslot: jax.Array  # int32[B]: drafter cache valid on [first, dslot)
+  dslot: jax.Array  # int32[B]
 
 
-def _vocab_of(model):
-  v = getattr(getattr(model, "config", None), "vocab_size", None)
-  return v if v is not None else getattr(model, "vocab_size", None)
-
-
-def _raw(logits):
-  return logits
-
-
-_RAW = _raw
-
-
-def _log_q(processor, logits):
+def _log_probs(processor, logits):
+  """``log softmax(processor(logits))`` over the last axis, for logits of any batch shape."""
   shape = logits.shape
   z = processor(logits.reshape(-1, shape[-1])).reshape(shape)
   return jax.nn.log_softmax(z, axis=-1)
 
 
+def _node_keys(rng_key, start: int, stop: int):
+  """One key per tree node ``start .. stop - 1`` (``fold_in`` of the node index)."""
+  return jax.vmap(lambda c: jax.random.fold_in(rng_key, c))(jnp.arange(start, stop))
+
+
 @dataclasses.dataclass(frozen=True)
-class LMDrafter:
-  """A causal LM drafter (any model with the ``LlamaLM`` calling protocol).
+class LMDrafter(BaseDrafter):
+  """A causal LM drafter (any :class:`~partext_jax.base.CausalLM`: a small LM, a
+  :class:`~partext_jax.testing.function_lm.FunctionLM` toy, the target's first layers).
 
   Modes (``sibling_rule`` in brackets):
 
@@ -62,7 +66,10 @@ class LMDrafter:
 
   Drafting costs ``max_depth`` drafter forwards: the first re-feeds the tokens committed since
   the last draft (``<= max_depth + 1``, so the drafter rolls back by simply forgetting slots past
-  the committed prefix), the others score one depth of the tree with an ancestor mask.
+  the committed prefix: ``commit`` keeps the state), the others score one depth of the tree with
+  an ancestor mask. ``model`` is any :class:`~partext_jax.base.CausalLM` whose cache has
+  ``max_len``; ``ValueError`` for an unknown mode, ``gamma < 1``, missing ``choices`` or an EAGLE
+  budget beyond the candidate pool.
   """
 
   model: Any
@@ -80,8 +87,8 @@ class LMDrafter:
     if self.mode.startswith("tree_"):
       if self.choices is None:
         raise ValueError(f"mode={self.mode!r} needs choices (Medusa-style rank tuples)")
-      object.__setattr__(self, "choices", tuple(tuple(c) for c in self.choices))
-      trees_lib.TreeSpec.from_choices(self.choices)
+      # Canonical (sorted, hashable) form; bad lists raise here.
+      object.__setattr__(self, "choices", trees_lib.TreeSpec.from_choices(self.choices).choices)
     if self.mode == "eagle":
       pool = 1 + self.top_k + (self.gamma - 1) * self.top_k ** 2
       if self.num_nodes + 1 > pool:
@@ -107,55 +114,38 @@ class LMDrafter:
     return self.gamma if self.mode == "eagle" else self.spec.max_depth
 
   @property
-  def needs_hidden(self) -> bool:
-    return False
-
-  @property
   def vocab_size(self):
-    return _vocab_of(self.model)
+    return vocab_size_of_lm(self.model)
 
   def _extra_slots(self) -> int:
     return self.max_depth + 2 + (self.gamma * self.top_k if self.mode == "eagle" else 0)
 
   def init(self, params, prompt, first_slot, *, cache_len: int):
     b, p = prompt.shape
-    s_len = cache_len + self._extra_slots()
-    cache = self.model.init_cache(b, s_len)
-    slots = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32)[None], (b, p))
-    s = jnp.arange(s_len)[None, None, :]
-    mask = (s >= first_slot[:, None, None]) & (s <= slots[:, :, None])
-    _, cache, _ = self.model(params, prompt, jnp.maximum(slots - first_slot[:, None], 0), mask,
-                          cache, jnp.zeros((b,), jnp.int32), logits_at=jnp.zeros((b, 1), jnp.int32))
-    return LMState(cache, jnp.full((b,), p - 1, jnp.int32))
-
-  def commit(self, params, state, info: CommitInfo):
-    return state  # rollback is implicit: the next draft re-feeds from ``dslot``
+    out = ar.prefill(self.model, params, prompt, first_slot, cache_len + self._extra_slots(),
+                     logits_at=jnp.zeros((b, 1), jnp.int32))
+    return LMState(out.cache, jnp.full((b,), p - 1, jnp.int32))
 
   def _catch_up(self, params, state, ctx):
     """Feeds the committed tokens not yet in the drafter cache, root included -> log q(root)."""
-    s_len = state.cache.max_len if hasattr(state.cache, "max_len") else None
     width = self.max_depth + 1
     start = jnp.minimum(jnp.maximum(state.dslot, ctx.first_slot), ctx.root_slot)
-    start = jnp.maximum(start, ctx.root_slot - width + 1)
+    start = jnp.maximum(start, ctx.root_slot - width + 1)  # >= first_slot: a real token
     slots = start[:, None] + jnp.arange(width)[None]
     hist = jnp.take_along_axis(ctx.history, jnp.clip(slots, 0, ctx.history.shape[1] - 1), axis=1)
     toks = jnp.where(slots == ctx.root_slot[:, None], ctx.root[:, None], hist)
-    s = jnp.arange(s_len)[None, None, :]
-    mask = (((s >= ctx.first_slot[:, None, None]) | (s == slots[:, :, None]))
-            & (s <= slots[:, :, None]))
-    at = (ctx.root_slot - start)[:, None]
-    logits, cache, _ = self.model(params, toks, slots - ctx.first_slot[:, None], mask, state.cache,
-                               start, logits_at=at)
+    logits, cache, _ = self.model(params, toks, slots - ctx.first_slot[:, None],
+                                  causal_cache_mask(slots, ctx.first_slot, state.cache.max_len),
+                                  state.cache, start, logits_at=(ctx.root_slot - start)[:, None])
     return logits[:, 0], cache
 
-  def _forward_nodes(self, params, cache, ctx, toks, write_start, depth, anc_slots):
-    """Scores nodes ``toks [B, n]`` at slots ``write_start + i`` seeing prefix + ``anc_slots``."""
-    s_len = cache.max_len
-    s = jnp.arange(s_len)[None, None, :]
-    prefix = (s >= ctx.first_slot[:, None, None]) & (s < ctx.root_slot[:, None, None])
-    mask = prefix | anc_slots
+  def _forward_nodes(self, params, cache, ctx, toks, write_start, depth, anc):
+    """Scores nodes ``toks [B, n]`` written at slots ``write_start + i``; node ``i`` sees the
+    prefix and the slots ``root_slot + j`` with ``anc[b, i, j]`` (``bool[B, n, K]``)."""
+    mask = trees_lib.tree_mask(anc, root_slot=ctx.root_slot, first_slot=ctx.first_slot)
     pos = jnp.broadcast_to(ctx.root_position[:, None] + depth, toks.shape)
-    logits, cache, _ = self.model(params, toks, pos, mask, cache, write_start)
+    logits, cache, _ = self.model(params, toks, pos, mask.to_dense(cache.max_len), cache,
+                                  write_start)
     return logits, cache
 
   def draft(self, rng_key, params, state, ctx: DraftContext, *, processor):
@@ -163,8 +153,8 @@ class LMDrafter:
     if self.sibling_rule == "topk":
       # Deterministic siblings may be any tokens (the "topk" rule never reads q): rank them by
       # the drafter's raw distribution, so a greedy / top-k target processor keeps the tree wide.
-      processor = _RAW
-    logq0 = _log_q(processor, logits0)  # [B, V]
+      processor = lp.identity()
+    logq0 = _log_probs(processor, logits0)  # [B, V]
     if self.mode == "eagle":
       cache, draft = self._draft_eagle(params, cache, ctx, logq0, processor)
     else:
@@ -178,12 +168,7 @@ class LMDrafter:
     parent = np.asarray(spec.parent)
     rank = np.asarray(spec.sibling_rank)
     ranges = spec.depth_ranges()
-    anc_np = np.zeros((t, t), bool)
-    for i in range(t):
-      anc_np[i, i] = True
-      if parent[i] >= 0:
-        anc_np[i] |= anc_np[parent[i]]
-    s_len = cache.max_len
+    anc = trees_lib.ancestor_mask(spec.parent)  # [T, T]
     tokens = jnp.zeros((b, t), jnp.int32).at[:, 0].set(ctx.root)
     valid = jnp.ones((b, t), bool)
     logq = jnp.zeros((b, t, v), jnp.float32).at[:, 0].set(logq0)
@@ -194,17 +179,13 @@ class LMDrafter:
       par = parent[ca:ce]
       lq_par = logq[:, par]  # [B, nc, V]
       if self.sibling_rule == "iid":
-        keys = jax.vmap(lambda c: jax.random.fold_in(rng_key, c))(jnp.arange(ca, ce))
         child = jax.vmap(lambda k, lq: jax.random.categorical(k, lq, axis=-1),
-                         in_axes=(0, 1), out_axes=1)(keys, lq_par)
+                         in_axes=(0, 1), out_axes=1)(_node_keys(rng_key, ca, ce), lq_par)
       else:
-        lq_nodes = logq[:, a:e]  # [B, nd, V]
+        score = logq[:, a:e]  # [B, nd, V]
         if self.sibling_rule == "without_replacement":
-          keys = jax.vmap(lambda c: jax.random.fold_in(rng_key, c))(jnp.arange(a, e))
-          g = jax.vmap(lambda k: jax.random.gumbel(k, (b, v)), out_axes=1)(keys)
-          score = lq_nodes + g
-        else:
-          score = lq_nodes
+          score = score + jax.vmap(lambda k: jax.random.gumbel(k, (b, v)), out_axes=1)(
+              _node_keys(rng_key, a, e))
         _, top = jax.lax.top_k(score, m)  # [B, nd, m]
         child = top[:, par - a, rank[ca:ce]]
       child = child.astype(jnp.int32)
@@ -213,21 +194,16 @@ class LMDrafter:
       valid = valid.at[:, ca:ce].set(ok)
       if d + 1 < len(ranges) - 1 and ranges[d + 2][1] > ranges[d + 2][0]:
         # Score depth d + 1 to draw its children.
-        rel = jnp.arange(s_len)[None, None, :] - ctx.root_slot[:, None, None]
-        anc = jnp.asarray(anc_np[ca:ce])  # [nc, T]
-        anc_slots = (rel >= 0) & (rel < t) & jnp.take_along_axis(
-            jnp.broadcast_to(anc[None], (b, ce - ca, t)),
-            jnp.broadcast_to(jnp.clip(rel, 0, t - 1), (b, ce - ca, s_len)), axis=2)
         lg, cache = self._forward_nodes(params, cache, ctx, child, ctx.root_slot + ca, d + 1,
-                                        anc_slots)
-        logq = logq.at[:, ca:ce].set(_log_q(processor, lg))
+                                        jnp.broadcast_to(anc[ca:ce], (b, ce - ca, t)))
+        logq = logq.at[:, ca:ce].set(_log_probs(processor, lg))
     tree = spec.tree(tokens, valid)
     probs = None if self.sibling_rule == "topk" else jnp.exp(logq)
     return cache, Draft(tree, probs)
 
   def _draft_eagle(self, params, cache, ctx, logq0, processor):
     b, v = logq0.shape
-    k, d_max, s_len = self.top_k, self.gamma, cache.max_len
+    k, d_max = self.top_k, self.gamma
     region = 1 + d_max * k  # scratch offsets from root_slot: 0 = root, then K per depth
     sc, tok = jax.lax.top_k(logq0, k)  # depth-1 candidates = depth-1 beams
     pool_tok = [jnp.zeros((b, 1), jnp.int32), tok.astype(jnp.int32)]
@@ -240,12 +216,9 @@ class LMDrafter:
     beam_anc = beam_anc.at[:, jnp.arange(k), 1 + jnp.arange(k)].set(True)
     size = 1 + k
     for d in range(1, d_max):
-      rel = jnp.arange(s_len)[None, None, :] - ctx.root_slot[:, None, None]
-      anc_slots = (rel >= 0) & (rel < region) & jnp.take_along_axis(
-          beam_anc, jnp.broadcast_to(jnp.clip(rel, 0, region - 1), (b, k, s_len)), axis=2)
       lg, cache = self._forward_nodes(params, cache, ctx, beam_tok,
-                                      ctx.root_slot + 1 + (d - 1) * k, d, anc_slots)
-      lq = _log_q(processor, lg)
+                                      ctx.root_slot + 1 + (d - 1) * k, d, beam_anc)
+      lq = _log_probs(processor, lg)
       csc, ctok = jax.lax.top_k(lq, k)  # [B, K, K]
       csc = beam_sc[:, :, None] + csc
       pool_tok.append(ctok.reshape(b, k * k).astype(jnp.int32))
@@ -276,12 +249,14 @@ def early_exit_drafter(model, params, *, num_layers: int, **lm_drafter_kwargs):
   """Self-speculative drafter: the target's first ``num_layers`` layers + final norm + head.
 
   Returns ``(LMDrafter, drafter_params)``; the params are a sub-tree of ``params`` (the same
-  arrays: no extra parameter memory). Works for :class:`~partext_jax.models.llama.LlamaLM`.
+  arrays: no extra parameter memory). ``lm_drafter_kwargs`` go to :class:`LMDrafter` (mode,
+  gamma, ...). Raises ``TypeError`` unless ``model`` is a
+  :class:`~partext_jax.models.llama.LlamaLM`, ``ValueError`` for ``num_layers`` outside
+  ``[1, num_layers of the target)``.
   """
-  from partext_jax.models.llama import LlamaLM  # pylint: disable=import-outside-toplevel
-  config = getattr(model, "config", None)
-  if config is None or not isinstance(model, LlamaLM):
-    raise TypeError("early_exit_drafter needs a LlamaLM target")
+  if not isinstance(model, LlamaLM):
+    raise TypeError(f"early_exit_drafter needs a LlamaLM target, got {type(model).__name__}")
+  config = model.config
   if not isinstance(num_layers, int) or not 1 <= num_layers < config.num_layers:
     raise ValueError(f"num_layers={num_layers!r} must be an int in [1, {config.num_layers})")
   sub = {k: v for k, v in params.items()

@@ -1,4 +1,7 @@
-"""Prompt lookup: training-free n-gram drafting from the prompt and the text so far."""
+"""Prompt lookup: training-free n-gram drafting from the prompt and the text so far.
+
+Saxena (2023), "Prompt Lookup Decoding"; ``docs/algorithms.md#drafters``.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,11 @@ import dataclasses
 import jax.numpy as jnp
 
 from partext_jax.ar.speculative import trees as trees_lib
-from partext_jax.ar.speculative.drafters.base import CommitInfo, Draft, DraftContext
+from partext_jax.ar.speculative.drafters.base import BaseDrafter, Draft, DraftContext
 
 
 @dataclasses.dataclass(frozen=True)
-class PromptLookupDrafter:
+class PromptLookupDrafter(BaseDrafter):
   """Training-free n-gram drafting from the prompt and the text generated so far.
 
   Find the latest earlier occurrence of the last ``n`` committed tokens (``n`` from ``max_ngram``
@@ -31,23 +34,11 @@ class PromptLookupDrafter:
       raise ValueError(f"need 1 <= min_ngram ({self.min_ngram}) <= max_ngram ({self.max_ngram})")
 
   sibling_rule = "topk"
-  needs_hidden = False
-  # Optional protocol flag (read by decode.generate; absent = False): drafts may be empty.
-  may_draft_nothing = True
+  may_draft_nothing = True  # no match: an empty draft (decode.generate's cheap 1-token step)
 
   @property
-  def tree_size(self) -> int:
-    return self.gamma + 1
-
-  @property
-  def max_depth(self) -> int:
-    return self.gamma
-
-  def init(self, params, prompt, first_slot, *, cache_len: int):
-    return ()
-
-  def commit(self, params, state, info: CommitInfo):
-    return state
+  def spec(self) -> trees_lib.TreeSpec:
+    return trees_lib.TreeSpec.chain(self.gamma)
 
   def draft(self, rng_key, params, state, ctx: DraftContext, *, processor):
     h, rs, first = ctx.history, ctx.root_slot, ctx.first_slot
@@ -74,6 +65,5 @@ class PromptLookupDrafter:
     ok = found[:, None] & (idx <= rs[:, None])
     tokens = jnp.concatenate([ctx.root[:, None], cont], axis=1).astype(jnp.int32)
     valid = jnp.concatenate([jnp.ones((b, 1), bool), ok], axis=1)
-    tree = trees_lib.TreeSpec.chain(self.gamma).tree(tokens, valid)
-    return state, Draft(tree, None)
+    return state, Draft(self.spec.tree(tokens, valid), None)
 
