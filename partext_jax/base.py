@@ -41,6 +41,7 @@ valid values; every sampler runs them on its hyper-parameters before anything is
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Any, Callable, NamedTuple, Protocol, Sequence
@@ -112,16 +113,17 @@ def checked_optional_int(name: str, value, *, minimum: int = 1):
 
 
 def checked_float(name: str, value, *, lo=None, lo_open: bool = False, hi=None,
-                  hi_open: bool = False, allow_none: bool = False):
+                  hi_open: bool = False, allow_none: bool = False, hint: str = ""):
   """``value`` as a finite Python float in the interval (``lo``/``hi`` bounds, open or closed);
-  ``None`` passes when ``allow_none``. Raises ``TypeError`` / ``ValueError`` naming ``name``."""
+  ``None`` passes when ``allow_none``. Raises ``TypeError`` / ``ValueError`` naming ``name``
+  and the interval (followed by ``hint``)."""
   if value is None and allow_none:
     return None
   left = "(" if lo_open else "["
   right = ")" if hi_open or hi is None else "]"
   bounds = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
   if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-    raise TypeError(f"{name} must be a float in {bounds}, got {value!r}")
+    raise TypeError(f"{name} must be a float in {bounds}{hint}, got {value!r}")
   value = float(value)
   ok = math.isfinite(value)
   if lo is not None:
@@ -129,14 +131,23 @@ def checked_float(name: str, value, *, lo=None, lo_open: bool = False, hi=None,
   if hi is not None:
     ok = ok and (value < hi if hi_open else value <= hi)
   if not ok:
-    raise ValueError(f"{name}={value} must be a finite float in {bounds}")
+    raise ValueError(f"{name}={value} must be a finite float in {bounds}{hint}")
   return value
 
 
-def checked_choice(name: str, value, choices: Sequence):
+def checked_float_fields(instance, bounds: dict, *, prefix: str = "") -> None:
+  """In a frozen dataclass's ``__post_init__``: every field named in ``bounds`` (field name ->
+  :func:`checked_float` keyword arguments) is checked and stored as a Python float; errors name
+  it as ``prefix + field``."""
+  for field, kwargs in bounds.items():
+    value = checked_float(prefix + field, getattr(instance, field), **kwargs)
+    object.__setattr__(instance, field, value)
+
+
+def checked_choice(name: str, value, choices: Sequence, *, hint: str = ""):
   """``value`` if it is one of ``choices``; a ``ValueError`` listing them otherwise."""
   if value not in choices:
-    raise ValueError(f"{name}={value!r} is not one of {tuple(choices)}")
+    raise ValueError(f"{name}={value!r} is not one of {tuple(choices)}{hint}")
   return value
 
 
@@ -235,3 +246,16 @@ def model_jit(fn, *, static_argnames: tuple[str, ...],
   call.jits = jits
   call.dynamic = jits[(True,) * len(model_argnames)]
   return call
+
+
+def model_partial(func, model, *args):
+  """``func(model, *args, ...)`` as a new model, keeping ``model``'s parameters traced.
+
+  A ``jax.tree_util.Partial`` ``model`` gives a ``Partial`` (``func`` must be a module-level
+  function: :func:`model_jit` passes it as a pytree, so new parameters of the same shapes reuse
+  the compiled program); any other callable gives a ``functools.partial`` (static, like the
+  closure it is).
+  """
+  if isinstance(model, jax.tree_util.Partial):
+    return jax.tree_util.Partial(func, model, *args)
+  return functools.partial(func, model, *args)

@@ -1,11 +1,17 @@
 """Masked (absorbing-state) diffusion: forward process, SUBS, the continuous-time loss, the bound.
 
+The math is in ``docs/algorithms.md#masking-schedules-and-the-elbo`` (MDLM, Sahoo et al. 2024;
+MD4, Shi et al. 2024).
+
 Forward process. Each token of the clean sequence ``x_0`` is independently replaced by MASK with
-probability ``1 - alpha(t)``: ``q(x_t^i | x_0^i) = alpha(t) [x_t^i = x_0^i] + (1 - alpha(t)) [x_t^i = MASK]``.
+probability ``1 - alpha(t)``::
+
+    q(x_t^i | x_0^i) = alpha(t) [x_t^i = x_0^i] + (1 - alpha(t)) [x_t^i = MASK]
 
 Loss (survey eq. 8; MDLM eq. 10, MD4 eq. 5). The negative ELBO of a sequence is::
 
-    NELBO(x_0) = E_{t ~ U(0,1)} E_{x_t ~ q(.|x_0)} [ alpha'(t) / (1 - alpha(t)) * sum_{i: x_t^i = MASK} log p_theta(x_0^i | x_t) ]
+    NELBO(x_0) = E_{t ~ U(0,1)} E_{x_t ~ q(.|x_0)} [
+        alpha'(t) / (1 - alpha(t)) * sum_{i: x_t^i = MASK} log p_theta(x_0^i | x_t) ]
 
 ``alpha' < 0``, so the weight is negative and the loss positive; it upper-bounds ``-log p(x_0)``
 for a schedule with ``alpha(0) = 1`` and ``alpha(1) = 0`` (``eps = 0``). With the MD4 ``eps``
@@ -21,15 +27,14 @@ denoiser logits over the ``V`` real tokens.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from partext_jax.base import DenoiseFn, checked_int, model_partial
 from partext_jax.schedules import MaskingSchedule
-
-DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def sample_times(rng, batch_size: int, *, antithetic: bool = True):
@@ -59,16 +64,17 @@ def _subs_call(denoise_fn, mask_id, tokens, t):
   return subs_log_probs(denoise_fn(tokens, t), tokens, mask_id=mask_id)
 
 
-def with_carry_over(denoise_fn: DenoiseFn, *, mask_id: int) -> jax.tree_util.Partial:
+def with_carry_over(denoise_fn: DenoiseFn, *, mask_id: int) -> DenoiseFn:
   """``denoise_fn`` with SUBS applied to its output: log-probabilities at masked positions, a
   one-hot (``0`` / ``-inf``) on the held token elsewhere.
 
   A model trained with the MDM loss never sees a loss at unmasked positions, so its raw logits
   there are untrained; MDLM applies this parameterisation inside the model. Samplers that read
   the model at unmasked positions (P2 self-planning scores decoded tokens there) then see
-  ``log p = 0`` for every held token. Returned as a ``Partial`` so parameters stay traced.
+  ``log p = 0`` for every held token. A ``jax.tree_util.Partial`` model gives a ``Partial``, so
+  parameters stay traced (:func:`partext_jax.base.model_partial`).
   """
-  return jax.tree_util.Partial(_subs_call, denoise_fn, mask_id)
+  return model_partial(_subs_call, denoise_fn, mask_id)
 
 
 def nelbo_given_mask(denoise_fn: DenoiseFn, x0, x_t, t, *, schedule: MaskingSchedule,
@@ -110,8 +116,7 @@ def evaluate_bound(rng, denoise_fn: DenoiseFn, batches: Iterable, *, schedule: M
   ``stderr_bits_per_token`` (standard error over the Monte-Carlo draws), ``num_tokens`` and,
   when ``chars_per_token`` is given, ``bits_per_char``.
   """
-  if num_time_samples < 1:
-    raise ValueError(f"num_time_samples={num_time_samples} must be >= 1")
+  checked_int("num_time_samples", num_time_samples, minimum=1)
 
   @jax.jit
   def score(key, x0):

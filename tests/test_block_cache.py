@@ -5,7 +5,8 @@ conditioning, several rules, batch 3 with a prompt); a 1-layer model without tim
 makes both approximate caches exact (a layer-0 key/value row depends only on its own token, and
 the context tokens do not change within a block), so they too reproduce the uncached tokens;
 the cached model call with a fresh context equals the full pass, a stale one in a 2-layer model
-does not (the approximation is real, and the tests above could fail).
+does not (the approximation is real, and the tests above could fail). The shared invariant
+battery runs on the dual cache in tests/test_sampler_battery.py.
 """
 
 import jax
@@ -13,11 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from partext_jax.models import denoiser
+from conftest import cached_toy_denoiser
+from partext_jax.masked.adaptive import confidence, eb_sampler
 from partext_jax.masked.block_cache import CACHE_MODES, block_cache
-from partext_jax.masked.adaptive import confidence
-from partext_jax.masked.adaptive import eb_sampler
-from partext_jax.testing import battery
+from partext_jax.models import denoiser
 
 V, L = 7, 12
 MASK = V
@@ -26,19 +26,8 @@ GEN = L - PROMPT                      # two blocks of 4 after a 4-token prompt
 NUM_BLOCKS = GEN // BLOCK
 
 
-def _model(num_layers, time_conditioning, scale=5.0):
-  """A small random denoiser; weights scaled up so confidences spread over (0, 1)."""
-  cfg = denoiser.DenoiserConfig(vocab_size=V, max_len=L, d_model=16, num_layers=num_layers,
-                                num_heads=2, mlp_dim=32, time_conditioning=time_conditioning)
-  params = jax.tree.map(lambda a: scale * a, denoiser.init_params(jax.random.key(0), cfg))
-  if time_conditioning:   # FiLM starts at zero; perturb it so t matters, as training would
-    params = jax.tree_util.tree_map_with_path(
-        lambda p, a: a + 0.3 if "film" in jax.tree_util.keystr(p) else a, params)
-  return cfg, denoiser.make_denoise_fn(cfg, params), denoiser.make_cached_denoise_fn(cfg, params)
-
-
-DEEP = _model(2, True)      # caches are stale here
-SHALLOW = _model(1, False)  # caches are provably exact here
+DEEP = cached_toy_denoiser(2, True, vocab_size=V, max_len=L)      # caches are stale here
+SHALLOW = cached_toy_denoiser(1, False, vocab_size=V, max_len=L)   # caches are provably exact
 
 
 def _x_init(batch=3):
@@ -180,30 +169,21 @@ def test_cache_refreshes_exactly_at_block_starts(cache_runs, name):
   assert int(info.nfe.sum()) > NUM_BLOCKS                     # some steps used the cache
 
 
-def test_battery_dual_cache():
-  """Invariants on the 2-layer time-conditioned model, where the cache is stale (the dual cache:
-  the variant whose reference mixes batch rows; the prefix cache shares all but its query
-  range, checked above)."""
-  sampler = _cached(DEEP[2], "threshold", dict(threshold=0.6), "dual")
-  x = _x_init()
-  tokens, info = battery.run_battery(sampler, x, mask_id=MASK, vocab_size=V,
-                                     rng_key=jax.random.key(5))
-  assert tokens.shape == x.shape
-  # Batch invariance is only tested if some row waited for another within a block.
-  waited = (np.asarray(info.num_decoded) == 0) & (np.asarray(info.nfe)[:, None] == 1)
-  assert waited.any()
-
-
 def test_dual_cache_is_approximate_on_a_deep_model():
   """Guard against a vacuous oracle: on the 2-layer model the stale dual cache changes the
-  tokens of some row for this setting (exact mode does not, see above)."""
+  tokens of some row for this setting (exact mode does not, see above). Also, some row waits
+  for another within a block (the batch-level block of the caches), which is what makes the
+  battery's batch-invariance check on this setting (tests/test_sampler_battery.py) meaningful."""
   _, fn, kv_fn = DEEP
   x = _x_init()
   key = jax.random.key(5)
   kw = dict(threshold=0.6)
   ref, _ = _uncached(fn, "threshold", kw).sample(key, x)
-  out, _ = _cached(kv_fn, "threshold", kw, "dual").sample(key, x)
+  out, info = _cached(kv_fn, "threshold", kw, "dual").sample(key, x)
   assert np.any(np.asarray(ref) != np.asarray(out))
+  assert out.shape == x.shape and not np.any(np.asarray(out) == MASK)
+  waited = (np.asarray(info.num_decoded) == 0) & (np.asarray(info.nfe)[:, None] == 1)
+  assert waited.any()
 
 
 # --------------------------------------------------------------------------- bad input

@@ -5,9 +5,6 @@ of a binomial count with expected counts >= 100).
 """
 
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -15,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import partext_jax
-from partext_jax.masked import categorical
+from conftest import run_with_x64
+from partext_jax import testing
+from partext_jax.masked import categorical, p2, remdm, tau_leaping
 
 # Jitted once per shape: eager dispatch of the random primitives is slower than compiling.
 two_stage_draw = jax.jit(categorical.two_stage_draw)
@@ -46,10 +44,10 @@ def test_bernoulli_fine():
 
 
 def test_two_stage_zipf_tail_mass():
-  """The scaled-down ALGORITHMS.md example: Zipf over V = 2000 tokens, the tail (rank >= 1128)
-  has mass 0.070. Given "unmask", the two-stage draw samples the real tokens only, so 8000 draws
-  estimate the tail mass with SE 0.0029 (the naive float32 V+1 draw gives ~0.034 there, see
-  test_naive_float32_gumbel_undersamples_rare_events)."""
+  """The scaled-down example of docs/algorithms.md#exact-categorical-draws: Zipf over V = 2000
+  tokens, the tail (rank >= 1128) has mass 0.070. Given "unmask", the two-stage draw samples the
+  real tokens only, so 8000 draws estimate the tail mass with SE 0.0029 (the naive float32 V+1
+  draw gives ~0.034 there, see test_naive_float32_gumbel_undersamples_rare_events)."""
   v, n = 2000, 8000
   zipf = 1.0 / np.arange(1, v + 1)
   zipf /= zipf.sum()
@@ -87,15 +85,40 @@ def test_two_stage_probability_edges():
   np.testing.assert_array_equal(tokens, again)
 
 
-def test_float64_requires_x64_and_bad_draw_name():
+def test_float64_requires_x64_and_bad_precision_name():
   if categorical.x64_enabled():
     pytest.skip("x64 is on in this process; the subprocess test covers the x64 path")
   with pytest.raises(RuntimeError, match="jax_enable_x64"):
     categorical.float64_draw(jax.random.key(0), jnp.zeros((2, 3)), 0.5)
   with pytest.raises(RuntimeError, match="jax_enable_x64"):
     categorical.categorical_float64(jax.random.key(0), jnp.zeros((2, 3)))
-  with pytest.raises(ValueError, match="draw=.*two_stage.*float64"):
-    categorical.unmask_draw(jax.random.key(0), jnp.zeros((2, 3)), 0.5, draw="gumbel32")
+  with pytest.raises(RuntimeError, match="jax_enable_x64"):
+    categorical.unmask_draw(jax.random.key(0), jnp.zeros((2, 3)), 0.5, precision="float64")
+  with pytest.raises(ValueError, match="precision=.*float32.*float64"):
+    categorical.unmask_draw(jax.random.key(0), jnp.zeros((2, 3)), 0.5, precision="gumbel32")
+
+
+def test_samplers_share_the_precision_argument():
+  """tau_leaping, remdm and p2 take the same `precision` choices (categorical.PRECISIONS), and
+  "float32" in tau_leaping is the exact two-stage draw: one step with p_unmask = 1 draws the
+  same tokens as two_stage_draw with the row's key (fold_in(fold_in(key, 0), row))."""
+  assert categorical.PRECISIONS == ("float32", "float64")
+  den = testing.constant_denoiser(jnp.array([0.0, 1.0, -1.0]))
+  for make in (tau_leaping.tau_leaping, remdm.remdm, p2.p2):
+    assert make(den, mask_id=3, num_steps=2, precision="float32") is not None
+    with pytest.raises(ValueError, match=r"precision='double' is not one of \('float32', "
+                                         r"'float64'\)"):
+      make(den, mask_id=3, num_steps=2, precision="double")
+  key = jax.random.key(9)
+  x = jnp.full((4, 5), 3, jnp.int32)
+  tokens, _ = tau_leaping.tau_leaping(den, mask_id=3, num_steps=1, noise_removal=False).sample(
+      key, x)
+  logits = jnp.broadcast_to(jnp.array([0.0, 1.0, -1.0]), (5, 3))
+  for row in range(4):
+    unmask, want = two_stage_draw(jax.random.fold_in(jax.random.fold_in(key, 0), row), logits,
+                                  1.0)
+    assert bool(unmask.all())
+    np.testing.assert_array_equal(tokens[row], want)
 
 
 def test_naive_float32_gumbel_undersamples_rare_events():
@@ -146,9 +169,4 @@ def test_float64_draw_under_x64_subprocess():
       assert not bool(never.any()) and bool(always.all())
       print("ok")
   """)
-  root = os.path.dirname(os.path.dirname(partext_jax.__file__))
-  env = {**os.environ, "JAX_ENABLE_X64": "1",
-         "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-  res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                       timeout=300)
-  assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+  run_with_x64(script)

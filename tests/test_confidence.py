@@ -17,10 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import (COMMON_BAD_ARGUMENTS, assert_compiles_once,
+                      assert_decodes_best_position_each_step)
 from partext_jax import testing
-from partext_jax.masked.adaptive import (DecodeInfo, DecodeState, confidence,
-                                             confidence_scores, llada_num_transfer,
-                                             select_factor, select_threshold, select_topk)
+from partext_jax.masked.adaptive import (DecodeInfo, DecodeState, confidence, confidence_scores,
+                                         jitted_sample, llada_num_transfer, select_factor,
+                                         select_threshold, select_topk)
 from partext_jax.testing import toys
 
 V, L = 3, 3
@@ -29,7 +31,6 @@ SYSTEMATIC = 1e-4     # float32 rounding of the exact denoiser (see module docst
 
 
 # Fixtures `joint` and `denoiser` (V = L = 3, MASK = 3) come from tests/conftest.py.
-
 
 
 # ------------------------------------------------------------------ pure pieces
@@ -168,19 +169,9 @@ def test_threshold_one_decodes_the_most_confident_one_per_step():
   sampler = confidence(den, mask_id=v, rule="threshold", threshold=1.0,
                        record_trajectory=True)
   tokens, info = sampler.sample(jax.random.key(0), x)
-  traj = np.concatenate([np.asarray(x)[None], np.asarray(info.tokens)])
-  for i in range(l):
-    prev, cur = traj[i], traj[i + 1]
-    logits = den(jnp.asarray(prev), None)
-    p = np.asarray(jax.nn.softmax(logits, -1))
-    conf = np.where(prev == v, p.max(-1), -1.0)
-    for r in range(4):
-      changed = np.flatnonzero(cur[r] != prev[r])
-      if not np.any(prev[r] == v):
-        assert changed.size == 0
-        continue
-      assert changed.tolist() == [int(np.argmax(conf[r]))], (i, r)
-      assert cur[r, changed[0]] == int(np.argmax(p[r, changed[0]]))
+  traj = assert_decodes_best_position_each_step(den, x, info, mask_id=v,
+                                                score=lambda p: p.max(-1))
+  assert traj.shape == (l + 1, 4, l)
   np.testing.assert_array_equal(info.num_decoded.sum(0), [l, l, l - 1, l])
   assert np.all(np.asarray(info.num_decoded) <= 1)
 
@@ -262,23 +253,13 @@ def test_one_token_per_step_samples_the_joint(joint, denoiser, kwargs):
 def test_sample_compiles_once():
   """A new key or a new prompt of the same shape, or a new sampler with the same model and
   hyper-parameters, does not retrace."""
-  traces = []
-  base = toys.mixing_denoiser(3, 4)
-
-  def counting(tokens, t):
-    traces.append(tokens.shape)
-    return base(tokens, t)
-
-  make = lambda: confidence(counting, mask_id=3, rule="factor", factor=2.0)
   x = jnp.full((2, 4), 3, jnp.int32)
-  make().sample(jax.random.key(0), x)
-  first = len(traces)
-  make().sample(jax.random.key(1), x)
-  make().sample(jax.random.key(2), x.at[:, 0].set(1))
-  assert len(traces) == first
+  assert_compiles_once(lambda m: confidence(m, mask_id=3, rule="factor", factor=2.0),
+                       toys.mixing_denoiser(3, 4), x, new_prompt=x.at[:, 0].set(1),
+                       jitted=jitted_sample.jits[(False,)])
 
 
-@pytest.mark.parametrize("kwargs, exc, match", [
+@pytest.mark.parametrize("kwargs, exc, match", COMMON_BAD_ARGUMENTS + [
     (dict(rule="greedy"), ValueError, "rule=.*topk.*threshold.*factor"),
     (dict(proxy="entropy"), ValueError, "proxy=.*max_prob.*margin.*neg_entropy"),
     (dict(num_steps=None), TypeError, "num_steps"),
@@ -289,32 +270,9 @@ def test_sample_compiles_once():
     (dict(factor=1.0), ValueError, "factor"),
     (dict(alg_temp=0.0), ValueError, "alg_temp"),
     (dict(rule="threshold", num_steps=None, alg_temp=1.0), ValueError, "alg_temp"),
-    (dict(temperature=-1.0), ValueError, "temperature"),
-    (dict(temperature=float("nan")), ValueError, "temperature"),
-    (dict(mask_id=-1), ValueError, "mask_id"),
-    (dict(mask_id=3.0), TypeError, "mask_id"),
     (dict(block_length=0), ValueError, "block_length"),
-    (dict(record_trajectory="yes"), TypeError, "record_trajectory"),
 ], ids=str)
 def test_bad_hyperparameters(denoiser, kwargs, exc, match):
-  args = dict(mask_id=MASK, num_steps=3)
-  args.update(kwargs)
+  """(The input checks shared with every sampler are in test_sampler_battery.py.)"""
   with pytest.raises(exc, match=match):
-    confidence(denoiser, **args)
-
-
-def test_bad_sample_inputs(denoiser):
-  sampler = confidence(denoiser, mask_id=MASK, num_steps=3)
-  key = jax.random.key(0)
-  with pytest.raises(TypeError, match="x_init"):
-    sampler.sample(key, jnp.full((2, L), 3.0))
-  with pytest.raises(ValueError, match="x_init"):
-    sampler.sample(key, jnp.full((L,), MASK))
-  with pytest.raises(ValueError, match="x_init"):
-    sampler.sample(key, jnp.full((2, L), 5))
-  with pytest.raises((TypeError, ValueError), match="rng_key"):
-    sampler.sample(jax.random.split(key, 2), jnp.full((2, L), MASK))
-  with pytest.raises(ValueError, match="mask_id"):
-    confidence(denoiser, mask_id=1, num_steps=3).sample(key, jnp.full((2, L), 1))
-  with pytest.raises(TypeError, match="denoise_fn"):
-    confidence(None, mask_id=MASK, num_steps=3)
+    confidence(denoiser, **{"mask_id": MASK, "num_steps": 3, **kwargs})

@@ -64,6 +64,30 @@ def test_subs_carry_over_and_no_mask_mass():
   np.testing.assert_allclose(lp[0, 0], jax.nn.log_softmax(logits[0, 0]), rtol=1e-6)
 
 
+def test_with_carry_over_wraps_any_model():
+  """SUBS on a model's output: log-probabilities at masked positions, a 0 / -inf one-hot on the
+  held token elsewhere; a Partial model stays a Partial whose parameters are leaves (traced under
+  jit), a closure gives a plain callable; both give the same values and run in a sampler."""
+  from partext_jax import testing  # pylint: disable=import-outside-toplevel
+  from partext_jax.masked.p2 import p2  # pylint: disable=import-outside-toplevel
+  xt = jnp.array([[5, 2, 5, 0, 5, 1]])
+  partial = diffusion.with_carry_over(testing.mixing_model(5, 6, seed=1), mask_id=5)
+  closure = diffusion.with_carry_over(testing.mixing_denoiser(5, 6, seed=1), mask_id=5)
+  assert isinstance(partial, jax.tree_util.Partial)
+  assert not isinstance(closure, jax.tree_util.Partial)
+  assert len(jax.tree.leaves(partial)) == 3        # w, bias, mask_id
+  t = jnp.zeros((1,))
+  out = np.asarray(partial(xt, t))
+  np.testing.assert_allclose(out, closure(xt, t), rtol=1e-6)
+  raw = testing.mixing_denoiser(5, 6, seed=1)(xt, t)
+  np.testing.assert_allclose(out[0, 0], jax.nn.log_softmax(raw[0, 0]), rtol=1e-5, atol=1e-6)
+  assert out[0, 1, 2] == 0.0 and np.all(np.isneginf(np.delete(out[0, 1], 2)))
+  for model in (partial, closure):
+    tokens, _ = p2(model, mask_id=5, num_steps=3).sample(jax.random.key(0), xt)
+    np.testing.assert_array_equal(np.asarray(tokens)[0, [1, 3, 5]], [2, 0, 1])
+    assert not np.any(np.asarray(tokens) == 5)
+
+
 def test_loss_matches_hand_computed_value():
   """V=2, L=2, x0=[0,1], x_t=[MASK,1], t=0.5, linear: weight -alpha'/(1-alpha) = 1/0.5 = 2.
 

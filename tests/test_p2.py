@@ -1,13 +1,11 @@
 """P2 path planning: hand-computed trajectories, frozen tokens at eta = 0, exact mask counts.
 
-Most checks are exact (deterministic oracles): with tau = 0 and constant logits the proposals and
-scores are known, so the whole trajectory is computed by hand. The one statistical check (a
-single step samples x0 ~ softmax(logits / tau)) uses ``testing.tv_tolerance`` (false alarm 1e-6).
+Most checks are exact (deterministic oracles): with temperature 0 and constant logits the
+proposals and scores are known, so the whole trajectory is computed by hand. The one statistical
+check (a single step samples x0 ~ softmax(logits / temperature)) uses ``testing.tv_tolerance``
+(false alarm 1e-6). The shared invariant battery runs on P2 in tests/test_sampler_battery.py.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -15,10 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import partext_jax
+from conftest import COMMON_BAD_ARGUMENTS, assert_compiles_once, run_with_x64
 from partext_jax import testing
-from partext_jax.masked.p2 import (KappaSchedule, P2Info, P2State, denoiser_planner, lowest_k,
-                                     num_to_mask, p2)
+from partext_jax.masked import categorical
+from partext_jax.masked.p2 import (KappaSchedule, P2Info, P2State, denoiser_planner,
+                                   jitted_sample, lowest_k, num_to_mask, p2)
 
 M = 3          # MASK id for V = 3
 
@@ -39,9 +38,10 @@ def _run(sampler, x, key=0):
 
 
 def test_greedy_self_planning_decodes_by_confidence():
-  """tau = 0, eta = 0, N = L = 4, linear kappa: k_i = 3, 2, 1, 0, and each step decodes the most
-  confident masked position (scores log 0.9 > log 0.7 > log 0.6 > log 0.5) with its argmax."""
-  sampler = p2(_const(PROBS), mask_id=M, num_steps=4, tau=0.0, eta=0.0, record_trajectory=True)
+  """Temperature 0, eta = 0, N = L = 4, linear kappa: k_i = 3, 2, 1, 0, and each step decodes the
+  most confident masked position (scores log 0.9 > log 0.7 > log 0.6 > log 0.5) with its argmax."""
+  sampler = p2(_const(PROBS), mask_id=M, num_steps=4, temperature=0.0, eta=0.0,
+               record_trajectory=True)
   tokens, info, traj = _run(sampler, jnp.full((2, 4), M, jnp.int32))
   expected = [[2, M, M, M], [2, M, 0, M], [2, M, 0, 2], [2, 1, 0, 2]]
   np.testing.assert_array_equal(traj[1:, 0], expected)
@@ -49,6 +49,7 @@ def test_greedy_self_planning_decodes_by_confidence():
   np.testing.assert_array_equal(info.num_masked[:, 0], [3, 2, 1, 0])
   np.testing.assert_allclose(info.kappa, [0.25, 0.5, 0.75, 1.0])
   assert int(info.num_remasked.sum()) == 0
+  assert isinstance(info, P2Info) and isinstance(sampler.init(jnp.full((2, 4), M)), P2State)
 
 
 def test_planner_remasks_low_scored_decoded_token():
@@ -65,7 +66,7 @@ def test_planner_remasks_low_scored_decoded_token():
   def planner(tokens, x0):
     return jnp.broadcast_to(planner_logits, (x0.shape[0],) + planner_logits.shape)
 
-  sampler = p2(_const(PROBS), mask_id=M, num_steps=4, tau=0.0, eta=1.0, planner=planner,
+  sampler = p2(_const(PROBS), mask_id=M, num_steps=4, temperature=0.0, eta=1.0, planner=planner,
                record_trajectory=True)
   tokens, info, traj = _run(sampler, jnp.full((1, 4), M, jnp.int32))
   expected = [[2, M, M, M], [M, M, 0, 2], [2, M, 0, 2], [2, 1, 0, 2]]
@@ -75,15 +76,15 @@ def test_planner_remasks_low_scored_decoded_token():
 
 
 def test_eta_zero_freezes_decoded_tokens():
-  """eta = 0 with stochastic proposals (tau = 1), a context-dependent non-carry-over model and a
-  planner: at every step no decoded token changes or is remasked, the prompt never changes, and
-  exactly k_i = floor(N_free (1 - kappa(i / N))) free positions are masked after step i
-  (geometric kappa, ratio 0.2: non-integer N_free (1 - kappa))."""
+  """eta = 0 with stochastic proposals (temperature 1), a context-dependent non-carry-over model
+  and a planner: at every step no decoded token changes or is remasked, the prompt never
+  changes, and exactly k_i = floor(N_free (1 - kappa(i / N))) free positions are masked after
+  step i (geometric kappa, ratio 0.2: non-integer N_free (1 - kappa))."""
   v, l, n = 5, 8, 6
   kappa = KappaSchedule("geometric", ratio=0.2)
-  x = _prompts(jax.random.key(3), 16, l, v)
-  model = _model(l, v)
-  sampler = p2(model, mask_id=v, num_steps=n, tau=1.0, eta=0.0, kappa=kappa,
+  x = testing.random_prompts(jax.random.key(3), 16, l, v, v)
+  model = testing.mixing_model(v, l, seed=42)
+  sampler = p2(model, mask_id=v, num_steps=n, temperature=1.0, eta=0.0, kappa=kappa,
                planner=denoiser_planner(model), record_trajectory=True)
   tokens, info, traj = _run(sampler, x, key=4)
   prompt = np.asarray(x) != v
@@ -101,13 +102,13 @@ def test_eta_zero_freezes_decoded_tokens():
 
 
 def test_eta_zero_with_ties():
-  """tau = 0 and identical logits everywhere: every score ties (and equals 0 for a one-hot
+  """temperature 0 and identical logits everywhere: every score ties (and equals 0 for a one-hot
   model). Still exactly k_i masks per step, and decoded tokens never change (ties go to positions
   already masked); the reference's strict '<' rule would mask fewer than k here."""
   one_hot = np.full((6, 3), 1e-12)
   one_hot[:, 1] = 1.0
   for probs in (np.full((6, 3), 1 / 3), one_hot):
-    sampler = p2(_const(probs), mask_id=M, num_steps=3, tau=0.0, eta=0.0,
+    sampler = p2(_const(probs), mask_id=M, num_steps=3, temperature=0.0, eta=0.0,
                  record_trajectory=True)
     tokens, info, traj = _run(sampler, jnp.full((2, 6), M, jnp.int32).at[:, 2].set(0))
     np.testing.assert_array_equal(info.num_masked[:, 0], [3, 1, 0])
@@ -117,10 +118,11 @@ def test_eta_zero_with_ties():
 
 def test_one_step_samples_tempered_proposal():
   """N = 1: k_1 = 0, so every position takes x0 = argmax(logits / tau + Gumbel) ~
-  softmax(logits / tau). tau = 0.5 on position probabilities (0.5, 0.3, 0.2) -> (25, 9, 4)/38.
+  softmax(logits / tau). Temperature tau = 0.5 on position probabilities (0.5, 0.3, 0.2) ->
+  (25, 9, 4)/38.
   n = 20000 draws of K = 3 outcomes: tv_tolerance = 0.029; TV to the untempered law is 0.16."""
   n = 20_000
-  sampler = p2(_const([[0.5, 0.3, 0.2]]), mask_id=M, num_steps=1, tau=0.5)
+  sampler = p2(_const([[0.5, 0.3, 0.2]]), mask_id=M, num_steps=1, temperature=0.5)
   tokens, info = sampler.sample(jax.random.key(5), jnp.full((n, 1), M, jnp.int32))
   emp = testing.empirical_distribution(tokens, vocab_size=3)
   target = np.array([25.0, 9.0, 4.0]) / 38.0
@@ -157,88 +159,40 @@ def test_lowest_k_tie_break():
                                 [[True, True, True, True, False, False]])
 
 
-# ------------------------------------------------------------------ invariants
-
-def _mixing_model(params, tokens, t):
-  del t
-  v = params["bias"].shape[-1]
-  onehot = jax.nn.one_hot(tokens, v + 1, dtype=jnp.float32)
-  return params["bias"][None] + jnp.einsum("bjw,ijwv->biv", onehot, params["w"])
-
-
-def _model(l=6, v=5):
-  k1, k2 = jax.random.split(jax.random.key(42))
-  params = {"w": 1.5 * jax.random.normal(k1, (l, l, v + 1, v)),
-            "bias": jax.random.normal(k2, (l, v))}
-  return jax.tree_util.Partial(_mixing_model, params)
-
-
-def _prompts(key, b, l, v, frac=0.3):
-  k1, k2 = jax.random.split(key)
-  tokens = jax.random.randint(k1, (b, l), 0, v)
-  keep = jax.random.uniform(k2, (b, l)) < frac
-  return jnp.where(keep, tokens, v).astype(jnp.int32)
-
-
-def _planner(params, tokens, x0):
-  """BERT-style planner: the mixing model scoring the filled proposal x0."""
-  del tokens
-  return _mixing_model(params, x0, None)
-
+# ------------------------------------------------------------------ compilation
 
 def _battery_kw(model):
-  return dict(mask_id=5, num_steps=5, eta=1.0, kappa="sine",
-              planner=jax.tree_util.Partial(_planner, model.args[0]))
-
-
-def test_battery_rdm_style():
-  """Shared battery on RDM-style planning (eta = 1, remasking) with a Partial model and a Partial
-  BERT-style planner: no MASK out, prompt fixed at every step, determinism, batch invariance,
-  eager step x N == jitted sample."""
-  from partext_jax.testing import battery
-  model = _model()
-  x = _prompts(jax.random.key(6), 4, 6, 5)
-  sampler = p2(model, **_battery_kw(model))
-  tokens, info = battery.run_battery(sampler, x, mask_id=5, vocab_size=5, remasking=True)
-  assert isinstance(info, P2Info) and int(info.num_remasked.sum()) > 0
-  assert isinstance(sampler.init(x), P2State)
+  """RDM-style planning (eta = 1, remasking) with a BERT-style planner: the configuration of the
+  battery case "p2_rdm_planner" in tests/test_sampler_battery.py."""
+  return dict(mask_id=5, num_steps=5, eta=1.0, kappa="sine", planner=denoiser_planner(model))
 
 
 def test_sample_compiles_once():
   """New key / new prompt / new sampler with equal hyper-parameters: no retrace; a Partial model
-  and a Partial planner with new parameters of the same shapes reuse the compilation (same
-  config as the battery test, so no extra compile when both run)."""
-  import partext_jax.masked.p2 as p2_module
-  model = _model()
-  x = _prompts(jax.random.key(6), 4, 6, 5)
-  p2(model, **_battery_kw(model)).sample(jax.random.key(0), x)
-  jitted = p2_module._sample.jits[True, True]
-  size = jitted._cache_size()
-  p2(model, **_battery_kw(model)).sample(jax.random.key(1), x)
-  p2(model, **_battery_kw(model)).sample(jax.random.key(1), x.at[:, 0].set(5))
-  new_model = jax.tree_util.Partial(model.func, jax.tree.map(lambda a: a + 1.0, model.args[0]))
-  p2(new_model, **_battery_kw(new_model)).sample(jax.random.key(2), x)
-  assert jitted._cache_size() == size
+  and its Partial BERT-style planner with new parameters of the same shapes reuse the
+  compilation."""
+  model = testing.mixing_model(5, 6, seed=42)
+  assert isinstance(denoiser_planner(model), jax.tree_util.Partial)
+  x = testing.random_prompts(jax.random.key(6), 4, 6, 5, 5)
+  assert_compiles_once(lambda m: p2(m, **_battery_kw(m)), model, x,
+                       new_prompt=x.at[:, 0].set(5), jitted=jitted_sample.jits[True, True])
 
 
-@pytest.mark.parametrize("kwargs, exc, match", [
+@pytest.mark.parametrize("kwargs, exc, match", COMMON_BAD_ARGUMENTS + [
     (dict(num_steps=0), ValueError, "num_steps"),
-    (dict(tau=-1.0), ValueError, "tau"),
+    (dict(temperature=-0.5), ValueError, "temperature"),
     (dict(eta=float("inf")), ValueError, "eta"),
     (dict(eta="1"), TypeError, "eta"),
     (dict(kappa="exponential"), ValueError, "kappa=.*linear.*cosine.*sine.*polynomial.*geometric"),
     (dict(kappa=lambda t: t), TypeError, "kappa"),
     (dict(precision="bfloat16"), ValueError, "precision=.*float32.*float64"),
     (dict(planner=3), TypeError, "planner"),
-    (dict(mask_id=-1), ValueError, "mask_id"),
     (dict(record_trajectory=None), TypeError, "record_trajectory"),
 ], ids=lambda v: ",".join(f"{k}={type(x).__name__}" for k, x in v.items())
    if isinstance(v, dict) else None)
 def test_bad_hyperparameters(kwargs, exc, match):
-  args = dict(mask_id=M, num_steps=4)
-  args.update(kwargs)
   with pytest.raises(exc, match=match):
-    p2(_const(PROBS), **args)
+    p2(_const(PROBS), **{"mask_id": M, "num_steps": 4, **kwargs})
 
 
 def test_bad_inputs_and_schedules():
@@ -248,19 +202,13 @@ def test_bad_inputs_and_schedules():
     KappaSchedule("geometric", ratio=1.0)
   with pytest.raises(ValueError, match="exponent"):
     KappaSchedule("polynomial", exponent=0.0)
-  sampler = p2(_const(PROBS), mask_id=M, num_steps=4)
+  # (The input checks shared with every sampler are in test_sampler_battery.py.)
   key = jax.random.key(0)
-  with pytest.raises(ValueError, match="x_init"):
-    sampler.sample(key, jnp.full((2, 4), 7))
-  with pytest.raises(TypeError, match="x_init"):
-    sampler.sample(key, jnp.full((2, 4), 3.0))
-  with pytest.raises((TypeError, ValueError), match="rng_key"):
-    sampler.sample(jnp.zeros((3,), jnp.float32), jnp.full((2, 4), M))
   bad_planner = p2(_const(PROBS), mask_id=M, num_steps=4,
                    planner=lambda tok, x0: jnp.zeros(x0.shape + (5,)))
   with pytest.raises(ValueError, match="planner"):
     bad_planner.sample(key, jnp.full((2, 4), M))
-  if not jax.config.jax_enable_x64:
+  if not categorical.x64_enabled():
     with pytest.raises(RuntimeError, match="jax_enable_x64"):
       p2(_const(PROBS), mask_id=M, num_steps=4, precision="float64")
 
@@ -282,9 +230,4 @@ def test_float64_precision_under_x64_subprocess():
       assert not np.any(np.asarray(tok) == 3) and np.all(np.asarray(tok)[:, 1] == 0)
       print("ok")
   """)
-  root = os.path.dirname(os.path.dirname(partext_jax.__file__))
-  env = {**os.environ, "JAX_ENABLE_X64": "1",
-         "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-  res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                       timeout=300)
-  assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+  run_with_x64(script)

@@ -23,9 +23,6 @@ the others, so with M free positions
 """
 
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -33,11 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import partext_jax
+from conftest import COMMON_BAD_ARGUMENTS, assert_compiles_once, run_with_x64
 from partext_jax import testing
+from partext_jax.masked import categorical
 from partext_jax.masked.remdm import (ReMDMConfig, ReMDMInfo, ReMDMState, conf_sigma,
-                                        loop_alpha, nucleus_logits, remasking_sigma, remdm,
-                                        unmask_probability)
+                                      jitted_sample, loop_alpha, nucleus_logits, remasking_sigma,
+                                      remdm, unmask_probability)
 from partext_jax.masked.tau_leaping import tau_leaping
 from partext_jax.schedules import MaskingSchedule
 
@@ -48,13 +46,6 @@ MASK = V
 # Fixtures `joint` and `denoiser` (V = L = 3, MASK = 3) come from tests/conftest.py.
 
 
-def _random_prompts(key, b, l, v, mask_id, frac=0.3):
-  k1, k2 = jax.random.split(key)
-  prompt = jax.random.randint(k1, (b, l), 0, v)
-  keep = jax.random.uniform(k2, (b, l)) < frac
-  return jnp.where(keep, prompt, mask_id).astype(jnp.int32)
-
-
 # ------------------------------------------------------------------ sigma = 0 is MDLM (property 4)
 
 def test_sigma_zero_is_mdlm_token_for_token(denoiser):
@@ -62,7 +53,7 @@ def test_sigma_zero_is_mdlm_token_for_token(denoiser):
   tokens (with prompts, on MDLM's linspace(1, 1e-5, N + 1) grid + noise removal; the float64
   subprocess test below checks the t_min = 0 grid ending at alpha = 1)."""
   grid = dict(t_min=1e-5, noise_removal=True)
-  x = _random_prompts(jax.random.key(1), 64, L, V, MASK)
+  x = testing.random_prompts(jax.random.key(1), 64, L, V, MASK)
   key = jax.random.key(2)
   ours, info = remdm(denoiser, mask_id=MASK, num_steps=12, eta=0.0, **grid).sample(key, x)
   mdlm, mdlm_info = tau_leaping(denoiser, mask_id=MASK, num_steps=12, **grid).sample(key, x)
@@ -247,35 +238,21 @@ def test_nucleus_reference_rule():
   assert np.isfinite(out[0]).tolist() == [False, True, False, False]   # top token only
 
 
-# ------------------------------------------------------------------ invariants (battery)
+# ------------------------------------------------------------------ trajectory
 
-def _mixing_model(params, tokens, t):
-  del t
-  onehot = jax.nn.one_hot(tokens, 6, dtype=jnp.float32)
-  return params["bias"][None] + jnp.einsum("bjw,ijwv->biv", onehot, params["w"])
-
-
-def _model(l=6, v=5):
-  k1, k2 = jax.random.split(jax.random.key(42))
-  params = {"w": 1.5 * jax.random.normal(k1, (l, l, v + 1, v)),
-            "bias": jax.random.normal(k2, (l, v))}
-  return jax.tree_util.Partial(_mixing_model, params)
-
-
+# The configuration of the battery case "remdm_conf" in tests/test_sampler_battery.py.
 BATTERY_KW = dict(mask_id=5, num_steps=6, strategy="conf", top_p=0.9, t_min=1e-5,
                   record_trajectory=True)
 
 
-def test_battery_and_trajectory():
-  """Shared battery (no MASK out, prompt fixed at every step, determinism, batch invariance,
-  eager step x N == jitted sample) on the state-dependent strategy (conf, with top-p and MDLM's
-  grid), with a Partial model whose output depends on every token. From the recorded jitted
-  trajectory: prompt fixed at every step, and num_remasked counts exactly the decoded positions
-  that became MASK (remasking does happen)."""
-  from partext_jax.testing import battery
-  x = _random_prompts(jax.random.key(8), 4, 6, 5, 5)
-  sampler = remdm(_model(), **BATTERY_KW)
-  tokens, info = battery.run_battery(sampler, x, mask_id=5, vocab_size=5, remasking=True)
+def test_trajectory_keeps_prompt_and_counts_remasks():
+  """The state-dependent strategy (conf, with top-p and MDLM's grid) with a Partial model whose
+  output depends on every token (the shared battery runs on it in test_sampler_battery.py). From
+  the recorded jitted trajectory: prompt fixed at every step, and num_remasked counts exactly the
+  decoded positions that became MASK (remasking does happen)."""
+  x = testing.random_prompts(jax.random.key(8), 4, 6, 5, 5)
+  sampler = remdm(testing.mixing_model(5, 6, seed=42), **BATTERY_KW)
+  tokens, info = sampler.sample(jax.random.key(0), x)
   assert isinstance(info, ReMDMInfo) and info.num_remasked.shape == (6, 4)
   state = sampler.init(x)
   assert isinstance(state, ReMDMState) and state.confidence.shape == (4, 6)
@@ -284,6 +261,8 @@ def test_battery_and_trajectory():
   for i, (a, b) in enumerate(zip(traj[:-1], traj[1:])):
     np.testing.assert_array_equal(b[prompt], a[prompt])
     np.testing.assert_array_equal(info.num_remasked[i], ((a != 5) & (b == 5)).sum(1))
+  np.testing.assert_array_equal(traj[-1], np.asarray(tokens))
+  assert not np.any(np.asarray(tokens) == 5)
   assert int(info.num_remasked.sum()) > 0
 
 
@@ -291,23 +270,15 @@ def test_battery_and_trajectory():
 
 def test_sample_compiles_once():
   """A new key, a new prompt of the same shape, a new sampler with equal hyper-parameters, and a
-  Partial model with new parameters of the same shapes all reuse one compilation (same config as
-  the battery test, so this costs no extra compile when both run)."""
-  import partext_jax.masked.remdm as remdm_module
-  model = _model()
-  x = _random_prompts(jax.random.key(8), 4, 6, 5, 5)
-  remdm(model, **BATTERY_KW).sample(jax.random.key(0), x)
-  size = remdm_module._sample.dynamic._cache_size()
-  remdm(model, **BATTERY_KW).sample(jax.random.key(1), x)
-  remdm(model, **BATTERY_KW).sample(jax.random.key(1), x.at[:, 0].set(5))
-  new_model = jax.tree_util.Partial(model.func, jax.tree.map(lambda p: p + 1.0, model.args[0]))
-  remdm(new_model, **BATTERY_KW).sample(jax.random.key(2), x)
-  assert remdm_module._sample.dynamic._cache_size() == size
+  Partial model with new parameters of the same shapes all reuse one compilation."""
+  x = testing.random_prompts(jax.random.key(8), 4, 6, 5, 5)
+  assert_compiles_once(lambda m: remdm(m, **BATTERY_KW), testing.mixing_model(5, 6, seed=42), x,
+                       new_prompt=x.at[:, 0].set(5), jitted=jitted_sample.dynamic)
 
 
 # ------------------------------------------------------------------ bad input
 
-@pytest.mark.parametrize("kwargs, exc, match", [
+@pytest.mark.parametrize("kwargs, exc, match", COMMON_BAD_ARGUMENTS + [
     (dict(strategy="greedy"), ValueError, "strategy=.*cap.*rescale.*conf.*loop"),
     (dict(eta=-0.1), ValueError, "eta"),
     (dict(eta=1.5), ValueError, "eta"),
@@ -320,7 +291,7 @@ def test_sample_compiles_once():
     (dict(strategy="loop", schedule=MaskingSchedule("cosine")), ValueError, "loop.*schedule"),
     (dict(top_p=0.0), ValueError, "top_p"),
     (dict(top_p=1.5), ValueError, "top_p"),
-    (dict(draw="float32"), ValueError, "draw=.*two_stage.*float64"),
+    (dict(precision="two_stage"), ValueError, "precision=.*float32.*float64"),
     (dict(temperature=0.0), ValueError, "temperature"),
     (dict(t_min=1.0), ValueError, "t_min"),
     (dict(num_steps=0), ValueError, "num_steps"),
@@ -329,34 +300,23 @@ def test_sample_compiles_once():
     (dict(noise_removal=1), TypeError, "noise_removal"),
 ], ids=str)
 def test_bad_hyperparameters(denoiser, kwargs, exc, match):
-  args = dict(mask_id=MASK, num_steps=4)
-  args.update(kwargs)
   with pytest.raises(exc, match=match):
-    remdm(denoiser, **args)
+    remdm(denoiser, **{"mask_id": MASK, "num_steps": 4, **kwargs})
 
 
-def test_bad_sample_inputs(denoiser):
-  sampler = remdm(denoiser, mask_id=MASK, num_steps=4)
-  key = jax.random.key(0)
-  with pytest.raises(TypeError, match="x_init"):
-    sampler.sample(key, jnp.full((2, L), 3.0))
-  with pytest.raises(ValueError, match="x_init"):
-    sampler.sample(key, jnp.full((2, L), 7))
-  with pytest.raises((TypeError, ValueError), match="rng_key"):
-    sampler.sample(jax.random.split(key, 2), jnp.full((2, L), MASK))
-  with pytest.raises(ValueError, match="mask_id"):
-    remdm(denoiser, mask_id=1, num_steps=4).sample(key, jnp.full((2, L), 1))
-  with pytest.raises(TypeError, match="denoise_fn"):
-    remdm(None, mask_id=MASK, num_steps=4)
-  if not jax.config.jax_enable_x64:
-    with pytest.raises(RuntimeError, match="jax_enable_x64"):
-      remdm(denoiser, mask_id=MASK, num_steps=4, draw="float64")
+def test_float64_requires_x64(denoiser):
+  """Without jax_enable_x64, precision='float64' is refused at construction (JAX would silently
+  draw in float32); the input checks shared with every sampler are in test_sampler_battery.py."""
+  if categorical.x64_enabled():
+    pytest.skip("x64 is on in this process; the subprocess test covers the x64 path")
+  with pytest.raises(RuntimeError, match="jax_enable_x64"):
+    remdm(denoiser, mask_id=MASK, num_steps=4, precision="float64")
 
 
 def test_float64_draw_equals_mdlm_under_x64_subprocess():
-  """JAX_ENABLE_X64=1: draw='float64' with eta = 0 equals tau_leaping(draw='float64') token for
-  token (on the t_min = 0 grid ending at alpha = 1, no noise removal), and with remasking (cap,
-  top_p) emits no MASK and keeps the prompt."""
+  """JAX_ENABLE_X64=1: precision='float64' with eta = 0 equals tau_leaping(precision='float64')
+  token for token (on the t_min = 0 grid ending at alpha = 1, no noise removal), and with
+  remasking (cap, top_p) emits no MASK and keeps the prompt."""
   script = textwrap.dedent("""
       import jax, jax.numpy as jnp, numpy as np
       from partext_jax import testing
@@ -365,19 +325,14 @@ def test_float64_draw_equals_mdlm_under_x64_subprocess():
       den = testing.exact_denoiser(testing.random_joint(0, vocab_size=3, length=3), mask_id=3)
       x = jnp.full((256, 3), 3, jnp.int32).at[:50, 1].set(2)
       key = jax.random.key(0)
-      kw = dict(mask_id=3, num_steps=16, draw="float64", noise_removal=False)
+      kw = dict(mask_id=3, num_steps=16, precision="float64", noise_removal=False)
       a, _ = remdm(den, eta=0.0, **kw).sample(key, x)
       b, _ = tau_leaping(den, **kw).sample(key, x)
       assert np.array_equal(a, b)
       c, info = remdm(den, mask_id=3, num_steps=16, eta=0.2, top_p=0.9,
-                      draw="float64").sample(key, x)
+                      precision="float64").sample(key, x)
       assert not np.any(np.asarray(c) == 3) and int(info.num_remasked.sum()) > 0
       assert np.all(np.asarray(c)[:50, 1] == 2)
       print("ok")
   """)
-  root = os.path.dirname(os.path.dirname(partext_jax.__file__))
-  env = {**os.environ, "JAX_ENABLE_X64": "1",
-         "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-  res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                       timeout=300)
-  assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+  run_with_x64(script)

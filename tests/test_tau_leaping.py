@@ -13,9 +13,6 @@ test has power against the obvious wrong answer.
 """
 
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -23,11 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import partext_jax
+from conftest import COMMON_BAD_ARGUMENTS, assert_compiles_once, run_with_x64
 from partext_jax import testing
-from partext_jax.masked.tau_leaping import (TauLeapingConfig, TauLeapingInfo,
-                                              TauLeapingState, tau_leaping, time_grid,
-                                              unmask_probability)
+from partext_jax.masked import categorical, driver
+from partext_jax.masked.tau_leaping import (TauLeapingConfig, TauLeapingInfo, TauLeapingState,
+                                            jitted_sample, tau_leaping, unmask_probability)
 from partext_jax.schedules import MaskingSchedule
 
 V, L = 3, 3
@@ -127,7 +124,7 @@ def test_unmask_rate_matches_schedule(schedule):
 def test_euler_equals_analytic_for_linear(denoiser):
   """Same key: identical tokens (the probabilities agree to float rounding, ~1e-7, so a draw
   could only differ if a uniform fell within 1e-7 of p: probability < 1e-7 * 300 draws)."""
-  x = _random_prompts(jax.random.key(16), 12, L, V, MASK)    # as in the batch-invariance test
+  x = testing.random_prompts(jax.random.key(16), 12, L, V, MASK)  # as in batch invariance
   out = {}
   for method in ("analytic", "euler"):
     sampler = tau_leaping(denoiser, mask_id=MASK, num_steps=9, method=method)
@@ -152,20 +149,19 @@ def test_unmask_probability_formulas():
 
 
 def test_time_grid_ends_at_t_min():
-  cfg = TauLeapingConfig(mask_id=2, num_steps=4, t_min=1e-5)
-  np.testing.assert_allclose(time_grid(cfg, jnp.arange(5)),
+  np.testing.assert_allclose(driver.time_grid(4, 1e-5, jnp.arange(5)),
                              1e-5 + (1 - 1e-5) * np.array([1, 0.75, 0.5, 0.25, 0]), rtol=1e-6)
-  assert float(time_grid(cfg, 4)) == np.float32(1e-5)
+  assert float(driver.time_grid(4, 1e-5, 4)) == np.float32(1e-5)
+  assert float(driver.time_grid(4, 1e-5, 0)) == 1.0
+  t, s, is_last = driver.step_times(4, 1e-5, jnp.int32(3))
+  assert (float(t), float(s), bool(is_last)) == (float(driver.time_grid(4, 1e-5, 3)),
+                                                 float(np.float32(1e-5)), True)
+  # Steps past the grid reuse the last step's times (they are no-ops: nothing is masked).
+  t_past, s_past, last_past = driver.step_times(4, 1e-5, jnp.int32(5))
+  assert (float(t_past), float(s_past), bool(last_past)) == (float(t), float(s), False)
 
 
 # ------------------------------------------------------------------ carry-over (property 1)
-
-def _random_prompts(key, b, l, v, mask_id, frac=0.3):
-  k1, k2 = jax.random.split(key)
-  prompt = jax.random.randint(k1, (b, l), 0, v)
-  keep = jax.random.uniform(k2, (b, l)) < frac
-  return jnp.where(keep, prompt, mask_id).astype(jnp.int32)
-
 
 @pytest.mark.parametrize("kwargs", [
     dict(noise_removal=False, t_min=0.1, schedule=MaskingSchedule("cosine", eps=0.01)),
@@ -177,7 +173,7 @@ def test_trajectory_carry_over_and_no_mask(kwargs):
   MASK at the end, and keeps the prompt; whatever the end-of-grid option."""
   v, l, mask_id = 5, 6, 7
   logits = jax.random.normal(jax.random.key(9), (l, v))
-  x = _random_prompts(jax.random.key(10), 32, l, v, mask_id)
+  x = testing.random_prompts(jax.random.key(10), 32, l, v, mask_id)
   sampler = tau_leaping(testing.constant_denoiser(logits), mask_id=mask_id, num_steps=6,
                         record_trajectory=True, **kwargs)
   tokens, info = sampler.sample(jax.random.key(11), x)
@@ -208,7 +204,7 @@ def test_step_by_step_equals_jit_sample_and_carries_over(denoiser):
   """`step` in a Python loop (first step eager, then jitted) reproduces `sample` token for token
   and NFE for NFE; at every step set tokens (prompt or decoded) never change and the step's
   num_unmasked is the number of positions it filled."""
-  x = _random_prompts(jax.random.key(14), 16, L, V, MASK)
+  x = testing.random_prompts(jax.random.key(14), 16, L, V, MASK)
   sampler = tau_leaping(denoiser, mask_id=MASK, num_steps=7, cache_outputs=True,
                         record_trajectory=True)
   tokens, info = sampler.sample(jax.random.key(15), x)
@@ -236,7 +232,7 @@ def test_step_by_step_equals_jit_sample_and_carries_over(denoiser):
 def test_batch_invariance_and_determinism(denoiser):
   """A row's sample depends on (key, row index, row contents) only, even with the batch-level
   cache decision; a fixed key reproduces, another key differs."""
-  x = _random_prompts(jax.random.key(16), 12, L, V, MASK)
+  x = testing.random_prompts(jax.random.key(16), 12, L, V, MASK)
   sampler = tau_leaping(denoiser, mask_id=MASK, num_steps=9, cache_outputs=True)
   key = jax.random.key(17)
   full, _ = sampler.sample(key, x)
@@ -244,7 +240,7 @@ def test_batch_invariance_and_determinism(denoiser):
   assert np.any(np.asarray(sampler.sample(jax.random.key(18), x)[0]) != np.asarray(full))
   alone, _ = sampler.sample(key, x[:1])
   np.testing.assert_array_equal(alone, full[:1])
-  other = x.at[1:].set(_random_prompts(jax.random.key(18), 11, L, V, MASK))
+  other = x.at[1:].set(testing.random_prompts(jax.random.key(18), 11, L, V, MASK))
   np.testing.assert_array_equal(sampler.sample(key, other)[0][0], full[0])
   # Nothing masked: tokens unchanged and no denoiser call.
   done = jnp.asarray(testing.all_sequences(V, L)[:12])
@@ -279,82 +275,42 @@ def test_output_cache_same_tokens_fewer_nfe(denoiser):
 
 def test_sample_compiles_once():
   """A second call with a new key or a new prompt of the same shape does not retrace; neither
-  does a new sampler with the same denoise_fn and hyper-parameters."""
-  traces = []
-  joint = testing.random_joint(1, vocab_size=V, length=L)
-  exact = testing.exact_denoiser(joint, mask_id=MASK)
-
-  def counting_denoiser(tokens, t):
-    traces.append(tokens.shape)
-    return exact(tokens, t)
-
-  make = lambda: tau_leaping(counting_denoiser, mask_id=MASK, num_steps=4, cache_outputs=True)
+  does a new sampler with the same denoise_fn and hyper-parameters; a new shape does."""
+  exact = testing.exact_denoiser(testing.random_joint(1, vocab_size=V, length=L), mask_id=MASK)
   x = _all_masked(8)
-  make().sample(jax.random.key(0), x)
-  first = len(traces)
-  assert first >= 1
-  make().sample(jax.random.key(1), x)
-  make().sample(jax.random.key(2), x.at[:, 0].set(1))
-  assert len(traces) == first
-  make().sample(jax.random.key(2), _all_masked(9))   # a new shape does retrace
-  assert len(traces) > first
+  assert_compiles_once(
+      lambda m: tau_leaping(m, mask_id=MASK, num_steps=4, cache_outputs=True), exact, x,
+      new_prompt=x.at[:, 0].set(1), jitted=jitted_sample.jits[(False,)],
+      new_shape=_all_masked(9))
 
 
 # ------------------------------------------------------------------ bad input
 
-@pytest.mark.parametrize("kwargs, exc, match", [
+@pytest.mark.parametrize("kwargs, exc, match", COMMON_BAD_ARGUMENTS + [
     (dict(num_steps=0), ValueError, "num_steps"),
     (dict(num_steps=2.5), TypeError, "num_steps"),
     (dict(method="midpoint"), ValueError, "method=.*analytic.*euler"),
-    (dict(draw="float32"), ValueError, "draw=.*two_stage.*float64"),
+    (dict(precision="bfloat16"), ValueError, "precision=.*float32.*float64"),
     (dict(temperature=0.0), ValueError, "temperature"),
-    (dict(temperature=-1.0), ValueError, "temperature"),
-    (dict(temperature=float("nan")), ValueError, "temperature"),
     (dict(t_min=1.0), ValueError, "t_min"),
     (dict(t_min=-0.1), ValueError, "t_min"),
     (dict(schedule="linear"), TypeError, "schedule"),
-    (dict(mask_id=-1), ValueError, "mask_id"),
-    (dict(mask_id=3.0), TypeError, "mask_id"),
     (dict(cache_outputs="yes"), TypeError, "cache_outputs"),
 ], ids=str)
 def test_bad_hyperparameters(denoiser, kwargs, exc, match):
-  args = dict(mask_id=MASK, num_steps=4)
-  args.update(kwargs)
   with pytest.raises(exc, match=match):
-    tau_leaping(denoiser, **args)
-
-
-def test_bad_sample_inputs(denoiser):
-  sampler = tau_leaping(denoiser, mask_id=MASK, num_steps=4)
-  key = jax.random.key(0)
-  with pytest.raises(TypeError, match="x_init"):
-    sampler.sample(key, jnp.full((2, L), 3.0))
-  with pytest.raises(ValueError, match="x_init"):
-    sampler.sample(key, jnp.full((L,), MASK))
-  with pytest.raises(ValueError, match="x_init"):
-    sampler.sample(key, jnp.full((2, L), 5))                 # not a token, not MASK
-  with pytest.raises(ValueError, match="x_init"):
-    sampler.init(jnp.full((2, L), -1))
-  with pytest.raises((TypeError, ValueError), match="rng_key"):
-    sampler.sample(jnp.zeros((3,), jnp.float32), _all_masked(2))
-  with pytest.raises((TypeError, ValueError), match="rng_key"):
-    sampler.sample(jax.random.split(key, 2), _all_masked(2))
-  inside = tau_leaping(denoiser, mask_id=1, num_steps=4)       # MASK inside the vocabulary
-  with pytest.raises(ValueError, match="mask_id"):
-    inside.sample(key, jnp.full((2, L), 1))
-  with pytest.raises(TypeError, match="denoise_fn"):
-    tau_leaping(None, mask_id=MASK, num_steps=4)
+    tau_leaping(denoiser, **{"mask_id": MASK, "num_steps": 4, **kwargs})
 
 
 def test_float64_draw_requires_x64(denoiser):
-  if jax.config.jax_enable_x64:
+  if categorical.x64_enabled():
     pytest.skip("x64 is on in this process; the subprocess test covers the x64 path")
   with pytest.raises(RuntimeError, match="jax_enable_x64"):
-    tau_leaping(denoiser, mask_id=MASK, num_steps=4, draw="float64")
+    tau_leaping(denoiser, mask_id=MASK, num_steps=4, precision="float64")
 
 
 def test_float64_draw_under_x64_subprocess():
-  """With JAX_ENABLE_X64=1, draw='float64' with many steps samples the joint (same bound as
+  """With JAX_ENABLE_X64=1, precision='float64' with many steps samples the joint (same bound as
   above: tv_tolerance(5000, 27) = 0.073 plus 3/128 for N = 128, well below TV(joint, product)
   = 0.25). The float64 draw's law itself is tested in test_categorical.py."""
   script = textwrap.dedent("""
@@ -367,16 +323,12 @@ def test_float64_draw_under_x64_subprocess():
       x = jnp.full((n, 3), 3, jnp.int32)
       tol = testing.tv_tolerance(n, 27)
       for steps, target, d in ((128, joint, 3 / 128),):
-        s = tau_leaping(den, mask_id=3, num_steps=steps, draw="float64", cache_outputs=True)
+        s = tau_leaping(den, mask_id=3, num_steps=steps, precision="float64",
+                        cache_outputs=True)
         tok, _ = s.sample(jax.random.key(steps), x)
         assert tok.dtype == jnp.int32, tok.dtype
         tv = testing.total_variation(testing.empirical_distribution(tok, vocab_size=3), target)
         assert tv < tol + d, (steps, tv, tol + d)
       print("ok")
   """)
-  root = os.path.dirname(os.path.dirname(partext_jax.__file__))
-  env = {**os.environ, "JAX_ENABLE_X64": "1",
-         "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-  res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                       timeout=300)
-  assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+  run_with_x64(script)

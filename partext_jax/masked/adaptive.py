@@ -1,64 +1,65 @@
-r"""Heuristic adaptive decoding: confidence-ordered unmasking (ALGORITHMS.md section 3).
+r"""Adaptive (confidence-ordered) decoding: the frame, its rule registry, and the EB-sampler.
 
-The common frame of LLaDA (``ML-GSAI/LLaDA: generate.py``), Fast-dLLM
-(``NVlabs/Fast-dLLM: llada/generate.py``) and Dream (``generation_utils.py``). At every step,
-with ``p = p_theta(. | x) = softmax(logits)`` the *untempered* denoiser distribution:
+The common frame of LLaDA (Nie et al. 2025, ``ML-GSAI/LLaDA: generate.py``), Fast-dLLM (Wu et
+al. 2025, ``NVlabs/Fast-dLLM: llada/generate.py``), Dream (Ye et al. 2025,
+``generation_utils.py``) and the EB-sampler (Ben-Hamu et al. 2025); the math is in
+``docs/algorithms.md#confidence-based-adaptive-decoding`` and ``docs/algorithms.md#eb-sampler``.
+This module holds
 
-1. ``x0_i ~ softmax(logits_i / tau)`` at every position (``tau = 0``: ``x0_i = argmax p_i``);
-2. a confidence ``c_i`` from the untempered ``p_i`` (``proxy``):
+* the **frame** (:class:`DecodeConfig`, :func:`build_kernel`, :func:`make_sampler`): what every
+  step does whatever the rule;
+* the **entry points** :func:`confidence` (any rule by name) and :func:`eb_sampler` (the
+  EB rule); :mod:`partext_jax.masked.blocks` adds semi-autoregressive blocks and
+  :mod:`partext_jax.masked.block_cache` the Fast-dLLM caches on the same frame;
+* the shared step pieces :func:`plan_step` (eligibility and LLaDA's count schedule) and
+  :func:`decode_chosen` (the draw and the update), used by the block caches too.
 
-   * ``"max_prob"`` (survey eq. 13): ``c_i = max_v p_i(v)``;
-   * ``"margin"`` (eq. 14): ``c_i = p_i^(1) - p_i^(2)`` (largest minus second largest);
-   * ``"neg_entropy"`` (eq. 15): ``c_i = sum_v p_i(v) log p_i(v) = -H(p_i)``;
-   * ``"sampled_prob"``: ``c_i = p_i(x0_i)``, what the LLaDA / Fast-dLLM code computes
-     (``= max_prob`` at ``tau = 0``). It depends on the *sampled* values, so unlike the others it
-     is not exact with ``tau = 1`` and an exact denoiser (see below).
+The **rules** (which positions a step decodes) live in :mod:`partext_jax.masked.rules`, one
+frozen dataclass each, named in its :data:`~partext_jax.masked.rules.RULES` registry: ``"topk"``
+(LLaDA, with Dream's ``alg_temp``), ``"threshold"`` and ``"factor"`` (Fast-dLLM), ``"eb"``
+(EB-sampler). A new rule is one class there and one registry line; every entry point accepts it
+by name.
 
-3. only *eligible* positions (masked, and inside the current block in block mode, see
-   :mod:`partext_jax.masked.blocks`) can be chosen; the ``rule`` picks a set ``U`` of them
-   (at least one per step while any is eligible);
-4. ``x_i <- x0_i`` for ``i in U``; every other position is copied (decoded tokens are never
+The frame. At every step, with ``p = p_theta(. | x) = softmax(logits)`` the *untempered*
+denoiser distribution:
+
+1. ``x0_i ~ softmax(logits_i / tau)`` at every position (``tau`` = ``temperature``; ``tau = 0``:
+   ``x0_i = argmax p_i``);
+2. only *eligible* positions (masked, and inside the current block in block mode) can be chosen;
+   the rule picks a set ``U`` of them from ``p`` (and ``x0`` for the ``sampled_prob`` proxy), at
+   least one per step while any is eligible;
+3. ``x_i <- x0_i`` for ``i in U``; every other position is copied (decoded tokens are never
    revisited; MASK is never emitted).
 
-Rules:
-
-* ``"topk"`` (LLaDA): ``num_steps = S`` steps (per block: ``S / num_blocks``). With ``n`` the
-  masked count of the window (block) at its first step, step ``j`` takes the ``k_j`` most
-  confident eligible positions, ``k_j = floor(n / S) + [j < n mod S]`` (:func:`llada_num_transfer`;
-  ``sum_j k_j = n``). Optional stochastic choice (Dream's ``alg_temp``): the ``k_j`` positions
-  are drawn *without replacement* from ``softmax(c / alg_temp)`` over the eligible positions, by
-  Gumbel-top-k (``argtop-k(c / alg_temp + Gumbel)``).
-* ``"threshold"`` (Fast-dLLM parallel decoding): the top-1 always, plus every eligible position
-  with ``c_i >= threshold`` (default 0.9).
-* ``"factor"`` (Fast-dLLM's dynamic rule): sort the eligible confidences descending,
-  ``c_(1) >= c_(2) >= ...``, and take the ``n`` most confident for the largest ``n >= 1`` with
-  ``(n + 1)(1 - c_(n)) < factor`` (``n = 1`` if none; default ``factor = 1``). The reference
-  implementation breaks at the first failing ``n`` and then, if that failure is at the *last*
-  sorted position, accepts every position anyway (it cannot tell "failed at the end" from "never
-  failed"). We do not copy that quirk: e.g. ``c = (0.99, 0.98, 0.5)``, ``factor = 1``: ``n = 2``
-  passes (``3 * 0.02 = 0.06 < 1``), ``n = 3`` fails (``4 * 0.5 = 2``), so we take 2 tokens where
-  the reference takes 3. (For conf <= 1, ``(n + 1)(1 - c_(n))`` is non-decreasing in ``n``, so
-  "largest n" and "first failure" agree otherwise.)
-
-The "topk" rule runs exactly ``num_steps`` steps; the other rules run until the window has no
-MASK (a ``lax.while_loop`` capped at ``gen_length`` steps, since every step decodes at least
-one token of each unfinished row). Steps in which no row decodes anything (e.g. ``k_j = 0``
-when ``n < S``, or after the end) do not call the denoiser.
+Loop. The ``"topk"`` rule runs exactly ``num_steps`` steps (per block ``num_steps /
+num_blocks``; LLaDA's count schedule ``k_j = floor(n / S) + [j < n mod S]`` with ``n`` the
+masked count of the block at its first step); the other rules run until the window has no MASK
+(a ``lax.while_loop`` capped at ``gen_length`` steps, since every step decodes at least one
+token of each unfinished row). Steps in which no row decodes anything (e.g. ``k_j = 0`` when
+``n < S``, or after the end) do not call the denoiser. The (time-conditioned) model gets ``t`` =
+the row's masked fraction.
 
 Exactness with an exact denoiser. If exactly one token is decoded per step, ``tau = 1``, and the
 chosen position depends only on the current state (and randomness independent of ``x0``) --
-true for ``max_prob``, ``margin``, ``neg_entropy``, with or without ``alg_temp`` -- the sampler
-draws the joint exactly: for a fixed outcome ``y`` each position order ``o`` has some probability
-``pi(o | y)`` (it is a function of the values revealed so far, all parts of ``y``), and each path
-contributes ``prod_k p(y_{o_k} | y_{o_<k}) = p(y)`` (chain rule), so ``P(y) = p(y) sum_o pi(o | y)
-= p(y)``. Several tokens per step draw them independently from their marginals (the usual
-parallel-decoding error); ``sampled_prob`` picks positions by the drawn values (biased).
+true for the ``max_prob``, ``margin`` and ``neg_entropy`` proxies with or without ``alg_temp``,
+and for EB at ``gamma = 0`` -- the sampler draws the joint exactly: for a fixed outcome ``y``
+each position order ``o`` has some probability ``pi(o | y)`` (a function of the values revealed
+so far, all parts of ``y``), and each path contributes ``prod_k p(y_{o_k} | y_{o_<k}) = p(y)``
+(chain rule), so ``P(y) = p(y) sum_o pi(o | y) = p(y)``. Several tokens per step draw them
+independently from their marginals (the usual parallel-decoding error); ``sampled_prob`` picks
+positions by the drawn values (biased).
 
-Randomness: step ``i`` uses ``fold_in(rng_key, i)`` and row ``r`` then ``fold_in(., r)``, from
-which one ``[L, V + 1]`` Gumbel draw (JAX's "high" mode: rare tokens keep their probability)
-gives the token noise (``[:, :V]``) and the position noise (``[:, V]``, used by ``alg_temp``):
-a row's sample depends only on (key, row index, row contents), not on the rest of the batch.
-Pass the *same* key to every :func:`step` call.
+EB at ``gamma = 0``. The rule decodes the largest entropy-sorted prefix whose entropies, except
+the largest, sum to at most ``gamma``: at ``gamma = 0`` that is every eligible position whose
+entropy is exactly 0 (as computed in float32) plus the lowest-entropy remaining one. Positions
+of zero entropy are deterministic and carry no dependence, so this is still exact; it is *one*
+token per step only when no eligible entropy is exactly 0.
+
+Randomness: step ``i``, row ``r`` use ``fold_in(fold_in(rng_key, i), r)``
+(:func:`partext_jax.masked.driver.row_keys`), from which one ``[L, V + 1]`` Gumbel draw (JAX's
+"high" mode: rare tokens keep their probability) gives the token noise (``[:, :V]``) and the
+position noise (``[:, V]``, used by ``alg_temp``): a row's sample depends only on (key, row
+index, row contents), not on the rest of the batch. Pass the *same* key to every ``step`` call.
 
 Example::
 
@@ -67,6 +68,7 @@ Example::
     tokens, info = sampler.sample(jax.random.key(0), x)   # tau = 0: greedy tokens
     info.nfe.sum(), info.num_decoded                      # denoiser calls; tokens per step/row
     fast = confidence(denoise_fn, mask_id=V, rule="threshold", threshold=0.9, block_length=32)
+    eb = eb_sampler(denoise_fn, mask_id=V, gamma=0.1)
 """
 from __future__ import annotations
 
@@ -77,15 +79,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from partext_jax.base import (DenoiseFn, checked_bool, checked_callable, checked_float,
-                              checked_hashable, checked_int, checked_optional_int, model_jit)
-from partext_jax.masked import blocks
-from partext_jax.masked.driver import MaskedSampler, assemble_sampler, row_keys, run_blockwise_loop
+from partext_jax.base import (DenoiseFn, checked_bool, checked_float, checked_hashable,
+                              checked_int, checked_optional_int, model_jit)
+from partext_jax.masked import blocks, driver
+from partext_jax.masked.driver import MaskedSampler
 from partext_jax.masked.rules import (  # noqa: F401  (re-exported for users of this module)
     PROXIES, RULES, EntropyBoundRule, FactorRule, ThresholdRule, TopKRule, confidence_scores,
     llada_num_transfer, make_rule, sample_x0, select_factor, select_threshold, select_topk)
 
-# --------------------------------------------------------------------------- the frame
 
 class DecodeState(NamedTuple):
   """Carried state.
@@ -118,13 +119,18 @@ class DecodeInfo(NamedTuple):
   tokens: Any = None
 
 
+# Info fields whose rows for steps that never ran are not zero (see run_loop).
+UNUSED_STEP_FILL = {"block": -1}
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
   """Validated, hashable hyper-parameters of the frame (a static jit argument).
 
   ``rule`` is a frozen rule object with ``select(gumbel[L], logits[L, V], x0[L], eligible[L], k)
   -> bool[L]`` (one row; ``gumbel`` is standard Gumbel noise for a stochastic position choice,
-  independent of the noise that drew ``x0``) and a class constant ``uses_count_schedule``.
+  independent of the noise that drew ``x0``) and a class constant ``uses_count_schedule``
+  (:mod:`partext_jax.masked.rules`). Raises ``TypeError`` / ``ValueError`` naming the argument.
   """
   mask_id: int
   rule: Any
@@ -136,8 +142,7 @@ class DecodeConfig:
 
   def __post_init__(self):
     set_ = functools.partial(object.__setattr__, self)
-    set_("mask_id", checked_int("mask_id", self.mask_id, minimum=0,
-                                hint=" (usually V, the vocabulary size)"))
+    set_("mask_id", driver.checked_mask_id(self.mask_id))
     if not (callable(getattr(self.rule, "select", None))
             and hasattr(self.rule, "uses_count_schedule")):
       raise TypeError(f"rule must be a rule object with select() (e.g. TopKRule()), got "
@@ -160,6 +165,8 @@ class DecodeConfig:
     checked_bool("record_trajectory", self.record_trajectory)
 
   def layout(self, length: int) -> blocks.BlockLayout:
+    """The block layout for sequences of ``length`` positions (``ValueError`` if the options do
+    not fit it, or ``num_steps`` does not split evenly over its blocks)."""
     layout = blocks.resolve_layout(length, gen_length=self.gen_length,
                                    block_length=self.block_length)
     if self.rule.uses_count_schedule and self.num_steps % layout.num_blocks:
@@ -176,9 +183,73 @@ class DecodeConfig:
       return self.num_steps
     return self.layout(length).gen_length
 
+  def check_input(self, x_init, vocab_size=None) -> None:
+    """Rejects an ``x_init`` with a MASK before the block window (concrete inputs only)."""
+    del vocab_size
+    blocks.check_prompt_region(x_init, self.mask_id, self.layout(x_init.shape[1]))
+
+  def run_loop(self, step, rng_key, state):
+    """Runs ``step`` from ``state`` until the window has no MASK (at most :meth:`max_steps`
+    steps): ``(tokens int32[B, L], info)`` with info stacked on a ``[max_steps]`` axis."""
+    length = state.tokens.shape[1]
+    return driver.run_blockwise_loop(
+        step, rng_key, state, num_steps=self.max_steps(length), mask_id=self.mask_id,
+        in_window=jnp.asarray(self.layout(length).in_window()),
+        record_trajectory=self.record_trajectory, fill=UNUSED_STEP_FILL)
+
+
+class StepPlan(NamedTuple):
+  """What a step may decode, per row (:func:`plan_step`).
+
+  Attributes:
+    block: ``int32[B]`` the block each row works on (``num_blocks`` once the window is done).
+    eligible: ``bool[B, L]`` masked positions of that block.
+    k: ``int32[B]`` LLaDA's count ``k_j`` (``"topk"``), else the number of eligible positions.
+    block_count: ``int32[B]`` the block's masked count at its first step (``"topk"``).
+    wants: ``bool[B]`` the row decodes something this step.
+  """
+  block: jax.Array
+  eligible: jax.Array
+  k: jax.Array
+  block_count: jax.Array
+  wants: jax.Array
+
+
+def plan_step(config: DecodeConfig, masked, step, block_count, *,
+              shared_block: bool = False) -> StepPlan:
+  """Eligibility and counts of one step (``docs/algorithms.md#semi-autoregressive-blocks``).
+
+  Args:
+    config: the frame's config (its rule and block layout).
+    masked: ``bool[B, L]`` MASK positions before the step.
+    step: ``int32[]`` the step index (the ``"topk"`` rule's block is ``step // steps_per_block``).
+    block_count: ``int32[B]`` carried from the previous step (``"topk"``).
+    shared_block: variable-count rules only: every row works on the first block any row still
+      has a MASK in (the block caches), instead of its own first such block.
+  """
+  b, l = masked.shape
+  layout = config.layout(l)
+  if config.rule.uses_count_schedule:
+    spb = config.num_steps // layout.num_blocks
+    current = jnp.full((b,), jnp.minimum(step // spb, layout.num_blocks), jnp.int32)
+    eligible = blocks.eligible_positions(masked, layout, current)
+    count_now = jnp.sum(eligible, axis=1, dtype=jnp.int32)
+    j = step % spb
+    block_count = jnp.where(j == 0, count_now, block_count)
+    k = block_count // spb + (j < block_count % spb).astype(jnp.int32)
+    k = jnp.minimum(k, count_now)
+  else:
+    current = blocks.first_masked_block(masked, layout)
+    if shared_block:
+      current = jnp.full((b,), jnp.min(current), jnp.int32)
+    eligible = blocks.eligible_positions(masked, layout, current)
+    k = jnp.sum(eligible, axis=1, dtype=jnp.int32)
+  wants = jnp.any(eligible, axis=1) & (k > 0)
+  return StepPlan(current, eligible, k, block_count, wants)
+
 
 def select_row(row_key, logits, eligible, k, *, rule, temperature: float):
-  """One row's proposal ``x0`` and chosen positions for a step.
+  """One row's proposal ``x0 int32[L]`` and chosen positions ``bool[L]`` for a step.
 
   One draw per row and step: ``V`` Gumbels per position for the token, one more for the position
   choice. "high" mode (two 23-bit uniforms) keeps rare tokens' probabilities right.
@@ -189,100 +260,89 @@ def select_row(row_key, logits, eligible, k, *, rule, temperature: float):
   return x0, rule.select(gumbel[:, v], logits, x0, eligible, k)
 
 
+def decode_chosen(rng_key, key_index, tokens, logits, plan: StepPlan, config: DecodeConfig):
+  """The step's update: draw each row's proposal and choice, write the chosen tokens.
+
+  Args:
+    rng_key: the trajectory's key; row ``r`` draws from ``fold_in(fold_in(rng_key,
+      key_index[r]), r)``.
+    key_index: ``int32[]`` or ``int32[B]``, the randomness index (the step, or a row's own step
+      count for the block caches).
+    tokens: ``int32[B, L]``; logits: ``float32[B, L, V]``; plan: the step's :class:`StepPlan`.
+
+  Returns:
+    ``(tokens int32[B, L], num_decoded int32[B], block int32[B])`` (``block = -1`` for a row
+    that decoded nothing).
+  """
+  row_select = functools.partial(select_row, rule=config.rule, temperature=config.temperature)
+  keys = driver.row_keys(rng_key, key_index, tokens.shape[0])
+  x0, chosen = jax.vmap(row_select)(keys, logits, plan.eligible, plan.k)
+  chosen = chosen & plan.eligible & plan.wants[:, None]
+  num_decoded = jnp.sum(chosen, axis=1, dtype=jnp.int32)
+  return (jnp.where(chosen, x0, tokens), num_decoded,
+          jnp.where(num_decoded > 0, plan.block, -1).astype(jnp.int32))
+
+
+def masked_fraction(tokens, mask_id: int):
+  """``float32[B]``: the masked fraction of each row, the time the adaptive samplers give the
+  model (they have no time grid)."""
+  return jnp.mean((tokens == mask_id).astype(jnp.float32), axis=1)
+
+
 def build_kernel(denoise_fn: DenoiseFn, config: DecodeConfig, vocab_size: int):
   """The pure ``step(rng_key, state) -> (state, info)`` for a fixed vocabulary size."""
-  mask_id, rule = config.mask_id, config.rule
-
-  def call_denoiser(tokens):
-    # Adaptive samplers have no time grid; the (time-conditioned) model gets t = masked fraction.
-    t = jnp.mean((tokens == mask_id).astype(jnp.float32), axis=1)
-    return denoise_fn(tokens, t).astype(jnp.float32)
-
-  row_select = functools.partial(select_row, rule=rule, temperature=config.temperature)
 
   def step(rng_key, state: DecodeState):
     x = state.tokens
     b, l = x.shape
-    layout = config.layout(l)
-    i = state.step
-    masked = x == mask_id
-    if rule.uses_count_schedule:
-      spb = config.num_steps // layout.num_blocks
-      current = jnp.full((b,), jnp.minimum(i // spb, layout.num_blocks), jnp.int32)
-      eligible = blocks.eligible_positions(masked, layout, current)
-      count_now = jnp.sum(eligible, axis=1, dtype=jnp.int32)
-      j = i % spb
-      block_count = jnp.where(j == 0, count_now, state.block_count)
-      k = block_count // spb + (j < block_count % spb).astype(jnp.int32)
-      k = jnp.minimum(k, count_now)
-    else:
-      current = blocks.first_masked_block(masked, layout)
-      eligible = blocks.eligible_positions(masked, layout, current)
-      block_count = state.block_count
-      k = jnp.sum(eligible, axis=1, dtype=jnp.int32)
-    wants = jnp.any(eligible, axis=1) & (k > 0)
-    need_call = jnp.any(wants)
-    logits = jax.lax.cond(need_call, lambda: call_denoiser(x),
-                          lambda: jnp.zeros((b, l, vocab_size), jnp.float32))
-
-    x0, chosen = jax.vmap(row_select)(row_keys(rng_key, i, b), logits, eligible, k)
-    chosen = chosen & eligible & wants[:, None]
-    x_new = jnp.where(chosen, x0, x)
-    num_decoded = jnp.sum(chosen, axis=1, dtype=jnp.int32)
-    new_state = DecodeState(tokens=x_new, step=i + 1, block_count=block_count)
-    info = DecodeInfo(nfe=need_call.astype(jnp.int32), num_decoded=num_decoded,
-                      block=jnp.where(num_decoded > 0, current, -1).astype(jnp.int32),
+    plan = plan_step(config, x == config.mask_id, state.step, state.block_count)
+    need_call = jnp.any(plan.wants)
+    logits = jax.lax.cond(
+        need_call,
+        lambda: denoise_fn(x, masked_fraction(x, config.mask_id)).astype(jnp.float32),
+        lambda: jnp.zeros((b, l, vocab_size), jnp.float32))
+    x_new, num_decoded, block = decode_chosen(rng_key, state.step, x, logits, plan, config)
+    new_state = DecodeState(tokens=x_new, step=state.step + 1, block_count=plan.block_count)
+    info = DecodeInfo(nfe=need_call.astype(jnp.int32), num_decoded=num_decoded, block=block,
                       tokens=x_new if config.record_trajectory else None)
     return new_state, info
 
   return step
 
 
-def _init_state(x_init) -> DecodeState:
+def init_state(x_init) -> DecodeState:
+  """The state before step 0 (``x_init int[B, L]``)."""
   tokens = jnp.asarray(x_init).astype(jnp.int32)
   return DecodeState(tokens, jnp.zeros((), jnp.int32), jnp.zeros((tokens.shape[0],), jnp.int32))
 
 
 def _sample_impl(rng_key, x_init, *, denoise_fn, config, vocab_size):
-  step = build_kernel(denoise_fn, config, vocab_size)
-  state = _init_state(x_init)
-  b, l = state.tokens.shape
-  layout = config.layout(l)
-  num = config.max_steps(l)
-  in_window = jnp.asarray(layout.in_window())
-  buffers = DecodeInfo(
-      nfe=jnp.zeros((num,), jnp.int32), num_decoded=jnp.zeros((num, b), jnp.int32),
-      block=jnp.full((num, b), -1, jnp.int32),
-      tokens=jnp.zeros((num, b, l), jnp.int32) if config.record_trajectory else None)
-  return run_blockwise_loop(step, rng_key, state, buffers, num_steps=num,
-                            mask_id=config.mask_id, in_window=in_window,
-                            record_trajectory=config.record_trajectory)
+  return config.run_loop(build_kernel(denoise_fn, config, vocab_size), rng_key,
+                         init_state(x_init))
 
 
-_sample = model_jit(_sample_impl, static_argnames=("config", "vocab_size"))
+jitted_sample = model_jit(_sample_impl, static_argnames=("config", "vocab_size"))
+"""The whole trajectory, compiled once per (shapes, config, model) for every sampler built here."""
 
 
 def make_sampler(denoise_fn: DenoiseFn, config: DecodeConfig) -> MaskedSampler:
   """A :class:`MaskedSampler` running the frame with ``config`` (its rule and block layout).
 
-  ``sample(rng_key, x_init) -> (tokens int32[B, L], info)``, ``info`` a :class:`DecodeInfo`
-  with a leading ``[config.max_steps(L)]`` axis; compiled once per (shapes, config, model).
+  ``sample(rng_key, x_init int32[B, L]) -> (tokens int32[B, L], info)``, ``info`` a
+  :class:`DecodeInfo` with a leading ``[config.max_steps(L)]`` axis; compiled once per (shapes,
+  config, model). Raises ``TypeError`` for a bad ``config``; ``sample`` / ``init`` raise before
+  compiling for a bad ``x_init`` (e.g. a MASK before the block window) or key.
   """
-  checked_callable("denoise_fn", denoise_fn)
   if not isinstance(config, DecodeConfig):
     raise TypeError(f"config must be a DecodeConfig, got {config!r}")
 
-  def check_input(x_init, vocab_size):
-    del vocab_size
-    blocks.check_prompt_region(x_init, config.mask_id, config.layout(x_init.shape[1]))
-
-  return assemble_sampler(
+  return driver.assemble_sampler(
       denoise_fn, config.mask_id,
       kernel=lambda v: build_kernel(denoise_fn, config, v),
-      init_state=lambda x, v: _init_state(x),
-      sample=lambda key, x, v: _sample(key, x, denoise_fn=denoise_fn, config=config,
-                                       vocab_size=v),
-      check_shape=lambda b, l, v: config.layout(l), check_input=check_input)
+      init_state=lambda x, v: init_state(x),
+      sample=lambda key, x, v: jitted_sample(key, x, denoise_fn=denoise_fn, config=config,
+                                             vocab_size=v),
+      check_shape=lambda b, l, v: config.layout(l), check_input=config.check_input)
 
 
 def decode_config(*, mask_id: int, rule: str, num_steps=None, proxy=None,
@@ -306,7 +366,8 @@ def confidence(denoise_fn: DenoiseFn, *, mask_id: int, rule: str = "topk", num_s
                proxy=None, temperature: float = 0.0, threshold=None, factor=None,
                alg_temp=None, gamma=None, block_length=None, gen_length=None,
                record_trajectory: bool = False) -> MaskedSampler:
-  """Builds a confidence-ordered :class:`MaskedSampler` (math in the module docstring).
+  """Builds a confidence-ordered :class:`MaskedSampler` (LLaDA / Fast-dLLM / Dream / EB; math in
+  the module docstring and ``docs/algorithms.md#confidence-based-adaptive-decoding``).
 
   Args:
     denoise_fn: ``denoise_fn(tokens int32[B, L], t float32[B]) -> logits float32[B, L, V]``;
@@ -327,6 +388,15 @@ def confidence(denoise_fn: DenoiseFn, *, mask_id: int, rule: str = "topk", num_s
     block_length, gen_length: semi-autoregressive blocks (see
       :mod:`partext_jax.masked.blocks`); default one block over the whole sequence.
     record_trajectory: also return the tokens after every step in ``info.tokens``.
+
+  Returns:
+    ``MaskedSampler``; ``sample(rng_key, x_init int32[B, L]) -> (tokens int32[B, L],
+    DecodeInfo)`` with a leading ``[num_steps]`` (``"topk"``) or ``[gen_length]`` step axis.
+
+  Raises:
+    TypeError / ValueError: a bad or unused hyper-parameter (named, with its valid values or the
+      rules that use it), before any compilation; ``sample`` / ``init`` likewise for a bad
+      ``x_init`` or key.
   """
   return make_sampler(denoise_fn, decode_config(
       mask_id=mask_id, rule=rule, num_steps=num_steps, proxy=proxy, temperature=temperature,
@@ -337,20 +407,29 @@ def confidence(denoise_fn: DenoiseFn, *, mask_id: int, rule: str = "topk", num_s
 def eb_sampler(denoise_fn: DenoiseFn, *, mask_id: int, gamma: float = 0.0, threshold=None,
                temperature: float = 0.0, block_length=None, gen_length=None,
                record_trajectory: bool = False) -> MaskedSampler:
-  """Builds an EB-sampler :class:`MaskedSampler` (math in the module docstring).
+  """Builds an EB-sampler :class:`MaskedSampler` (Ben-Hamu et al. 2025,
+  ``docs/algorithms.md#eb-sampler``): :func:`confidence` with ``rule="eb"``.
+
+  Each step decodes the largest prefix of the eligible positions sorted by entropy (ascending)
+  whose entropies, all but the largest, sum to at most ``gamma``.
 
   Args:
     denoise_fn: ``denoise_fn(tokens int32[B, L], t float32[B]) -> logits float32[B, L, V]``.
     mask_id: the MASK token id, ``>= V``.
-    gamma: entropy budget ``>= 0`` (nats); 0 decodes one token per step.
+    gamma: entropy budget ``>= 0`` (nats). ``gamma = 0`` decodes the lowest-entropy eligible
+      position plus every eligible position whose entropy is exactly 0 (deterministic ones,
+      which cost nothing): one token per step unless some entropy is exactly 0.
     threshold: optional; also decode every eligible position with max prob ``>= threshold``.
     temperature: ``tau >= 0`` of the token draw (0: argmax); the entropy uses ``tau = 1``.
     block_length, gen_length: semi-autoregressive blocks (:mod:`partext_jax.masked.blocks`).
     record_trajectory: also return the tokens after every step in ``info.tokens``.
 
   Returns:
-    ``MaskedSampler``; ``sample`` returns ``(tokens, DecodeInfo)`` with a leading
+    ``MaskedSampler``; ``sample`` returns ``(tokens int32[B, L], DecodeInfo)`` with a leading
     ``[gen_length]`` step axis.
+
+  Raises:
+    TypeError / ValueError: as :func:`confidence` (e.g. ``gamma < 0``, ``num_steps`` given).
   """
   return confidence(denoise_fn, mask_id=mask_id, rule="eb", gamma=gamma, threshold=threshold,
                     temperature=temperature, block_length=block_length, gen_length=gen_length,

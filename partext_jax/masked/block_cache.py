@@ -1,8 +1,9 @@
 r"""Cached block decoding for masked-diffusion LMs: Fast-dLLM prefix / dual cache and exact mode.
 
-Runs the adaptive samplers of :mod:`partext_jax.masked.adaptive` (``topk``, ``threshold``,
-``factor``) and :mod:`partext_jax.masked.rules` in semi-autoregressive block mode
-(:mod:`partext_jax.masked.blocks`) with a key/value cache (ALGORITHMS.md section 7). The
+Runs the adaptive samplers of :mod:`partext_jax.masked.adaptive` (any rule of
+:data:`partext_jax.masked.rules.RULES`: ``topk``, ``threshold``, ``factor``, ``eb``) in
+semi-autoregressive block mode (:mod:`partext_jax.masked.blocks`) with a key/value cache
+(Wu et al. 2025, Fast-dLLM; ``docs/algorithms.md#block-caches``). The
 window ``[L - gen_length, L)`` is cut into blocks ``[s_j, e_j)`` of ``block_length`` positions;
 every step decodes positions of the current block only, with the same rule, randomness and
 carry-over as the uncached sampler. What changes is how the logits of the block are computed.
@@ -75,10 +76,10 @@ import jax
 import jax.numpy as jnp
 
 from partext_jax.base import checked_callable, checked_choice, model_jit
-from partext_jax.masked import blocks
-from partext_jax.masked.adaptive import DecodeConfig, decode_config, select_row
-from partext_jax.masked.driver import (MaskedSampler, assemble_sampler, row_keys,
-                                       run_blockwise_loop)
+from partext_jax.masked import driver
+from partext_jax.masked.adaptive import (DecodeConfig, decode_chosen, decode_config,
+                                         masked_fraction, plan_step)
+from partext_jax.masked.driver import MaskedSampler
 
 CACHE_MODES = ("exact", "prefix", "dual")
 
@@ -142,6 +143,13 @@ def _call(kv_denoise_fn, tokens, t, positions, context):
   return out
 
 
+def _kv_shape(kv_denoise_fn, b: int, l: int):
+  """The ``kv`` pytree of a full pass over ``[b, l]`` tokens, as ``ShapeDtypeStruct`` leaves."""
+  return jax.eval_shape(
+      lambda x: _call(kv_denoise_fn, x, jnp.zeros((b,), jnp.float32), _positions(b, 0, l),
+                      None)[1], jax.ShapeDtypeStruct((b, l), jnp.int32))
+
+
 def build_kernel(kv_denoise_fn, config: DecodeConfig, cache_mode: str, vocab_size: int):
   """The pure ``step(rng_key, state) -> (state, info)`` (static config, mode and ``V``)."""
   mask_id, rule = config.mask_id, config.rule
@@ -180,67 +188,43 @@ def build_kernel(kv_denoise_fn, config: DecodeConfig, cache_mode: str, vocab_siz
         refresh, full,
         lambda: jax.lax.switch(jnp.clip(j, 0, layout.num_blocks - 1), branches))
 
-  # The uncached sampler's draw, unchanged (exact mode reproduces it token for token).
-  row_select = functools.partial(select_row, rule=rule, temperature=config.temperature)
-
   def step(rng_key, state: CacheState):
     x = state.tokens
     b, l = x.shape
-    layout = config.layout(l)
-    i = state.step
     masked = x == mask_id
-    if rule.uses_count_schedule:
-      spb = config.num_steps // layout.num_blocks
-      j = jnp.minimum(i // spb, layout.num_blocks).astype(jnp.int32)
-      eligible = blocks.eligible_positions(masked, layout, jnp.full((b,), j, jnp.int32))
-      count_now = jnp.sum(eligible, axis=1, dtype=jnp.int32)
-      block_count = jnp.where(i % spb == 0, count_now, state.block_count)
-      k = block_count // spb + (i % spb < block_count % spb).astype(jnp.int32)
-      k = jnp.minimum(k, count_now)
-      key_index = jnp.full((b,), i, jnp.int32)
-      current = jnp.full((b,), j, jnp.int32)
-    else:
-      row_block = blocks.first_masked_block(masked, layout)
-      # The batch's block: the first one any row still has a MASK in (rows ahead wait). Exact
-      # mode makes only full passes, so its rows move on independently, as uncached.
-      j = jnp.min(row_block).astype(jnp.int32)
-      current = row_block if cache_mode == "exact" else jnp.full((b,), j, jnp.int32)
-      eligible = blocks.eligible_positions(masked, layout, current)
-      block_count = state.block_count
-      k = jnp.sum(eligible, axis=1, dtype=jnp.int32)
-      key_index = state.row_step
-    wants = jnp.any(eligible, axis=1) & (k > 0)
-    need_call = jnp.any(wants)
+    # The batch's block: the first one any row still has a MASK in (rows ahead wait). Exact
+    # mode makes only full passes, so its rows move on independently, as uncached.
+    plan = plan_step(config, masked, state.step, state.block_count,
+                     shared_block=cache_mode != "exact")
+    j = jnp.min(plan.block).astype(jnp.int32)
+    need_call = jnp.any(plan.wants)
     refresh = need_call & ((j != state.cache_block) | (cache_mode == "exact"))
-    t = jnp.mean(masked.astype(jnp.float32), axis=1)
+    t = masked_fraction(x, mask_id)
     logits, cache, cost = jax.lax.cond(
         need_call, lambda: model_logits(x, t, j, refresh, state.cache),
         lambda: (jnp.zeros((b, l, vocab_size), jnp.float32), state.cache, jnp.float32(0.0)))
 
-    x0, chosen = jax.vmap(row_select)(row_keys(rng_key, key_index, b), logits, eligible, k)
-    chosen = chosen & eligible & wants[:, None]
-    x_new = jnp.where(chosen, x0, x)
-    num_decoded = jnp.sum(chosen, axis=1, dtype=jnp.int32)
+    # The uncached sampler's draw, unchanged (exact mode reproduces it token for token); the
+    # variable-count rules index a row's randomness by its own step count.
+    key_index = state.step if rule.uses_count_schedule else state.row_step
+    x_new, num_decoded, block = decode_chosen(rng_key, key_index, x, logits, plan, config)
     new_state = CacheState(
-        tokens=x_new, step=i + 1, row_step=state.row_step + wants.astype(jnp.int32),
-        block_count=block_count, cache=cache,
-        cache_block=jnp.where(refresh, j, state.cache_block).astype(jnp.int32))
+        tokens=x_new, step=state.step + 1,
+        row_step=state.row_step + plan.wants.astype(jnp.int32), block_count=plan.block_count,
+        cache=cache, cache_block=jnp.where(refresh, j, state.cache_block).astype(jnp.int32))
     info = CacheInfo(nfe=need_call.astype(jnp.int32), full_calls=refresh.astype(jnp.int32),
-                     cost=cost, num_decoded=num_decoded,
-                     block=jnp.where(num_decoded > 0, current, -1).astype(jnp.int32),
+                     cost=cost, num_decoded=num_decoded, block=block,
                      tokens=x_new if config.record_trajectory else None)
     return new_state, info
 
   return step
 
 
-def _init_state(kv_denoise_fn, x_init) -> CacheState:
+def init_state(kv_denoise_fn, x_init) -> CacheState:
+  """The state before step 0 (``x_init int[B, L]``), with a zero cache of the model's shape."""
   tokens = jnp.asarray(x_init).astype(jnp.int32)
   b, l = tokens.shape
-  kv_shape = jax.eval_shape(
-      lambda x: _call(kv_denoise_fn, x, jnp.zeros((b,), jnp.float32), _positions(b, 0, l),
-                      None)[1], tokens)
-  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), kv_shape)
+  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _kv_shape(kv_denoise_fn, b, l))
   zeros = jnp.zeros((b,), jnp.int32)
   return CacheState(tokens, jnp.zeros((), jnp.int32), zeros, zeros, cache,
                     jnp.full((), -1, jnp.int32))
@@ -248,23 +232,12 @@ def _init_state(kv_denoise_fn, x_init) -> CacheState:
 
 def _sample_impl(rng_key, x_init, *, kv_denoise_fn, config, cache_mode, vocab_size):
   step = build_kernel(kv_denoise_fn, config, cache_mode, vocab_size)
-  state = _init_state(kv_denoise_fn, x_init)
-  b, l = state.tokens.shape
-  layout = config.layout(l)
-  num = config.max_steps(l)
-  in_window = jnp.asarray(layout.in_window())
-  buffers = CacheInfo(
-      nfe=jnp.zeros((num,), jnp.int32), full_calls=jnp.zeros((num,), jnp.int32),
-      cost=jnp.zeros((num,), jnp.float32), num_decoded=jnp.zeros((num, b), jnp.int32),
-      block=jnp.full((num, b), -1, jnp.int32),
-      tokens=jnp.zeros((num, b, l), jnp.int32) if config.record_trajectory else None)
-  return run_blockwise_loop(step, rng_key, state, buffers, num_steps=num,
-                            mask_id=config.mask_id, in_window=in_window,
-                            record_trajectory=config.record_trajectory)
+  return config.run_loop(step, rng_key, init_state(kv_denoise_fn, x_init))
 
 
-_sample = model_jit(_sample_impl, static_argnames=("config", "cache_mode", "vocab_size"),
-                    model_argnames=("kv_denoise_fn",))
+jitted_sample = model_jit(_sample_impl, static_argnames=("config", "cache_mode", "vocab_size"),
+                          model_argnames=("kv_denoise_fn",))
+"""The whole trajectory, compiled once per (shapes, config, mode, model) for every sampler."""
 
 
 def make_cached_sampler(kv_denoise_fn, config: DecodeConfig, *, cache: str) -> MaskedSampler:
@@ -287,37 +260,31 @@ def make_cached_sampler(kv_denoise_fn, config: DecodeConfig, *, cache: str) -> M
   def check_shape(b, l, vocab_size):
     del vocab_size
     config.layout(l)
-    kv = jax.eval_shape(lambda x: _call(kv_denoise_fn, x, jnp.zeros((b,), jnp.float32),
-                                        _positions(b, 0, l), None)[1],
-                        jax.ShapeDtypeStruct((b, l), jnp.int32))
-    for leaf in jax.tree.leaves(kv):
+    for leaf in jax.tree.leaves(_kv_shape(kv_denoise_fn, b, l)):
       if leaf.ndim < 3 or leaf.shape[1:3] != (b, l):
         raise ValueError(f"kv_denoise_fn's kv leaves must be [layers, B={b}, T={l}, ...] "
                          f"(positions on axis 2); got a leaf of shape {leaf.shape}")
-
-  def check_input(x_init, vocab_size):
-    del vocab_size
-    blocks.check_prompt_region(x_init, config.mask_id, config.layout(x_init.shape[1]))
 
   @functools.lru_cache(maxsize=None)
   def jitted_kernel(vocab_size):
     # Compiled once: run eagerly, every lax.switch / cond branch would be retraced each call.
     return jax.jit(build_kernel(kv_denoise_fn, config, cache, vocab_size))
 
-  return assemble_sampler(
+  return driver.assemble_sampler(
       plain, config.mask_id,
       kernel=jitted_kernel,
-      init_state=lambda x, v: _init_state(kv_denoise_fn, x),
-      sample=lambda key, x, v: _sample(key, x, kv_denoise_fn=kv_denoise_fn, config=config,
-                                       cache_mode=cache, vocab_size=v),
-      check_shape=check_shape, check_input=check_input)
+      init_state=lambda x, v: init_state(kv_denoise_fn, x),
+      sample=lambda key, x, v: jitted_sample(key, x, kv_denoise_fn=kv_denoise_fn, config=config,
+                                             cache_mode=cache, vocab_size=v),
+      check_shape=check_shape, check_input=config.check_input)
 
 
 def block_cache(kv_denoise_fn, *, mask_id: int, cache: str = "dual", rule: str = "threshold",
                 block_length=None, gen_length=None, num_steps=None, proxy=None,
                 temperature: float = 0.0, threshold=None, factor=None, alg_temp=None, gamma=None,
                 record_trajectory: bool = False) -> MaskedSampler:
-  """Builds a cached block-decoding :class:`MaskedSampler` (math in the module docstring).
+  """Builds a cached block-decoding :class:`MaskedSampler` (Fast-dLLM, Wu et al. 2025; math in
+  the module docstring and ``docs/algorithms.md#block-caches``).
 
   Args:
     kv_denoise_fn: ``(tokens, t, positions, context) -> (logits, kv)``, e.g.
@@ -338,6 +305,15 @@ def block_cache(kv_denoise_fn, *, mask_id: int, cache: str = "dual", rule: str =
 
   The same arguments without ``cache`` build the uncached sampler (``confidence(...)`` or
   ``eb_sampler(...)`` on the plain model), which ``cache="exact"`` reproduces token for token.
+
+  Returns:
+    ``MaskedSampler``; ``sample(rng_key, x_init int32[B, L]) -> (tokens int32[B, L],
+    CacheInfo)`` with a leading step axis.
+
+  Raises:
+    TypeError / ValueError: a bad hyper-parameter (named, with its valid values) before any
+      compilation; at ``sample`` / ``init``, before compiling, a model that is not a cached
+      model, ``kv`` leaves not shaped ``[layers, B, L, ...]``, or a bad ``x_init`` or key.
   """
   checked_choice("cache", cache, CACHE_MODES)
   config = decode_config(mask_id=mask_id, rule=rule, num_steps=num_steps, proxy=proxy,

@@ -1,9 +1,10 @@
-r"""Semi-autoregressive (block) decoding for the adaptive samplers (ALGORITHMS.md section 3).
+r"""Semi-autoregressive (block) decoding for the adaptive samplers.
 
-LLaDA-style block decoding: the generation window is the last ``gen_length`` positions of the
-sequence (everything before it is the prompt); it is cut into ``num_blocks = gen_length /
-block_length`` consecutive blocks (``gen_length % block_length == 0``), and at every step only
-the masked positions of the *current* block are eligible for decoding:
+LLaDA-style (Nie et al. 2025) block decoding, ``docs/algorithms.md#semi-autoregressive-blocks``:
+the generation window is the last ``gen_length`` positions of the sequence (everything before it
+is the prompt); it is cut into ``num_blocks = gen_length / block_length`` consecutive blocks
+(``gen_length % block_length == 0``), and at every step only the masked positions of the
+*current* block are eligible for decoding:
 
     eligible[b, i] = (x[b, i] == MASK) and block(i) == current_block[b]
     block(i)       = (i - (L - gen_length)) // block_length    (-1 inside the prompt)
@@ -20,8 +21,9 @@ A block is finished before the next one starts. How "current" is defined depends
   blocks: a row's trajectory does not depend on the other rows).
 
 Block mode is therefore *only an eligibility mask*: every sampler built on
-:func:`partext_jax.masked.adaptive.make_sampler` (the confidence family and
-:mod:`partext_jax.masked.rules`) takes ``block_length=`` and ``gen_length=``; :func:`semi_ar` is
+:func:`partext_jax.masked.adaptive.make_sampler` (every rule of
+:mod:`partext_jax.masked.rules`, EB included) and the block caches of
+:mod:`partext_jax.masked.block_cache` take ``block_length=`` and ``gen_length=``; :func:`semi_ar` is
 the documented entry point that forwards them. Without ``block_length`` the whole window is one
 block (``gen_length=None``: the whole sequence).
 
@@ -30,8 +32,7 @@ reject them on concrete inputs.
 
 Example::
 
-    from partext_jax.masked.adaptive import confidence
-    from partext_jax.masked.adaptive import eb_sampler
+    from partext_jax.masked.adaptive import confidence, eb_sampler
     # LLaDA: 128 new tokens after a 32-token prompt, blocks of 32, 4 steps per block.
     x = jnp.full((B, 160), V, jnp.int32).at[:, :32].set(prompt)
     sampler = semi_ar(confidence, denoise_fn, block_length=32, gen_length=128, mask_id=V,
@@ -135,7 +136,7 @@ def semi_ar(builder, denoise_fn, *, block_length: int, gen_length=None, **kwargs
   Args:
     builder: a sampler constructor that accepts ``block_length=`` and ``gen_length=``, e.g.
       :func:`partext_jax.masked.adaptive.confidence` or
-      :func:`partext_jax.masked.rules.eb_sampler`.
+      :func:`partext_jax.masked.adaptive.eb_sampler`.
     denoise_fn: the model, passed on to ``builder``.
     block_length: positions per block; must divide ``gen_length``.
     gen_length: the generation window is the last ``gen_length`` positions (``None``: all).
@@ -144,6 +145,10 @@ def semi_ar(builder, denoise_fn, *, block_length: int, gen_length=None, **kwargs
 
   Returns:
     the builder's :class:`MaskedSampler`, decoding block by block.
+
+  Raises:
+    TypeError / ValueError: ``builder`` not callable, ``block_length`` missing or ``< 1``, and
+      whatever the builder raises (e.g. ``gen_length`` not a multiple of ``block_length``).
   """
   checked_callable("builder", builder)
   checked_optional_int("block_length", block_length)

@@ -1,6 +1,7 @@
 """Categorical draws for masked diffusion that do not under-sample rare tokens.
 
-A masked-diffusion step (ALGORITHMS.md section 2) draws, at every masked position, from the
+The math and the choices are in ``docs/algorithms.md#exact-categorical-draws``. A
+masked-diffusion step (``docs/algorithms.md#tau-leaping``) draws, at every masked position, from the
 ``V + 1``-way categorical
 
     P(token v) = p_unmask * p_theta(v),   v in [0, V)
@@ -22,16 +23,18 @@ two-way draw, relative frequency of a category of probability ``r`` w.r.t. the t
     r:        1e-4    1e-5    1e-6    3e-7    1e-7    3e-8    < 1.4e-9
     ratio:    0.999   0.994   0.94    0.81    0.52    0.08    0 (never drawn)
 
-In the ALGORITHMS.md example (one step at ``T = 1000``, so ``p_unmask = 1e-3``; Zipf
-``p_theta`` over ``V = 2000`` tokens) the per-token probabilities of the tail are ~1e-7, and the
-same computation gives 0.90x the expected number of unmasks and a tail mass (tokens of rank
->= 1128, true mass 0.070) of 0.034 among the unmasked tokens; ALGORITHMS.md quotes 0.935x and
-0.046 for a 24-bit uniform (PyTorch).  The effect compounds over steps: the sampler both unmasks
-too slowly and loses diversity (lower unigram entropy, a falsely "better" generative perplexity).
+For one step at ``T = 1000`` (so ``p_unmask = 1e-3``) with a Zipf ``p_theta`` over
+``V = 2000`` tokens, the per-token probabilities of the tail are ~1e-7, and the same computation
+gives 0.90x the expected number of unmasks and a tail mass (tokens of rank >= 1128, true mass
+0.070) of 0.034 among the unmasked tokens (a 24-bit uniform, as in PyTorch, gives about 0.935x
+and 0.046). The effect compounds over steps: the sampler both unmasks too slowly and loses
+diversity (lower unigram entropy, a falsely "better" generative perplexity).
 
-Two cures are offered:
+Two cures are offered, chosen by name with ``precision`` (:data:`PRECISIONS`), the argument
+every sampler with a float64 mode takes:
 
-* :func:`two_stage_draw` (default, any precision): first a Bernoulli ``unmask ~ B(p_unmask)``,
+* ``precision="float32"`` -- :func:`two_stage_draw` (the default): first a Bernoulli
+  ``unmask ~ B(p_unmask)``,
   then a categorical over the ``V`` real tokens only. The two stages factorise the same
   ``V + 1``-way distribution exactly. The Bernoulli is resolved to ``2**-46`` (two 23-bit
   uniforms; :func:`bernoulli_fine`): a single float32 uniform would round ``p_unmask`` up to
@@ -39,9 +42,9 @@ Two cures are offered:
   (``p = 1.2e-6``) and 60% off at ``N = 4096`` (``p = 7.4e-8``). The categorical uses JAX's
   "high" Gumbel mode (two 23-bit uniforms, ``g`` up to ~32): only tokens whose probability
   *among the real tokens* is below ~1e-14 are affected.
-* :func:`float64_draw`: the one-stage ``V + 1``-way Gumbel-max in float64 (what MDLM/ReMDM do,
-  with ``g`` up to ~36).  Needs ``jax_enable_x64``; without it JAX would silently compute in
-  float32, so :func:`require_x64` raises instead.
+* ``precision="float64"`` -- :func:`float64_draw`: the one-stage ``V + 1``-way Gumbel-max in
+  float64 (what MDLM / ReMDM do, with ``g`` up to ~36). Needs ``jax_enable_x64``; without it JAX
+  would silently compute in float32, so :func:`require_x64` raises instead.
 
 Example::
 
@@ -55,7 +58,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DRAWS = ("two_stage", "float64")
+from partext_jax.base import checked_choice
+
+PRECISIONS = ("float32", "float64")
 
 
 def x64_enabled() -> bool:
@@ -63,19 +68,22 @@ def x64_enabled() -> bool:
   return jax.dtypes.canonicalize_dtype(np.float64) == np.float64
 
 
-def require_x64(what: str = "draw='float64'") -> None:
-  """Raises a clear error when ``jax_enable_x64`` is off (JAX would silently use float32)."""
+def require_x64(what: str = "precision='float64'") -> None:
+  """Raises ``RuntimeError`` when ``jax_enable_x64`` is off (JAX would silently use float32)."""
   if not x64_enabled():
     raise RuntimeError(
-        f"{what} needs 64-bit floats, but jax_enable_x64 is off, so JAX would silently draw in "
-        "float32 (which under-samples rare tokens). Enable it before creating arrays, e.g. "
+        f"{what} needs 64-bit floats, but jax_enable_x64 is off, so JAX would silently compute "
+        "in float32 (which under-samples rare tokens). Enable it before creating arrays, e.g. "
         "`jax.config.update('jax_enable_x64', True)` at program start or the environment variable "
-        "JAX_ENABLE_X64=1, or use draw='two_stage' (exact in float32).")
+        "JAX_ENABLE_X64=1, or use precision='float32' (the exact two-stage draw).")
 
 
-def _split_probability(unmask_prob, batch_shape):
-  unmask_prob = jnp.asarray(unmask_prob)
-  return jnp.broadcast_to(unmask_prob, batch_shape)
+def require_precision(precision: str, what: str) -> None:
+  """Checks ``precision`` against :data:`PRECISIONS` and, for ``"float64"``, that
+  ``jax_enable_x64`` is on (``ValueError`` / ``RuntimeError``; ``what`` names the caller)."""
+  checked_choice("precision", precision, PRECISIONS)
+  if precision == "float64":
+    require_x64(f"{what}(precision='float64')")
 
 
 def bernoulli_fine(rng_key, p, shape):
@@ -110,7 +118,7 @@ def two_stage_draw(rng_key, logits, unmask_prob, *, temperature: float = 1.0):
     ``unmask`` and is meaningful only where ``unmask`` is True.
   """
   batch_shape = logits.shape[:-1]
-  p = _split_probability(unmask_prob, batch_shape).astype(jnp.float32)
+  p = jnp.broadcast_to(jnp.asarray(unmask_prob), batch_shape).astype(jnp.float32)
   key_unmask, key_token = jax.random.split(rng_key)
   # p = 1 always unmasks and p = 0 never does.
   unmask = bernoulli_fine(key_unmask, p, batch_shape)
@@ -133,9 +141,9 @@ def float64_draw(rng_key, logits, unmask_prob, *, temperature: float = 1.0):
   Same signature and outputs as :func:`two_stage_draw`. Raises ``RuntimeError`` when
   ``jax_enable_x64`` is off.
   """
-  require_x64("draw='float64'")
+  require_x64("float64_draw")
   batch_shape = logits.shape[:-1]
-  p = _split_probability(unmask_prob, batch_shape).astype(jnp.float64)
+  p = jnp.broadcast_to(jnp.asarray(unmask_prob), batch_shape).astype(jnp.float64)
   log_p_theta = jax.nn.log_softmax(logits.astype(jnp.float64) / temperature, axis=-1)
   # log(0) = -inf is fine: p = 0 never unmasks, p = 1 always does.
   log_tokens = log_p_theta + jnp.log(p)[..., None]
@@ -146,11 +154,10 @@ def float64_draw(rng_key, logits, unmask_prob, *, temperature: float = 1.0):
   return unmask, jnp.where(unmask, index, 0).astype(jnp.int32)
 
 
-def unmask_draw(rng_key, logits, unmask_prob, *, draw: str = "two_stage",
+def unmask_draw(rng_key, logits, unmask_prob, *, precision: str = "float32",
                 temperature: float = 1.0):
-  """Dispatches to :func:`two_stage_draw` or :func:`float64_draw` by name."""
-  if draw == "two_stage":
-    return two_stage_draw(rng_key, logits, unmask_prob, temperature=temperature)
-  if draw == "float64":
-    return float64_draw(rng_key, logits, unmask_prob, temperature=temperature)
-  raise ValueError(f"draw={draw!r} is not one of {DRAWS}")
+  """``(unmask bool[...], tokens int32[...])`` by :func:`two_stage_draw` (``"float32"``) or
+  :func:`float64_draw` (``"float64"``); a ``ValueError`` listing :data:`PRECISIONS` otherwise."""
+  draw = {"float32": two_stage_draw, "float64": float64_draw}[
+      checked_choice("precision", precision, PRECISIONS)]
+  return draw(rng_key, logits, unmask_prob, temperature=temperature)

@@ -1,5 +1,14 @@
 """The shared driver of the masked-diffusion samplers: assembly, input checks, loops, keys.
 
+What every sampler of :mod:`partext_jax.masked` shares (``docs/algorithms.md``,
+``#notation-and-model-protocols`` and ``#correctness-properties``): the per-row keys
+(:func:`row_keys`), the time grid (:func:`time_grid`, :func:`step_times`), MDLM's final noise
+removal (:func:`noise_removal`), the whole-trajectory loops (:func:`scan_sample` for a fixed
+number of steps, :func:`run_blockwise_loop` until the window has no MASK) and the assembly of
+the :class:`MaskedSampler` with its input checks (:func:`assemble_sampler`,
+:func:`scan_sampler`). A new fixed-step sampler is a module with a frozen config, a
+``build_kernel`` and an ``init_state``, closed by :func:`scan_sampler`.
+
 A sampler module exposes a constructor that closes over the model callable and the
 hyper-parameters and returns a :class:`MaskedSampler` (:class:`partext_jax.base.SamplingAlgorithm`):
 
@@ -21,6 +30,7 @@ parameters of the same shapes reuse the compiled sampler.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -28,9 +38,47 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from partext_jax.base import DenoiseFn, SamplingAlgorithm, validate_key
+from partext_jax.base import (DenoiseFn, SamplingAlgorithm, checked_bool, checked_callable,
+                              checked_choice, checked_int, validate_key)
+from partext_jax.masked import categorical
 
 MaskedSampler = SamplingAlgorithm
+
+
+def checked_mask_id(mask_id) -> int:
+  """``mask_id`` as an int ``>= 0`` (checked against the model's ``V`` on first use)."""
+  return checked_int("mask_id", mask_id, minimum=0, hint=" (usually V, the vocabulary size)")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Base of the hyper-parameters of the fixed-step samplers (:func:`scan_sampler`).
+
+  Frozen and hashable (a static jit argument). On construction it checks the fields every such
+  sampler has -- ``mask_id``, ``num_steps >= 1``, ``precision`` (one of
+  :data:`partext_jax.masked.categorical.PRECISIONS`) -- and every ``bool`` field, then calls
+  :meth:`check` for the subclass's own fields. Errors name the argument and its valid values.
+  """
+  mask_id: int
+  num_steps: int
+  precision: str = "float32"
+  record_trajectory: bool = False
+
+  def __post_init__(self):
+    self._set("mask_id", checked_mask_id(self.mask_id))
+    self._set("num_steps", checked_int("num_steps", self.num_steps, minimum=1))
+    checked_choice("precision", self.precision, categorical.PRECISIONS)
+    for field in dataclasses.fields(self):
+      if field.type in ("bool", bool):
+        checked_bool(field.name, getattr(self, field.name))
+    self.check()
+
+  def check(self) -> None:
+    """Checks the subclass's own fields (normalising them with ``_set``); raises ``TypeError`` /
+    ``ValueError`` naming the argument."""
+
+  def _set(self, name: str, value) -> None:
+    object.__setattr__(self, name, value)
 
 
 def row_keys(rng_key, step, batch_size: int):
@@ -46,13 +94,24 @@ def row_keys(rng_key, step, batch_size: int):
 
 
 def time_grid(num_steps: int, t_min: float, i):
-  """``t_i = t_min + ((N - i) / N)(1 - t_min)`` in float32 (``i`` may be traced).
+  """``t_i = 1 - (i / N)(1 - t_min)`` as ``float32`` (``i`` may be traced, any shape).
 
-  ``t_0 = 1``, ``t_N = t_min``: exact at both ends and without cancellation near ``t_min``
-  (``docs/algorithms.md#tau-leaping``).
+  Evaluated as ``t_min + ((N - i) / N)(1 - t_min)``: ``t_0 = 1``, ``t_N = t_min`` exactly, and
+  no cancellation near ``t_min`` (``docs/algorithms.md#tau-leaping``).
   """
   frac = jnp.asarray(num_steps - i, jnp.float32) / num_steps
   return (t_min + frac * (1.0 - t_min)).astype(jnp.float32)
+
+
+def step_times(num_steps: int, t_min: float, i):
+  """``(t, s, is_last)`` of step ``i`` (``int32[]``, may be traced) on :func:`time_grid`.
+
+  Step ``i`` goes from ``t = t_i`` to ``s = t_{i+1}``; steps past the grid (nothing is masked
+  any more) reuse the last step's times. ``is_last`` is ``bool[]``, ``i == N - 1``.
+  """
+  i_grid = jnp.minimum(i, num_steps - 1)
+  return (time_grid(num_steps, t_min, i_grid), time_grid(num_steps, t_min, i_grid + 1),
+          i == num_steps - 1)
 
 
 def call_at_time(denoise_fn, tokens, t):
@@ -61,13 +120,39 @@ def call_at_time(denoise_fn, tokens, t):
   return denoise_fn(tokens, jnp.full((b,), t, jnp.float32)).astype(jnp.float32)
 
 
-def scan_sample(build_kernel: Callable, init_state: Callable, num_steps: int):
+def noise_removal(denoise_fn, tokens, s, logits, *, mask_id: int, is_last, stale):
+  """MDLM's final step: on the last step, positions still masked take ``argmax p_theta(. | x, s)``.
+
+  Args:
+    denoise_fn: the model.
+    tokens: ``int32[B, L]`` after the step's stochastic update.
+    s: ``float32[]`` the step's end time (``t_min`` on the last step).
+    logits: ``float32[B, L, V]`` the step's logits.
+    is_last: ``bool[]``, the step is the last of the grid (nothing happens otherwise).
+    stale: ``bool[]``, ``logits`` were not computed on ``tokens``; the model is then called again
+      (only when some position is left to fill).
+
+  Returns:
+    ``(tokens, filled bool[B, L], logits, nfe int32[])``: the filled tokens, the positions
+    filled, the logits they were read from, and the extra model calls (0 or 1).
+    ``docs/algorithms.md#tau-leaping`` (end of trajectory).
+  """
+  filled = (tokens == mask_id) & is_last
+  recompute = jnp.any(filled) & stale
+  logits = jax.lax.cond(recompute, lambda: call_at_time(denoise_fn, tokens, s), lambda: logits)
+  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return jnp.where(filled, greedy, tokens), filled, logits, recompute.astype(jnp.int32)
+
+
+def scan_sample(build_kernel: Callable, init_state: Callable,
+                num_steps: Callable[[Any], int] = lambda config: config.num_steps):
   """``sample_impl(rng_key, x_init, *, denoise_fn, config, vocab_size, **models)``: every step in
   one ``lax.scan`` of ``num_steps(config)`` steps, returning ``(tokens, stacked info)``.
 
   ``build_kernel(denoise_fn, config, vocab_size, **models)`` is the pure step and
   ``init_state(x_init, config, vocab_size)`` the initial state. Pass the result to
-  :func:`partext_jax.base.model_jit`.
+  :func:`partext_jax.base.model_jit` once, at module level, so that every sampler built with
+  equal hyper-parameters shares the compiled program.
   """
 
   def sample_impl(rng_key, x_init, *, denoise_fn, config, vocab_size, **models):
@@ -97,16 +182,20 @@ def assemble_sampler(denoise_fn: DenoiseFn, mask_id: int, *,
                      init_state: Callable[[jax.Array, int], Any],
                      sample: Callable[[jax.Array, jax.Array, int], tuple[jax.Array, Any]],
                      check_shape: Callable[[int, int, int], None] | None = None,
-                     check_input: Callable[[jax.Array, int], None] | None = None
-                     ) -> MaskedSampler:
+                     check_input: Callable[[jax.Array, int], None] | None = None,
+                     precision: str = "float32", name: str = "sampler") -> MaskedSampler:
   """The :class:`MaskedSampler` every masked sampler returns, with its input checks.
 
   Each hook receives the vocabulary size ``V`` found by abstract evaluation of ``denoise_fn``:
   ``kernel(V)`` is the pure step function, ``init_state(x_init, V)`` the initial state,
   ``sample(rng_key, x_init, V)`` the jitted whole loop. All checks run before compilation:
-  ``x_init`` dtype/rank/values, the key, ``mask_id`` outside the vocabulary, then the optional
-  ``check_shape(B, L, V)`` (once per shape) and ``check_input(x_init, V)`` (every call).
+  ``denoise_fn`` callable and, for ``precision="float64"``, ``jax_enable_x64`` on (now and at
+  every call: ``RuntimeError`` naming ``name``); then per call ``x_init`` dtype/rank/values, the
+  key, ``mask_id`` outside the vocabulary, the optional ``check_shape(B, L, V)`` (once per
+  shape) and ``check_input(x_init, V)``.
   """
+  checked_callable("denoise_fn", denoise_fn)
+  categorical.require_precision(precision, name)
 
   @functools.lru_cache(maxsize=None)
   def vocab_size_for(b: int, l: int) -> int:
@@ -117,6 +206,7 @@ def assemble_sampler(denoise_fn: DenoiseFn, mask_id: int, *,
     return vocab_size
 
   def checked_vocab_size(x_init) -> int:
+    categorical.require_precision(precision, name)
     validate_x_init(x_init)
     vocab_size = vocab_size_for(*x_init.shape)
     validate_token_values(x_init, vocab_size, mask_id)
@@ -128,6 +218,7 @@ def assemble_sampler(denoise_fn: DenoiseFn, mask_id: int, *,
     return init_state(x_init, checked_vocab_size(x_init))
 
   def step_fn(rng_key, state):
+    categorical.require_precision(precision, name)
     return kernel(vocab_size_for(*state.tokens.shape))(rng_key, state)
 
   def sample_fn(rng_key, x_init):
@@ -135,6 +226,26 @@ def assemble_sampler(denoise_fn: DenoiseFn, mask_id: int, *,
     return sample(rng_key, x_init, checked_vocab_size(x_init))
 
   return MaskedSampler(init=init_fn, step=step_fn, sample=sample_fn)
+
+
+def scan_sampler(name: str, denoise_fn: DenoiseFn, config, *, build_kernel: Callable,
+                 init_state: Callable, sample: Callable, models: dict | None = None,
+                 check_shape: Callable[[int, int, int], None] | None = None) -> MaskedSampler:
+  """:func:`assemble_sampler` for a fixed-step sampler built on :func:`scan_sample`.
+
+  ``config`` is the sampler's :class:`StepConfig` (``name`` is used in error messages);
+  ``build_kernel(denoise_fn, config, V, **models)`` and ``init_state(x_init, config, V)`` are the
+  module's, ``sample`` its module-level ``model_jit(scan_sample(build_kernel, init_state))``;
+  ``models`` are further models (e.g. P2's ``planner``) passed to both by keyword.
+  """
+  models = models or {}
+  return assemble_sampler(
+      denoise_fn, config.mask_id,
+      kernel=lambda v: build_kernel(denoise_fn, config, v, **models),
+      init_state=lambda x, v: init_state(x, config, v),
+      sample=lambda key, x, v: sample(key, x, denoise_fn=denoise_fn, config=config,
+                                      vocab_size=v, **models),
+      check_shape=check_shape, precision=config.precision, name=name)
 
 
 def validate_x_init(x_init, *, name: str = "x_init") -> None:
@@ -159,21 +270,30 @@ def vocab_size_of(denoise_fn: DenoiseFn, x_init) -> int:
 
 
 def validate_mask_id(mask_id: int, vocab_size: int) -> None:
+  """``ValueError`` unless ``mask_id >= V``: the model's logits cover the ``V`` real tokens only
+  (``docs/algorithms.md#notation-and-model-protocols``)."""
   if not isinstance(mask_id, int) or mask_id < vocab_size:
     raise ValueError(
         f"mask_id={mask_id!r} lies inside the model's vocabulary [0, {vocab_size}); the MASK id "
         f"must be an int >= V (usually exactly V={vocab_size})")
 
 
-def run_blockwise_loop(step, rng_key, state, buffers, *, num_steps: int, mask_id: int,
-                       in_window, record_trajectory: bool):
+def run_blockwise_loop(step, rng_key, state, *, num_steps: int, mask_id: int, in_window,
+                       record_trajectory: bool, fill: dict | None = None):
   """``while_loop`` driver shared by the block-decoding samplers.
 
   Calls ``step(rng_key, state) -> (state, info)`` while some position of the generation window
   (``in_window bool[L]``) is MASK and fewer than ``num_steps`` steps ran, writing step ``i``'s
-  info into row ``i`` of the preallocated ``buffers``. With ``record_trajectory`` the rows after
-  the last step repeat the final tokens. Returns ``(tokens, info)``.
+  info into row ``i`` of buffers with a leading ``[num_steps]`` axis. Rows of steps that never
+  ran hold zeros, or ``fill[field]`` for the info fields named in ``fill``; with
+  ``record_trajectory`` their ``tokens`` repeat the final tokens. Returns ``(tokens, info)``.
   """
+  fill = fill or {}
+  spec = jax.eval_shape(step, rng_key, state)[1]
+  buffers = type(spec)(**{
+      field: None if leaf is None else jnp.full((num_steps,) + leaf.shape, fill.get(field, 0),
+                                                leaf.dtype)
+      for field, leaf in spec._asdict().items()})
 
   def cond(carry):
     st, _ = carry

@@ -1,4 +1,4 @@
-r"""ReMDM: remasking sampling for masked diffusion (ALGORITHMS.md section 4).
+r"""ReMDM: remasking sampling for masked diffusion (``docs/algorithms.md#remdm-remasking``).
 
 Reference: ``kuleshov-group/remdm: diffusion.py _ddpm_caching_update`` (Wang et al., "Remasking
 Discrete Diffusion Models with Inference-Time Scaling"). Read to learn; the code here is ours.
@@ -60,7 +60,8 @@ reference's rule; it drops the token that crosses ``top_p``, while
 Time grid, end of trajectory, draws, randomness: as :mod:`partext_jax.masked.tau_leaping`
 (``t_i = 1 - (i / N)(1 - t_min)``; ``t_min = 1e-5`` is MDLM/ReMDM's ``linspace(1, 1e-5, N + 1)``;
 ``noise_removal`` = final argmax of positions still masked, else the last step goes to
-``alpha = 1`` with ``sigma = 0``; ``draw="two_stage" | "float64"``; step ``i``, row ``r`` use
+``alpha = 1`` with ``sigma = 0``; ``precision="float32" | "float64"``, see
+``docs/algorithms.md#exact-categorical-draws``; step ``i``, row ``r`` use
 ``fold_in(fold_in(key, i), r)``). One Bernoulli stream serves both events: a position's event
 probability is ``p_unmask`` if masked, ``sigma`` if remaskable, 0 otherwise. With ``sigma = 0``,
 ``top_p = 1`` the draws, keys and arithmetic are those of ``tau_leaping(method="analytic")``, so
@@ -79,8 +80,11 @@ Reference quirks and our choices:
 * ``loop``: the reference extrapolates the ramp of phase 1 to ``s`` on the step that crosses
   ``t_on`` (so ``alpha_s`` overshoots ``alpha_on`` by up to ``alpha_on dt / (1 - t_on)``) and,
   on the step crossing ``t_off``, holds ``alpha_s = alpha_on``; ours is continuous. Its phase-2
-  ``sigma = eta`` is not capped; ours is capped at ``sigma_max`` (only matters for
-  ``eta > (1 - alpha_on) / alpha_on``, rejected at construction for a constant phase 2).
+  ``sigma = eta`` is not capped; ours is ``min(eta, sigma_max)``. Inside phase 2
+  (``alpha_t = alpha_s = alpha_on``) ``sigma_max = (1 - alpha_on) / alpha_on``, and ``eta``
+  above that is rejected at construction, so the cap is inactive there; on the step that
+  crosses ``t_off`` (``alpha_s > alpha_on``) ``sigma_max = (1 - alpha_s) / alpha_on`` is
+  smaller, and the cap can bind for any ``eta > 0`` (it keeps ``p_unmask <= 1``).
 * The reference applies its final argmax to every position (the identity on unmasked ones under
   SUBS); we fill only positions still masked.
 * The denoiser gets the grid time ``t`` (also for ``loop``, as the reference); the reference
@@ -100,22 +104,80 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from partext_jax.masked import categorical
-from partext_jax.base import DenoiseFn, model_jit
-from partext_jax.masked.driver import MaskedSampler, assemble_sampler
-from partext_jax.schedules import MaskingSchedule
+from partext_jax.base import (DenoiseFn, checked_choice, checked_float, checked_float_fields,
+                              model_jit)
+from partext_jax.masked import categorical, driver
+from partext_jax.masked.driver import MaskedSampler
+from partext_jax.schedules import MaskingSchedule, checked_schedule
 
 STRATEGIES = ("cap", "rescale", "conf", "loop")
-DRAWS = categorical.DRAWS
+PRECISIONS = categorical.PRECISIONS
 DEFAULT_ETA = {"cap": 0.008, "rescale": 0.015, "loop": 0.02}
 LOOP_DEFAULTS = {"t_on": 0.55, "t_off": 0.05, "alpha_on": 0.9}
+# Strategy parameter -> (its default for each strategy that uses it, checked_float bounds).
+STRATEGY_PARAMETERS = {
+    "eta": (DEFAULT_ETA, dict(lo=0.0, hi=1.0)),
+    **{name: ({"loop": default}, dict(lo=0.0, lo_open=True, hi=1.0, hi_open=True))
+       for name, default in LOOP_DEFAULTS.items()},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ReMDMConfig(driver.StepConfig):
+  """Validated, hashable hyper-parameters (a static jit argument); see :func:`remdm`.
+
+  ``eta``, ``t_on``, ``t_off``, ``alpha_on`` left as ``None`` take the reference defaults of the
+  strategy; giving one that the strategy does not use is an error. Raises ``TypeError`` /
+  ``ValueError`` naming the argument and its valid values.
+  """
+  strategy: str = "cap"
+  eta: Any = None
+  t_on: Any = None
+  t_off: Any = None
+  alpha_on: Any = None
+  schedule: Any = MaskingSchedule("linear")
+  top_p: float = 1.0
+  temperature: float = 1.0
+  noise_removal: bool = True
+  t_min: float = 0.0
+
+  def check(self):
+    checked_choice("strategy", self.strategy, STRATEGIES)
+    for name, (defaults, bounds) in STRATEGY_PARAMETERS.items():
+      value = getattr(self, name)
+      if self.strategy in defaults:
+        self._set(name, checked_float(name, defaults[self.strategy] if value is None else value,
+                                      **bounds))
+      elif value is not None:
+        raise ValueError(f"strategy={self.strategy!r} takes no {name} (got {name}={value!r}); "
+                         f"{name} is used by strategy in {tuple(defaults)}")
+    checked_schedule(self.schedule, methods=("alpha", "mask_probability"))
+    checked_float_fields(self, {
+        "top_p": dict(lo=0.0, lo_open=True, hi=1.0, hint=" (1 disables the nucleus filter)"),
+        "temperature": dict(lo=0.0, lo_open=True),
+        "t_min": dict(lo=0.0, hi=1.0, hi_open=True)})
+    if self.strategy == "loop":
+      self._check_loop()
+
+  def _check_loop(self):
+    """The relations between the ``loop`` parameters (each one is already in range)."""
+    if not self.t_off < self.t_on:
+      raise ValueError(f"strategy='loop' needs t_off < t_on, got t_off={self.t_off}, "
+                       f"t_on={self.t_on}")
+    if not self.t_min < self.t_off:
+      raise ValueError(f"t_min={self.t_min} must be < t_off={self.t_off} for strategy='loop'")
+    bound = (1.0 - self.alpha_on) / self.alpha_on
+    if self.eta > bound:
+      raise ValueError(f"eta={self.eta} exceeds the loop phase's valid remasking range "
+                       f"[0, (1 - alpha_on) / alpha_on = {bound:.6g}]")
+    if self.schedule != MaskingSchedule("linear"):
+      raise ValueError(f"strategy='loop' defines its own piecewise-linear alpha(t); schedule must "
+                       f"be the default MaskingSchedule('linear'), got {self.schedule!r}")
 
 
 class ReMDMState(NamedTuple):
@@ -159,126 +221,6 @@ class ReMDMInfo(NamedTuple):
   t: jax.Array
   s: jax.Array
   tokens: Any = None
-
-
-def _is_real(x) -> bool:
-  return not isinstance(x, bool) and isinstance(x, (int, float, np.integer, np.floating))
-
-
-@dataclasses.dataclass(frozen=True)
-class ReMDMConfig:
-  """Validated, hashable hyper-parameters (a static jit argument).
-
-  ``eta``, ``t_on``, ``t_off``, ``alpha_on`` left as ``None`` take the reference defaults of the
-  strategy; giving one that the strategy does not use is an error.
-  """
-  mask_id: int
-  num_steps: int
-  strategy: str = "cap"
-  eta: Any = None
-  t_on: Any = None
-  t_off: Any = None
-  alpha_on: Any = None
-  schedule: Any = MaskingSchedule("linear")
-  top_p: float = 1.0
-  draw: str = "two_stage"
-  temperature: float = 1.0
-  noise_removal: bool = True
-  t_min: float = 0.0
-  record_trajectory: bool = False
-
-  def _set(self, name, value):
-    object.__setattr__(self, name, value)
-
-  def __post_init__(self):
-    if isinstance(self.mask_id, bool) or not isinstance(self.mask_id, (int, np.integer)):
-      raise TypeError(f"mask_id must be an int (usually V, the vocabulary size), got "
-                      f"{self.mask_id!r}")
-    if self.mask_id < 0:
-      raise ValueError(f"mask_id={self.mask_id} must be >= 0 (usually V, the vocabulary size)")
-    self._set("mask_id", int(self.mask_id))
-    if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, (int, np.integer)):
-      raise TypeError(f"num_steps must be an int >= 1, got {self.num_steps!r}")
-    if self.num_steps < 1:
-      raise ValueError(f"num_steps={self.num_steps} must be >= 1")
-    self._set("num_steps", int(self.num_steps))
-    if self.strategy not in STRATEGIES:
-      raise ValueError(f"strategy={self.strategy!r} is not one of {STRATEGIES}")
-    # eta
-    if self.strategy == "conf":
-      if self.eta is not None:
-        raise ValueError("strategy='conf' takes no eta (its sigma is softmax(-confidence) * "
-                         f"sigma_max); got eta={self.eta!r}. eta is used by 'cap', 'rescale', "
-                         "'loop'")
-    else:
-      eta = DEFAULT_ETA[self.strategy] if self.eta is None else self.eta
-      if not _is_real(eta):
-        raise TypeError(f"eta must be a float in [0, 1], got {eta!r}")
-      if not (math.isfinite(eta) and 0.0 <= eta <= 1.0):
-        raise ValueError(f"eta={eta} must be a finite float in [0, 1]")
-      self._set("eta", float(eta))
-    # loop parameters
-    for name in LOOP_DEFAULTS:
-      value = getattr(self, name)
-      if self.strategy != "loop":
-        if value is not None:
-          raise ValueError(f"{name}={value!r} is only used by strategy='loop', not "
-                           f"strategy={self.strategy!r}")
-        continue
-      value = LOOP_DEFAULTS[name] if value is None else value
-      if not _is_real(value):
-        raise TypeError(f"{name} must be a float in (0, 1), got {value!r}")
-      if not 0.0 < value < 1.0:
-        raise ValueError(f"{name}={value} must be in (0, 1)")
-      self._set(name, float(value))
-    if self.strategy == "loop":
-      if not self.t_off < self.t_on:
-        raise ValueError(f"strategy='loop' needs t_off < t_on, got t_off={self.t_off}, "
-                         f"t_on={self.t_on}")
-      bound = (1.0 - self.alpha_on) / self.alpha_on
-      if self.eta > bound:
-        raise ValueError(f"eta={self.eta} exceeds the loop phase's valid remasking range "
-                         f"[0, (1 - alpha_on) / alpha_on = {bound:.6g}]")
-    # schedule
-    if not (callable(getattr(self.schedule, "alpha", None))
-            and callable(getattr(self.schedule, "mask_probability", None))):
-      raise TypeError(f"schedule must be a MaskingSchedule (with alpha and mask_probability), "
-                      f"got {self.schedule!r}")
-    try:
-      hash(self.schedule)
-    except TypeError as e:
-      raise TypeError(f"schedule={self.schedule!r} must be hashable (a frozen dataclass)") from e
-    if self.strategy == "loop" and self.schedule != MaskingSchedule("linear"):
-      raise ValueError(f"strategy='loop' defines its own piecewise-linear alpha(t); schedule must "
-                       f"be the default MaskingSchedule('linear'), got {self.schedule!r}")
-    if not _is_real(self.top_p):
-      raise TypeError(f"top_p must be a float in (0, 1], got {self.top_p!r}")
-    if not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f"top_p={self.top_p} must be in (0, 1] (1 disables the nucleus filter)")
-    self._set("top_p", float(self.top_p))
-    if self.draw not in DRAWS:
-      raise ValueError(f"draw={self.draw!r} is not one of {DRAWS}")
-    if not _is_real(self.temperature):
-      raise TypeError(f"temperature must be a float > 0, got {self.temperature!r}")
-    if not (math.isfinite(self.temperature) and self.temperature > 0):
-      raise ValueError(f"temperature={self.temperature} must be a finite float > 0")
-    self._set("temperature", float(self.temperature))
-    if not _is_real(self.t_min):
-      raise TypeError(f"t_min must be a float in [0, 1), got {self.t_min!r}")
-    if not 0.0 <= self.t_min < 1.0:
-      raise ValueError(f"t_min={self.t_min} must be in [0, 1)")
-    self._set("t_min", float(self.t_min))
-    if self.strategy == "loop" and self.t_min >= self.t_off:
-      raise ValueError(f"t_min={self.t_min} must be < t_off={self.t_off} for strategy='loop'")
-    for name in ("noise_removal", "record_trajectory"):
-      if not isinstance(getattr(self, name), bool):
-        raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
-
-
-def time_grid(config: ReMDMConfig, i):
-  """``t_i = t_min + ((N - i) / N)(1 - t_min)`` in float32 (same as tau_leaping's)."""
-  frac = jnp.asarray(config.num_steps - i, jnp.float32) / config.num_steps
-  return (config.t_min + frac * (1.0 - config.t_min)).astype(jnp.float32)
 
 
 def loop_alpha(config: ReMDMConfig, t):
@@ -358,20 +300,13 @@ def nucleus_logits(logits, top_p: float):
 
 def build_kernel(denoise_fn: DenoiseFn, config: ReMDMConfig, vocab_size: int):
   """The pure ``step(rng_key, state) -> (state, info)`` for a fixed vocabulary size."""
-  n = config.num_steps
   mask_id = config.mask_id
-
-  def call_denoiser(tokens, t):
-    b = tokens.shape[0]
-    return denoise_fn(tokens, jnp.full((b,), t, jnp.float32)).astype(jnp.float32)
 
   def step(rng_key, state: ReMDMState):
     x, fixed = state.tokens, state.fixed
     b, l = x.shape
     i = state.step
-    i_grid = jnp.minimum(i, n - 1)      # steps past the grid are no-ops (nothing masked)
-    is_last = i == n - 1
-    t, s = time_grid(config, i_grid), time_grid(config, i_grid + 1)
+    t, s, is_last = driver.step_times(config.num_steps, config.t_min, i)
     a_t, a_s = alphas(config, t, s)
     sigma = remasking_sigma(config, t, s)
     if not config.noise_removal:        # the last step goes to clean data: alpha_s = 1
@@ -391,7 +326,7 @@ def build_kernel(denoise_fn: DenoiseFn, config: ReMDMConfig, vocab_size: int):
     event_prob = jnp.where(masked, p, sigma_pos)
 
     need_call = jnp.any(masked)
-    logits = jax.lax.cond(need_call, lambda: call_denoiser(x, t),
+    logits = jax.lax.cond(need_call, lambda: driver.call_at_time(denoise_fn, x, t),
                           lambda: jnp.zeros((b, l, vocab_size), jnp.float32))
     nfe = need_call.astype(jnp.int32)
     if config.top_p < 1.0:
@@ -400,34 +335,26 @@ def build_kernel(denoise_fn: DenoiseFn, config: ReMDMConfig, vocab_size: int):
     else:
       draw_logits, draw_temperature = logits, config.temperature
 
-    step_key = jax.random.fold_in(rng_key, i)
-    row_keys = jax.vmap(lambda r: jax.random.fold_in(step_key, r))(jnp.arange(b))
-    draw = functools.partial(categorical.unmask_draw, draw=config.draw,
+    draw = functools.partial(categorical.unmask_draw, precision=config.precision,
                              temperature=draw_temperature)
-    event, proposal = jax.vmap(draw)(row_keys, draw_logits, event_prob)
+    event, proposal = jax.vmap(draw)(driver.row_keys(rng_key, i, b), draw_logits, event_prob)
     unmask = event & masked
     remask = event & remaskable
     x_new = jnp.where(unmask, proposal, jnp.where(remask, mask_id, x))
 
     confidence = state.confidence
     if config.strategy == "conf":
-      probs = jax.nn.softmax(draw_logits / draw_temperature, axis=-1)
-      c_new = jnp.take_along_axis(probs, proposal[..., None], axis=-1)[..., 0]
-      confidence = jnp.where(unmask, c_new, confidence)
+      confidence = jnp.where(unmask, token_probability(draw_logits / draw_temperature, proposal),
+                             confidence)
 
     if config.noise_removal:
-      still = x_new == mask_id
-      need_removal = is_last & jnp.any(still)
-      recompute = need_removal & jnp.any(unmask | remask)   # else logits are those of x_new
-      final_logits = jax.lax.cond(recompute, lambda: call_denoiser(x_new, s), lambda: logits)
-      nfe = nfe + recompute.astype(jnp.int32)
-      greedy = jnp.argmax(final_logits, axis=-1).astype(jnp.int32)
-      filled = still & is_last
-      x_new = jnp.where(filled, greedy, x_new)
+      # Unless a token changed since the model call, its logits are those of x_new.
+      x_new, filled, final_logits, extra = driver.noise_removal(
+          denoise_fn, x_new, s, logits, mask_id=mask_id, is_last=is_last,
+          stale=jnp.any(unmask | remask))
+      nfe = nfe + extra
       if config.strategy == "conf":
-        g_probs = jax.nn.softmax(final_logits, axis=-1)
-        confidence = jnp.where(
-            filled, jnp.take_along_axis(g_probs, greedy[..., None], axis=-1)[..., 0], confidence)
+        confidence = jnp.where(filled, token_probability(final_logits, x_new), confidence)
 
     new_state = ReMDMState(tokens=x_new, fixed=fixed, step=i + 1, confidence=confidence)
     info = ReMDMInfo(
@@ -442,70 +369,68 @@ def build_kernel(denoise_fn: DenoiseFn, config: ReMDMConfig, vocab_size: int):
   return step
 
 
-def _init_state(x_init, config: ReMDMConfig) -> ReMDMState:
+def token_probability(logits, tokens):
+  """``softmax(logits)`` at ``tokens``: ``float32[B, L]`` from ``logits float32[B, L, V]`` and
+  ``tokens int32[B, L]`` (the confidence ``c_l`` of the ``conf`` strategy)."""
+  probs = jax.nn.softmax(logits, axis=-1)
+  return jnp.take_along_axis(probs, tokens[..., None], axis=-1)[..., 0]
+
+
+def init_state(x_init, config: ReMDMConfig, vocab_size: int) -> ReMDMState:
+  """The state before step 0 (``x_init int[B, L]``; its non-MASK positions are fixed)."""
+  del vocab_size
   tokens = jnp.asarray(x_init).astype(jnp.int32)
   confidence = (jnp.zeros(tokens.shape, jnp.float32) if config.strategy == "conf" else None)
   return ReMDMState(tokens, tokens != config.mask_id, jnp.zeros((), jnp.int32), confidence)
 
 
-def _sample_impl(rng_key, x_init, *, denoise_fn, config, vocab_size):
-  step = build_kernel(denoise_fn, config, vocab_size)
-  state = _init_state(x_init, config)
-  state, info = jax.lax.scan(lambda st, _: step(rng_key, st), state, None,
-                             length=config.num_steps)
-  return state.tokens, info
-
-
-_sample = model_jit(_sample_impl, static_argnames=("config", "vocab_size"))
+jitted_sample = model_jit(driver.scan_sample(build_kernel, init_state),
+                          static_argnames=("config", "vocab_size"))
+"""The whole trajectory, compiled once per (shapes, config, model) for every sampler built here."""
 
 
 def remdm(denoise_fn: DenoiseFn, *, mask_id: int, num_steps: int, strategy: str = "cap",
           eta: float | None = None, t_on: float | None = None, t_off: float | None = None,
           alpha_on: float | None = None,
           schedule: MaskingSchedule = MaskingSchedule("linear"), top_p: float = 1.0,
-          draw: str = "two_stage", temperature: float = 1.0, noise_removal: bool = True,
+          precision: str = "float32", temperature: float = 1.0, noise_removal: bool = True,
           t_min: float = 0.0, record_trajectory: bool = False) -> MaskedSampler:
-  """Builds a ReMDM :class:`MaskedSampler` (the math is in the module docstring).
+  """Builds a ReMDM :class:`MaskedSampler` (Wang et al. 2025; math in the module docstring).
 
   Args:
     denoise_fn: ``denoise_fn(tokens int32[B, L], t float32[B]) -> logits float32[B, L, V]``.
     mask_id: the MASK id, ``>= V``.
     num_steps: ``N >= 1`` steps on ``t_i = 1 - (i / N)(1 - t_min)``.
     strategy: ``"cap"``, ``"rescale"``, ``"conf"`` or ``"loop"``.
-    eta: remasking strength (``cap`` 0.008, ``rescale`` 0.015, ``loop`` 0.02 when ``None``);
-      ``conf`` takes none. ``strategy="cap", eta=0`` is MDLM.
-    t_on, t_off, alpha_on: ``loop`` only (0.55, 0.05, 0.9 when ``None``).
+    eta: remasking strength in ``[0, 1]`` (``cap`` 0.008, ``rescale`` 0.015, ``loop`` 0.02
+      when ``None``); ``conf`` takes none. ``strategy="cap", eta=0`` is MDLM.
+    t_on, t_off, alpha_on: ``loop`` only, in ``(0, 1)`` (0.55, 0.05, 0.9 when ``None``).
     schedule: ``alpha(t)`` (``loop`` uses its own and needs the default).
-    top_p: nucleus mass on ``p_theta`` (reference rule, top token always kept); 1 disables.
-    draw: ``"two_stage"`` (exact in float32) or ``"float64"`` (needs ``jax_enable_x64``).
-    temperature: ``p_theta = softmax(logits / temperature)`` (before ``top_p``).
+    top_p: nucleus mass on ``p_theta`` in ``(0, 1]`` (reference rule, top token always kept);
+      1 disables.
+    precision: ``"float32"`` (the exact two-stage draw) or ``"float64"`` (needs
+      ``jax_enable_x64``), see ``docs/algorithms.md#exact-categorical-draws``.
+    temperature: ``p_theta = softmax(logits / temperature)`` (before ``top_p``), ``> 0``.
     noise_removal: final argmax for positions still masked; else the last step unmasks all.
-    t_min: end of the grid (1e-5 for the reference's ``linspace(1, 1e-5, N + 1)``).
+    t_min: end of the grid in ``[0, 1)`` (1e-5 for the reference's
+      ``linspace(1, 1e-5, N + 1)``).
     record_trajectory: return the tokens after every step in ``info.tokens``.
 
   Returns:
-    ``MaskedSampler(init, step, sample)``; ``sample(rng_key, x_init) -> (tokens, info)`` with
-    ``info`` a :class:`ReMDMInfo` stacked over steps, jit-compiled once per shapes and
-    hyper-parameters (a ``jax.tree_util.Partial`` model keeps its parameters traced).
+    ``MaskedSampler(init, step, sample)``; ``sample(rng_key, x_init int32[B, L]) -> (tokens
+    int32[B, L], info)`` with ``info`` a :class:`ReMDMInfo` stacked over steps, jit-compiled
+    once per shapes and hyper-parameters (a ``jax.tree_util.Partial`` model keeps its
+    parameters traced).
+
+  Raises:
+    TypeError / ValueError: a bad hyper-parameter (named, with its valid values), before any
+      compilation; ``sample`` / ``init`` likewise for a bad ``x_init`` or key.
+    RuntimeError: ``precision="float64"`` while ``jax_enable_x64`` is off.
   """
-  if not callable(denoise_fn):
-    raise TypeError(f"denoise_fn must be callable, got {denoise_fn!r}")
   config = ReMDMConfig(
       mask_id=mask_id, num_steps=num_steps, strategy=strategy, eta=eta, t_on=t_on, t_off=t_off,
-      alpha_on=alpha_on, schedule=schedule, top_p=top_p, draw=draw, temperature=temperature,
-      noise_removal=noise_removal, t_min=t_min, record_trajectory=record_trajectory)
-  if config.draw == "float64":
-    categorical.require_x64("remdm(draw='float64')")
-
-  def check_input(x_init, vocab_size):
-    del x_init, vocab_size
-    if config.draw == "float64":
-      categorical.require_x64("remdm(draw='float64')")
-
-  return assemble_sampler(
-      denoise_fn, config.mask_id,
-      kernel=lambda v: build_kernel(denoise_fn, config, v),
-      init_state=lambda x, v: _init_state(x, config),
-      sample=lambda key, x, v: _sample(key, x, denoise_fn=denoise_fn, config=config,
-                                       vocab_size=v),
-      check_input=check_input)
+      alpha_on=alpha_on, schedule=schedule, top_p=top_p, precision=precision,
+      temperature=temperature, noise_removal=noise_removal, t_min=t_min,
+      record_trajectory=record_trajectory)
+  return driver.scan_sampler("remdm", denoise_fn, config, build_kernel=build_kernel,
+                             init_state=init_state, sample=jitted_sample)

@@ -1,22 +1,25 @@
 r"""Unmasking rules of the adaptive samplers: which masked positions to decode at a step.
 
-Every rule is a frozen (hashable) dataclass with ``select(gumbel[L], logits[L, V], x0[L],
-eligible[L], k) -> bool[L]`` for one row and a class constant ``uses_count_schedule`` (``True``
-for top-k, which runs a fixed ``num_steps`` with LLaDA's per-step counts ``k``). ``gumbel`` is
-standard Gumbel noise for a stochastic position choice, independent of the noise that drew
-``x0``. The frame that runs them is :mod:`partext_jax.masked.adaptive`; the math of each rule is
-in ``docs/algorithms.md#confidence-based-adaptive-decoding`` and ``docs/algorithms.md#eb-sampler``.
+Every rule is a frozen (hashable) dataclass derived from :class:`Rule`, with
+``select(gumbel float32[L], logits float32[L, V], x0 int32[L], eligible bool[L], k int32[])
+-> bool[L]`` for one row and a class constant ``uses_count_schedule`` (``True`` for top-k,
+which runs a fixed ``num_steps`` with LLaDA's per-step counts ``k``). ``gumbel`` is standard
+Gumbel noise for a stochastic position choice, independent of the noise that drew ``x0``.
+The frame that runs them is :mod:`partext_jax.masked.adaptive`; the math of each rule is in
+``docs/algorithms.md#confidence-based-adaptive-decoding`` and ``docs/algorithms.md#eb-sampler``.
 
 :data:`RULES` maps a rule name to its class: ``make_rule(name, **hyper_parameters)`` builds one
 (the confidence and block-cache samplers take their ``rule=`` by name through it). A new rule is
-one dataclass here plus one line in :data:`RULES`.
+one dataclass here (its float hyper-parameters checked through ``FLOAT_BOUNDS``) plus one line
+in :data:`RULES`.
 
 Rules:
 
-* ``"topk"`` (:class:`TopKRule`, LLaDA): the ``k_j`` most confident eligible positions,
-  ``k_j = floor(n / S) + [j < n mod S]``; with ``alg_temp`` (Dream) Gumbel-top-k positions.
-* ``"threshold"`` (:class:`ThresholdRule`, Fast-dLLM): the top-1, plus every eligible position
-  with ``conf >= threshold``.
+* ``"topk"`` (:class:`TopKRule`, LLaDA, Nie et al. 2025): the ``k_j`` most confident eligible
+  positions, ``k_j = floor(n / S) + [j < n mod S]``; with ``alg_temp`` (Dream, Ye et al. 2025)
+  Gumbel-top-k positions.
+* ``"threshold"`` (:class:`ThresholdRule`, Fast-dLLM, Wu et al. 2025): the top-1, plus every
+  eligible position with ``conf >= threshold``.
 * ``"factor"`` (:class:`FactorRule`, Fast-dLLM): the largest ``n >= 1`` with
   ``(n + 1)(1 - c_(n)) < factor`` (without the reference's last-index quirk).
 * ``"eb"`` (:class:`EntropyBoundRule`, Ben-Hamu et al. 2025): the largest entropy-sorted prefix
@@ -35,7 +38,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from partext_jax.base import checked_choice, checked_float
+from partext_jax.base import checked_choice, checked_float_fields
 
 PROXIES = ("max_prob", "margin", "neg_entropy", "sampled_prob")
 
@@ -125,56 +128,79 @@ def sample_x0(token_gumbel, logits, temperature: float):
 # --------------------------------------------------------------------------- rules
 
 @dataclasses.dataclass(frozen=True)
-class TopKRule:
-  """LLaDA's top-k with the per-step count schedule; ``alg_temp`` > 0: Gumbel-top-k positions."""
+class Rule:
+  """Base of the unmasking rules: a frozen dataclass whose float hyper-parameters, named with
+  their :func:`partext_jax.base.checked_float` bounds in ``FLOAT_BOUNDS``, are validated (and
+  converted to ``float``) on construction. Subclasses implement ``select`` and set
+  ``uses_count_schedule``."""
+  uses_count_schedule = False   # class constants, not fields
+  FLOAT_BOUNDS = {}
+
+  def __post_init__(self):
+    checked_float_fields(self, self.FLOAT_BOUNDS)
+
+  def select(self, gumbel, logits, x0, eligible, k):
+    """``bool[L]``: the positions of one row to decode (see the module docstring)."""
+    raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyRule(Rule):
+  """Base of the rules that rank positions by a confidence ``proxy`` (one of ``PROXIES``)."""
   proxy: str = "max_prob"
-  alg_temp: Any = None
-  uses_count_schedule = True   # class constant: needs num_steps and k_j
 
   def __post_init__(self):
     checked_choice("proxy", self.proxy, PROXIES)
-    object.__setattr__(self, "alg_temp", checked_float("alg_temp", self.alg_temp, lo=0.0,
-                                                      lo_open=True, allow_none=True))
+    super().__post_init__()
+
+  def confidence(self, logits, x0):
+    """``float32[..., L]``: :func:`confidence_scores` with this rule's proxy."""
+    return confidence_scores(logits, x0, self.proxy)
+
+
+@dataclasses.dataclass(frozen=True)
+class TopKRule(ProxyRule):
+  """LLaDA's top-k with the per-step count schedule; ``alg_temp`` > 0: Gumbel-top-k positions
+  (Dream), i.e. ``k`` draws without replacement from ``softmax(conf / alg_temp)``."""
+  alg_temp: Any = None
+  uses_count_schedule = True   # needs num_steps and k_j
+  FLOAT_BOUNDS = {"alg_temp": dict(lo=0.0, lo_open=True, allow_none=True)}
 
   def select(self, gumbel, logits, x0, eligible, k):
-    score = confidence_scores(logits, x0, self.proxy)
+    score = self.confidence(logits, x0)
     if self.alg_temp is not None:
-      # Gumbel-top-k = k draws without replacement from softmax(score / alg_temp).
       score = score / self.alg_temp + gumbel
     return select_topk(score, eligible, k)
 
 
 @dataclasses.dataclass(frozen=True)
-class ThresholdRule:
+class ThresholdRule(ProxyRule):
   """Fast-dLLM: top-1 plus every eligible position with ``conf >= threshold``."""
-  proxy: str = "max_prob"
   threshold: float = 0.9
-  uses_count_schedule = False
-
-  def __post_init__(self):
-    checked_choice("proxy", self.proxy, PROXIES)
-    object.__setattr__(self, "threshold", checked_float("threshold", self.threshold))
+  FLOAT_BOUNDS = {"threshold": {}}
 
   def select(self, gumbel, logits, x0, eligible, k):
     del gumbel, k
-    return select_threshold(confidence_scores(logits, x0, self.proxy), eligible, self.threshold)
+    return select_threshold(self.confidence(logits, x0), eligible, self.threshold)
 
 
 @dataclasses.dataclass(frozen=True)
-class FactorRule:
-  """Fast-dLLM's factor rule: largest ``n`` with ``(n + 1)(1 - c_(n)) < factor``, ``n >= 1``."""
-  proxy: str = "max_prob"
-  factor: float = 1.0
-  uses_count_schedule = False
+class FactorRule(ProxyRule):
+  """Fast-dLLM's factor rule: the largest ``n >= 1`` with ``(n + 1)(1 - c_(n)) < factor``.
 
-  def __post_init__(self):
-    checked_choice("proxy", self.proxy, PROXIES)
-    object.__setattr__(self, "factor", checked_float("factor", self.factor, lo=0.0,
-                                                    lo_open=True))
+  The reference breaks at the first failing ``n`` and then, if that failure is at the *last*
+  sorted position, accepts every position (it cannot tell "failed at the end" from "never
+  failed"). We do not copy that quirk: e.g. ``c = (0.99, 0.98, 0.5)``, ``factor = 1``: ``n = 2``
+  passes (``3 * 0.02 = 0.06 < 1``), ``n = 3`` fails (``4 * 0.5 = 2``), so we take 2 tokens where
+  the reference takes 3. (For ``conf <= 1``, ``(n + 1)(1 - c_(n))`` is non-decreasing in ``n``,
+  so "largest n" and "first failure" agree otherwise.)
+  """
+  factor: float = 1.0
+  FLOAT_BOUNDS = {"factor": dict(lo=0.0, lo_open=True)}
 
   def select(self, gumbel, logits, x0, eligible, k):
     del gumbel, k
-    return select_factor(confidence_scores(logits, x0, self.proxy), eligible, self.factor)
+    return select_factor(self.confidence(logits, x0), eligible, self.factor)
 
 
 def select_entropy_bound(entropies, eligible, gamma):
@@ -193,17 +219,13 @@ def select_entropy_bound(entropies, eligible, gamma):
 
 
 @dataclasses.dataclass(frozen=True)
-class EntropyBoundRule:
+class EntropyBoundRule(Rule):
   """EB rule: largest entropy-sorted prefix with ``sum H - max H <= gamma`` (>= 1 token), union
-  the positions with ``max_prob >= threshold`` if ``threshold`` is set."""
+  the positions with ``max_prob >= threshold`` if ``threshold`` is set. At ``gamma = 0`` the
+  prefix is every eligible position of entropy exactly 0 plus the lowest-entropy other one."""
   gamma: float = 0.0
   threshold: Any = None
-  uses_count_schedule = False
-
-  def __post_init__(self):
-    object.__setattr__(self, "gamma", checked_float("gamma", self.gamma, lo=0.0))
-    object.__setattr__(self, "threshold", checked_float("threshold", self.threshold,
-                                                       allow_none=True))
+  FLOAT_BOUNDS = {"gamma": dict(lo=0.0), "threshold": dict(allow_none=True)}
 
   def select(self, gumbel, logits, x0, eligible, k):
     del gumbel, k

@@ -1,4 +1,7 @@
-r"""Tau-leaping (ancestral) sampling for masked diffusion (ALGORITHMS.md section 2, survey eq. 9).
+r"""Tau-leaping (ancestral) sampling for masked diffusion (``docs/algorithms.md#tau-leaping``).
+
+MDLM's ancestral sampler (Sahoo et al. 2024), SEDD's analytic / Euler predictors (Lou et al.
+2024), MD4's grid (Shi et al. 2024).
 
 Time grid: ``t_i = 1 - (i / N) (1 - t_min)`` for ``i = 0..N`` (``N = num_steps``); step ``i``
 goes from ``t = t_i`` to ``s = t_{i+1} < t``. At every step the denoiser gives
@@ -43,14 +46,15 @@ denoiser runs on the whole batch if any row changed. Independently of the flag, 
 position of the batch is masked does not call the denoiser (exact for any denoiser).
 ``info.nfe`` counts denoiser calls.
 
-Randomness: step ``i`` uses ``fold_in(rng_key, i)`` and row ``r`` of the batch then
-``fold_in(., r)``, so a row's sample depends only on (key, row index, row contents): it is the same
-alone as inside a bigger batch (at index 0), whatever the other rows hold. Pass the *same* key
-to every :func:`step` call of a trajectory to reproduce ``sample``.
+Randomness: step ``i``, row ``r`` draw from ``fold_in(fold_in(rng_key, i), r)``
+(:func:`partext_jax.masked.driver.row_keys`), so a row's sample depends only on (key, row index,
+row contents): it is the same alone as inside a bigger batch (at index 0), whatever the other
+rows hold. Pass the *same* key to every ``step`` call of a trajectory to reproduce ``sample``.
 
-Categorical draws use :mod:`partext_jax.masked.categorical` (``draw="two_stage"``: exact in
-float32; ``draw="float64"``: needs ``jax_enable_x64``); never a float32 Gumbel over
-``[V + MASK]``, which under-samples rare tokens.
+Categorical draws use :mod:`partext_jax.masked.categorical`
+(``docs/algorithms.md#exact-categorical-draws``): ``precision="float32"`` is the exact two-stage
+draw, ``precision="float64"`` the one-stage float64 draw (needs ``jax_enable_x64``); never a
+float32 Gumbel over ``[V + MASK]``, which under-samples rare tokens.
 
 Example::
 
@@ -70,19 +74,40 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from partext_jax.masked import categorical
-from partext_jax.base import DenoiseFn, checked_int, model_jit
-from partext_jax.masked.driver import MaskedSampler, assemble_sampler
-from partext_jax.schedules import MaskingSchedule
+from partext_jax.base import DenoiseFn, checked_choice, checked_float_fields, model_jit
+from partext_jax.masked import categorical, driver
+from partext_jax.masked.driver import MaskedSampler
+from partext_jax.schedules import MaskingSchedule, checked_schedule
 
 METHODS = ("analytic", "euler")
-DRAWS = categorical.DRAWS
+PRECISIONS = categorical.PRECISIONS
+
+
+@dataclasses.dataclass(frozen=True)
+class TauLeapingConfig(driver.StepConfig):
+  """Validated, hashable hyper-parameters (a static jit argument); see :func:`tau_leaping`.
+
+  Raises ``TypeError`` / ``ValueError`` naming the argument and its valid values.
+  """
+  schedule: Any = MaskingSchedule("linear")
+  method: str = "analytic"
+  temperature: float = 1.0
+  noise_removal: bool = True
+  t_min: float = 0.0
+  cache_outputs: bool = False
+
+  def check(self):
+    checked_schedule(self.schedule, methods=("alpha", "dalpha"))
+    checked_choice("method", self.method, METHODS)
+    checked_float_fields(self, {
+        "temperature": dict(lo=0.0, lo_open=True,
+                            hint=" (use an argmax decoder for temperature 0)"),
+        "t_min": dict(lo=0.0, hi=1.0, hi_open=True)})
 
 
 class TauLeapingState(NamedTuple):
@@ -119,62 +144,6 @@ class TauLeapingInfo(NamedTuple):
   tokens: Any = None
 
 
-@dataclasses.dataclass(frozen=True)
-class TauLeapingConfig:
-  """Validated, hashable hyper-parameters (a static jit argument)."""
-  mask_id: int
-  num_steps: int
-  schedule: Any = MaskingSchedule("linear")
-  method: str = "analytic"
-  draw: str = "two_stage"
-  temperature: float = 1.0
-  noise_removal: bool = True
-  t_min: float = 0.0
-  cache_outputs: bool = False
-  record_trajectory: bool = False
-
-  def __post_init__(self):
-    object.__setattr__(self, "mask_id", checked_int(
-        "mask_id", self.mask_id, minimum=0, hint=" (usually V, the vocabulary size)"))
-    object.__setattr__(self, "num_steps", checked_int("num_steps", self.num_steps, minimum=1))
-    if not (callable(getattr(self.schedule, "alpha", None))
-            and callable(getattr(self.schedule, "dalpha", None))):
-      raise TypeError(f"schedule must be a MaskingSchedule (with alpha and dalpha), got "
-                      f"{self.schedule!r}")
-    try:
-      hash(self.schedule)
-    except TypeError as e:
-      raise TypeError(f"schedule={self.schedule!r} must be hashable (a frozen dataclass)") from e
-    if self.method not in METHODS:
-      raise ValueError(f"method={self.method!r} is not one of {METHODS}")
-    if self.draw not in DRAWS:
-      raise ValueError(f"draw={self.draw!r} is not one of {DRAWS}")
-    if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):
-      raise TypeError(f"temperature must be a float > 0, got {self.temperature!r}")
-    if not (math.isfinite(self.temperature) and self.temperature > 0):
-      raise ValueError(f"temperature={self.temperature} must be a finite float > 0 "
-                       "(use an argmax decoder for temperature 0)")
-    object.__setattr__(self, "temperature", float(self.temperature))
-    if isinstance(self.t_min, bool) or not isinstance(self.t_min, (int, float)):
-      raise TypeError(f"t_min must be a float in [0, 1), got {self.t_min!r}")
-    if not 0.0 <= self.t_min < 1.0:
-      raise ValueError(f"t_min={self.t_min} must be in [0, 1)")
-    object.__setattr__(self, "t_min", float(self.t_min))
-    for name in ("noise_removal", "cache_outputs", "record_trajectory"):
-      if not isinstance(getattr(self, name), bool):
-        raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
-
-
-def time_grid(config: TauLeapingConfig, i):
-  """``t_i = 1 - (i / N) (1 - t_min)`` as float32 (``i`` may be traced).
-
-  Evaluated as ``t_min + ((N - i) / N) (1 - t_min)``: exact at both ends and without
-  cancellation near ``t_min``.
-  """
-  frac = jnp.asarray(config.num_steps - i, jnp.float32) / config.num_steps
-  return (config.t_min + frac * (1.0 - config.t_min)).astype(jnp.float32)
-
-
 def unmask_probability(config: TauLeapingConfig, t, s):
   """``p_i`` of the chosen method, clipped to ``[0, 1]`` (see the module docstring)."""
   sched = config.schedule
@@ -190,58 +159,41 @@ def unmask_probability(config: TauLeapingConfig, t, s):
 
 def build_kernel(denoise_fn: DenoiseFn, config: TauLeapingConfig, vocab_size: int):
   """The pure ``step(rng_key, state) -> (state, info)`` for a fixed vocabulary size."""
-  n = config.num_steps
   mask_id = config.mask_id
-
-  def call_denoiser(tokens, t):
-    b = tokens.shape[0]
-    logits = denoise_fn(tokens, jnp.full((b,), t, jnp.float32))
-    return logits.astype(jnp.float32)
+  draw = functools.partial(categorical.unmask_draw, precision=config.precision,
+                           temperature=config.temperature)
 
   def step(rng_key, state: TauLeapingState):
     x = state.tokens
     b, l = x.shape
     i = state.step
-    # Steps past the grid are no-ops (nothing is masked any more); clamp the times they use.
-    i_grid = jnp.minimum(i, n - 1)
-    is_last = i == n - 1
-    t, s = time_grid(config, i_grid), time_grid(config, i_grid + 1)
+    t, s, is_last = driver.step_times(config.num_steps, config.t_min, i)
     p = unmask_probability(config, t, s)
     if not config.noise_removal:
       p = jnp.where(is_last, jnp.float32(1.0), p)
 
     masked = x == mask_id
-    any_masked = jnp.any(masked)
     if config.cache_outputs:
-      cache_valid = state.cache_valid
-      prev_logits = state.logits
+      cache_valid, prev_logits = state.cache_valid, state.logits
     else:
-      cache_valid = jnp.array(False)
-      prev_logits = jnp.zeros((b, l, vocab_size), jnp.float32)
-    need_call = any_masked & ~cache_valid
-    logits = jax.lax.cond(need_call, lambda: call_denoiser(x, t), lambda: prev_logits)
+      cache_valid, prev_logits = jnp.array(False), jnp.zeros((b, l, vocab_size), jnp.float32)
+    need_call = jnp.any(masked) & ~cache_valid
+    logits = jax.lax.cond(need_call, lambda: driver.call_at_time(denoise_fn, x, t),
+                          lambda: prev_logits)
     nfe = need_call.astype(jnp.int32)
     fresh = cache_valid | need_call   # logits correspond to x
 
-    step_key = jax.random.fold_in(rng_key, i)
-    row_keys = jax.vmap(lambda r: jax.random.fold_in(step_key, r))(jnp.arange(b))
-    draw = functools.partial(categorical.unmask_draw, draw=config.draw,
-                             temperature=config.temperature)
-    unmask, proposal = jax.vmap(lambda k, lg: draw(k, lg, p))(row_keys, logits)
+    unmask, proposal = jax.vmap(lambda k, lg: draw(k, lg, p))(
+        driver.row_keys(rng_key, i, b), logits)
     unmask = unmask & masked
     x_new = jnp.where(unmask, proposal, x)
     valid_after = fresh & ~jnp.any(unmask)
 
     if config.noise_removal:
-      still = x_new == mask_id
-      need_removal = is_last & jnp.any(still)
-      recompute = need_removal & ~valid_after
-      final_logits = jax.lax.cond(recompute, lambda: call_denoiser(x_new, s), lambda: logits)
-      nfe = nfe + recompute.astype(jnp.int32)
-      greedy = jnp.argmax(final_logits, axis=-1).astype(jnp.int32)
-      x_new = jnp.where(still & is_last, greedy, x_new)
-      valid_after = valid_after & ~need_removal
-      logits = final_logits
+      x_new, filled, logits, extra = driver.noise_removal(
+          denoise_fn, x_new, s, logits, mask_id=mask_id, is_last=is_last, stale=~valid_after)
+      nfe = nfe + extra
+      valid_after = valid_after & ~jnp.any(filled)
 
     new_state = TauLeapingState(
         tokens=x_new, step=i + 1,
@@ -256,7 +208,8 @@ def build_kernel(denoise_fn: DenoiseFn, config: TauLeapingConfig, vocab_size: in
   return step
 
 
-def _init_state(x_init, config: TauLeapingConfig, vocab_size: int) -> TauLeapingState:
+def init_state(x_init, config: TauLeapingConfig, vocab_size: int) -> TauLeapingState:
+  """The state before step 0 (``x_init int[B, L]``)."""
   tokens = jnp.asarray(x_init).astype(jnp.int32)
   b, l = tokens.shape
   if config.cache_outputs:
@@ -265,20 +218,14 @@ def _init_state(x_init, config: TauLeapingConfig, vocab_size: int) -> TauLeaping
   return TauLeapingState(tokens, jnp.zeros((), jnp.int32))
 
 
-def _sample_impl(rng_key, x_init, *, denoise_fn, config, vocab_size):
-  step = build_kernel(denoise_fn, config, vocab_size)
-  state = _init_state(x_init, config, vocab_size)
-  state, info = jax.lax.scan(lambda st, _: step(rng_key, st), state, None,
-                             length=config.num_steps)
-  return state.tokens, info
-
-
-_sample = model_jit(_sample_impl, static_argnames=("config", "vocab_size"))
+jitted_sample = model_jit(driver.scan_sample(build_kernel, init_state),
+                          static_argnames=("config", "vocab_size"))
+"""The whole trajectory, compiled once per (shapes, config, model) for every sampler built here."""
 
 
 def tau_leaping(denoise_fn: DenoiseFn, *, mask_id: int, num_steps: int,
                 schedule: MaskingSchedule = MaskingSchedule("linear"),
-                method: str = "analytic", draw: str = "two_stage",
+                method: str = "analytic", precision: str = "float32",
                 temperature: float = 1.0, noise_removal: bool = True, t_min: float = 0.0,
                 cache_outputs: bool = False, record_trajectory: bool = False) -> MaskedSampler:
   """Builds a tau-leaping :class:`MaskedSampler` (see the module docstring for the math).
@@ -290,8 +237,8 @@ def tau_leaping(denoise_fn: DenoiseFn, *, mask_id: int, num_steps: int,
     num_steps: ``N >= 1`` steps on the grid ``t_i = 1 - (i / N)(1 - t_min)``.
     schedule: the masking schedule ``alpha(t)``.
     method: ``"analytic"`` (exact posterior) or ``"euler"`` (first-order rate).
-    draw: ``"two_stage"`` (Bernoulli then categorical over ``V``, exact in float32) or
-      ``"float64"`` (one ``V + 1``-way float64 draw; needs ``jax_enable_x64``).
+    precision: ``"float32"`` (Bernoulli then categorical over ``V``: the exact two-stage draw)
+      or ``"float64"`` (one ``V + 1``-way float64 draw; needs ``jax_enable_x64``).
     temperature: ``p_theta = softmax(logits / temperature)``, ``> 0``.
     noise_removal: MDLM's final argmax for positions still masked after the last step;
       otherwise the last step unmasks everything by sampling.
@@ -306,25 +253,15 @@ def tau_leaping(denoise_fn: DenoiseFn, *, mask_id: int, num_steps: int,
     ``[num_steps]`` axis; ``sample`` is jit-compiled once per (shapes, hyper-parameters,
     denoise_fn); a ``jax.tree_util.Partial`` model is compiled once per function and parameter
     shapes (see :mod:`partext_jax.masked.driver`).
+
+  Raises:
+    TypeError / ValueError: a bad hyper-parameter (named, with its valid values), before any
+      compilation; ``sample`` / ``init`` likewise for a bad ``x_init`` or key.
+    RuntimeError: ``precision="float64"`` while ``jax_enable_x64`` is off.
   """
-  if not callable(denoise_fn):
-    raise TypeError(f"denoise_fn must be callable, got {denoise_fn!r}")
   config = TauLeapingConfig(
-      mask_id=mask_id, num_steps=num_steps, schedule=schedule, method=method, draw=draw,
-      temperature=temperature, noise_removal=noise_removal, t_min=t_min,
+      mask_id=mask_id, num_steps=num_steps, schedule=schedule, method=method,
+      precision=precision, temperature=temperature, noise_removal=noise_removal, t_min=t_min,
       cache_outputs=cache_outputs, record_trajectory=record_trajectory)
-  if config.draw == "float64":
-    categorical.require_x64("tau_leaping(draw='float64')")
-
-  def check_input(x_init, vocab_size):
-    del x_init, vocab_size
-    if config.draw == "float64":
-      categorical.require_x64("tau_leaping(draw='float64')")
-
-  return assemble_sampler(
-      denoise_fn, config.mask_id,
-      kernel=lambda v: build_kernel(denoise_fn, config, v),
-      init_state=lambda x, v: _init_state(x, config, v),
-      sample=lambda key, x, v: _sample(key, x, denoise_fn=denoise_fn, config=config,
-                                       vocab_size=v),
-      check_input=check_input)
+  return driver.scan_sampler("tau_leaping", denoise_fn, config, build_kernel=build_kernel,
+                             init_state=init_state, sample=jitted_sample)

@@ -1,4 +1,6 @@
-r"""The shared invariant battery every masked-diffusion sampler is run through (ALGORITHMS.md 8).
+r"""The shared invariant battery every masked-diffusion sampler is run through.
+
+The properties are those of ``docs/algorithms.md#correctness-properties`` (numbered there).
 
 Each check takes a built :class:`partext_jax.masked.driver.MaskedSampler` and an initial batch
 ``x_init int32[B, L]`` (MASK at positions to generate, anything else a prompt / constraint),
@@ -22,7 +24,7 @@ along axis 0); samplers must make steps past their end no-ops, or pass ``num_ste
 Example (in a test file)::
 
     from partext_jax.testing import battery
-    sampler = remdm(denoise_fn, mask_id=V, num_steps=16, eta=0.02)
+    sampler = remdm(denoise_fn, mask_id=V, num_steps=16, eta=0.02)   # any masked.SAMPLERS entry
     battery.run_battery(sampler, x_init, mask_id=V, vocab_size=V, remasking=True)
 """
 
@@ -133,7 +135,11 @@ def check_step_matches_sample(sampler, x_init, *, mask_id: int, rng_key=None, nu
 
 def run_battery(sampler, x_init, *, mask_id: int, vocab_size=None, remasking: bool = False,
                 rng_key=None, num_steps=None):
-  """Runs every check above on ``sampler`` (one shared ``sample`` call; needs ``B >= 2``)."""
+  """Runs every check above on ``sampler`` (one shared ``sample`` call; needs ``B >= 2``).
+
+  Returns ``(tokens np.ndarray[B, L], info)`` of that call; raises ``AssertionError`` naming the
+  failed property, or ``ValueError`` if ``x_init`` has fewer than 2 rows.
+  """
   rng_key = _default_key(rng_key)
   tokens, info = _sample_tokens(sampler, rng_key, x_init)
   check_no_mask(sampler, x_init, mask_id=mask_id, vocab_size=vocab_size, tokens=tokens)

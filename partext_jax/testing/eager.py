@@ -5,7 +5,8 @@ array ops dispatched one by one (no ``jit`` around the loop). They exist for two
 
 * **faithfulness**: written straight from the papers' pseudo-code, independently of the compiled
   samplers, so a test can check the two agree token for token where the rule is deterministic
-  (greedy LLaDA top-k), and
+  (greedy LLaDA top-k, ``docs/algorithms.md#confidence-based-adaptive-decoding``) or in law
+  (MDLM ancestral sampling, ``docs/algorithms.md#tau-leaping``), and
 * **benchmarks**: ``experiments/bench_eager.py`` times them against the compiled samplers at the
   same NFE on the same model.
 
@@ -26,11 +27,12 @@ def _model(denoise_fn, jit_model: bool):
 
 def llada_topk_eager(denoise_fn, x_init, *, mask_id: int, num_steps: int,
                      jit_model: bool = False):
-  """LLaDA's low-confidence remasking loop (greedy tokens, max-probability confidence).
+  """LLaDA's (Nie et al. 2025) low-confidence remasking loop (greedy tokens, max-probability
+  confidence) on ``x_init int32[B, L]``.
 
   Row ``b`` has ``n_b`` masked positions at the start; step ``j`` commits the
   ``k_bj = n_b // S + [j < n_b mod S]`` masked positions whose argmax probability is highest.
-  Returns ``(tokens, nfe)``.
+  Returns ``(tokens int32[B, L], nfe int)``.
   """
   model = _model(denoise_fn, jit_model)
   x = jnp.asarray(x_init)
@@ -54,11 +56,12 @@ def llada_topk_eager(denoise_fn, x_init, *, mask_id: int, num_steps: int,
 
 def mdlm_ancestral_eager(rng_key, denoise_fn, x_init, *, mask_id: int, num_steps: int,
                          jit_model: bool = False):
-  """MDLM's ancestral (``ddpm_update``) loop with the linear schedule ``alpha = 1 - t``.
+  """MDLM's (Sahoo et al. 2024) ancestral (``ddpm_update``) loop with the linear schedule
+  ``alpha = 1 - t``, on ``x_init int32[B, L]``.
 
   Step ``t -> s = t - 1/N``: each masked position is unmasked with probability ``(t - s) / t``
   and then takes a value drawn from ``p_theta``; unmasked positions are carried over. Returns
-  ``(tokens, nfe)``.
+  ``(tokens int32[B, L], nfe int)``.
   """
   model = _model(denoise_fn, jit_model)
   x = jnp.asarray(x_init)

@@ -134,24 +134,49 @@ def exact_denoiser(probs, *, mask_id: int):
   return denoise_fn
 
 
+def _mixing_params(vocab_size: int, length: int, seed: int):
+  k1, k2 = jax.random.split(jax.random.key(seed))
+  return {"w": 1.5 * jax.random.normal(k1, (length, length, vocab_size + 1, vocab_size)),
+          "bias": jax.random.normal(k2, (length, vocab_size))}
+
+
+def _mixing_apply(params, tokens, t):
+  del t
+  one_hot = jax.nn.one_hot(tokens, params["w"].shape[2])
+  return params["bias"][None] + jnp.einsum("bjw,ijwv->biv", one_hot, params["w"])
+
+
 def mixing_denoiser(vocab_size: int, length: int, seed: int = 0):
   """A context-dependent, time-independent toy model over ``V`` tokens and ``MASK = V``.
 
-  ``logits[b, i] = bias[i] + sum_j W[i, j, tokens[b, j]]`` with ``W ~ 1.5 N(0, 1)`` of shape
+  ``denoise_fn(tokens int32[B, L], t) -> logits float32[B, L, V]`` with
+  ``logits[b, i] = bias[i] + sum_j W[i, j, tokens[b, j]]``, ``W ~ 1.5 N(0, 1)`` of shape
   ``[L, L, V + 1, V]`` and ``bias ~ N(0, 1)``: every position sees every other (including MASKs),
   so samplers' position choices and carry-over are exercised on a model that is not an exact
-  denoiser. Deterministic in ``seed``.
+  denoiser. Deterministic in ``seed``. A closure over its arrays (a static jit argument); see
+  :func:`mixing_model` for the same model with traced parameters.
   """
-  k1, k2 = jax.random.split(jax.random.key(seed))
-  w = 1.5 * jax.random.normal(k1, (length, length, vocab_size + 1, vocab_size))
-  bias = jax.random.normal(k2, (length, vocab_size))
+  params = _mixing_params(vocab_size, length, seed)
+  return lambda tokens, t: _mixing_apply(params, tokens, t)
 
-  def denoise_fn(tokens, t):
-    del t
-    one_hot = jax.nn.one_hot(tokens, vocab_size + 1)
-    return bias[None] + jnp.einsum("bjw,ijwv->biv", one_hot, w)
 
-  return denoise_fn
+def mixing_model(vocab_size: int, length: int, seed: int = 0) -> jax.tree_util.Partial:
+  """:func:`mixing_denoiser` as ``jax.tree_util.Partial(apply, params)``, the way real models are
+  passed: samplers trace its parameters, so new parameters of the same shapes (e.g.
+  ``Partial(model.func, new_params)``) reuse the compiled sampler. ``model.args[0]`` is the
+  parameter dict ``{"w", "bias"}``."""
+  return jax.tree_util.Partial(_mixing_apply, _mixing_params(vocab_size, length, seed))
+
+
+def random_prompts(rng_key, batch: int, length: int, vocab_size: int, mask_id: int, *,
+                   keep: float = 0.3, prefix: int = 0):
+  """``int32[batch, length]`` initial sequences: each position independently holds a uniform
+  token with probability ``keep`` (a prompt / infilling constraint), else ``mask_id``; the first
+  ``prefix`` positions always hold a token (a left prompt)."""
+  k_tokens, k_keep = jax.random.split(rng_key)
+  tokens = jax.random.randint(k_tokens, (batch, length), 0, vocab_size)
+  kept = (jax.random.uniform(k_keep, (batch, length)) < keep) | (jnp.arange(length) < prefix)
+  return jnp.where(kept, tokens, mask_id).astype(jnp.int32)
 
 
 def constant_denoiser(logits):
