@@ -75,11 +75,11 @@ def test_new_parameters_reuse_the_compiled_sampler():
   import partext_jax.masked.tau_leaping as tl  # pylint: disable=import-outside-toplevel
   cfg = _cfg()
   x = jnp.full((2, 16), cfg.mask_id, jnp.int32)
-  before = tl._sample.dynamic._cache_size()
+  before = tl.jitted_sample.dynamic._cache_size()
   outs = []
   for seed in (0, 1):  # Two different parameter sets (e.g. two checkpoints).
     fn = denoiser.make_denoise_fn(cfg, denoiser.init_params(jax.random.key(seed), cfg))
     sampler = tl.tau_leaping(fn, mask_id=cfg.mask_id, num_steps=4)
     outs.append(sampler.sample(jax.random.key(0), x)[0])
-  assert tl._sample.dynamic._cache_size() - before == 1
+  assert tl.jitted_sample.dynamic._cache_size() - before == 1
   assert not bool(jnp.all(outs[0] == outs[1]))  # the parameters really were arguments
