@@ -67,5 +67,7 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
 
 def install() -> None:
   """Registers the old paths (idempotent)."""
+  # First in line: the new package directories hold modules of the same names, which the path
+  # finder would otherwise load a second time under the old name.
   if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
-    sys.meta_path.append(_AliasFinder())
+    sys.meta_path.insert(0, _AliasFinder())

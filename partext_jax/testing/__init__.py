@@ -6,6 +6,8 @@ against, ``docs/algorithms.md#correctness-properties``), :mod:`~partext_jax.test
 :mod:`~partext_jax.testing.function_lm` (autoregressive toys).
 """
 
+from partext_jax.testing.function_lm import FunctionLM
+from partext_jax.testing.ngram import NGramTable, exact_continuation_probs, ngram_lm, random_ngram
 from partext_jax.testing.toys import (
     all_sequences,
     constant_denoiser,
@@ -24,6 +26,11 @@ from partext_jax.testing.toys import (
 )
 
 __all__ = [
+    "FunctionLM",
+    "NGramTable",
+    "exact_continuation_probs",
+    "ngram_lm",
+    "random_ngram",
     "all_sequences",
     "constant_denoiser",
     "empirical_distribution",
