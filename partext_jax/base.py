@@ -4,11 +4,18 @@ Model protocols (one per family; the math of each family is in ``docs/algorithms
 --------------------------------------------------------------------------------------
 * **Masked diffusion** -- :data:`DenoiseFn`: any JAX callable
   ``denoise_fn(tokens int32[B, L], t float32[B]) -> logits float[B, L, V]``.
-  The MASK id is passed to the sampler separately (``mask_id=``): the model's output covers
-  the ``V`` real tokens and ``mask_id >= V`` (usually ``V``); the samplers never emit it
-  (``docs/algorithms.md#notation-and-model-protocols``). The optional cached variant
-  :data:`CachedDenoiseFn` ``kv_denoise_fn(tokens, t, positions, context) -> (logits, kv)``
-  serves the block caches.
+  The MASK id is passed to the sampler separately (``mask_id=``) and is never emitted. Either
+  the model's output covers only the ``V`` real tokens and ``mask_id >= V`` (usually ``V``: the
+  project's own denoisers), or -- real diffusion LMs such as LLaDA and Dream, whose MASK id lies
+  inside their vocabulary -- ``mask_id`` is in ``[0, V)``. Then every sampler sets the logits of
+  the MASK id, and of the ids in an optional ``exclude_ids`` attribute of the model adapter
+  (other never-generate ids, e.g. a tokenizer's padding rows; for a ``jax.tree_util.Partial``,
+  an attribute of its function), to ``-inf`` before any draw, confidence or entropy: "the real
+  tokens" are then the ``V`` ids less these. This is done once, for every sampler, in
+  :func:`partext_jax.masked.driver.assemble_sampler`
+  (``docs/algorithms.md#notation-and-model-protocols``, ``#real-diffusion-lms-llada-dream``).
+  The optional cached variant :data:`CachedDenoiseFn` ``kv_denoise_fn(tokens, t, positions,
+  context) -> (logits, kv)`` serves the block caches.
 * **Autoregressive** -- :class:`CausalLM`: a hashable callable
   ``model(params, tokens int32[B, T], positions int32[B, T], attn_mask, cache, write_slots
   int32[B], *, logits_at=None, return_hidden=False) -> LMOutput(logits, cache, hidden)`` with

@@ -111,11 +111,14 @@ class DecodeInfo(NamedTuple):
     num_decoded: ``int32[B]`` tokens decoded by this step, per row. A row's own NFE (what it
       would cost alone) is the number of steps with ``num_decoded > 0``.
     block: ``int32[B]`` the block the row decoded in, ``-1`` if it decoded nothing.
+    nfe_saved: ``int32[B]`` model calls the row skips because its block ended in EOS
+      (``eos_ids``, :func:`partext_jax.masked.blocks.stop_at_eos_block`); 0 otherwise.
     tokens: ``int32[B, L]`` tokens after the step if ``record_trajectory``, else ``None``.
   """
   nfe: jax.Array
   num_decoded: jax.Array
   block: jax.Array
+  nfe_saved: jax.Array
   tokens: Any = None
 
 
@@ -130,7 +133,8 @@ class DecodeConfig:
   ``rule`` is a frozen rule object with ``select(gumbel[L], logits[L, V], x0[L], eligible[L], k)
   -> bool[L]`` (one row; ``gumbel`` is standard Gumbel noise for a stochastic position choice,
   independent of the noise that drew ``x0``) and a class constant ``uses_count_schedule``
-  (:mod:`partext_jax.masked.rules`). Raises ``TypeError`` / ``ValueError`` naming the argument.
+  (:mod:`partext_jax.masked.rules`). ``eos_ids`` (a tuple of ids, empty: off) enables the block
+  early stop (:meth:`stop_at_eos`). Raises ``TypeError`` / ``ValueError`` naming the argument.
   """
   mask_id: int
   rule: Any
@@ -139,6 +143,7 @@ class DecodeConfig:
   block_length: Any = None
   gen_length: Any = None
   record_trajectory: bool = False
+  eos_ids: tuple = ()
 
   def __post_init__(self):
     set_ = functools.partial(object.__setattr__, self)
@@ -163,6 +168,18 @@ class DecodeConfig:
       raise ValueError(f"gen_length={self.gen_length} must be a multiple of block_length="
                        f"{self.block_length}")
     checked_bool("record_trajectory", self.record_trajectory)
+    try:
+      set_("eos_ids", tuple(checked_int("eos_ids[]", i, minimum=0) for i in self.eos_ids or ()))
+    except TypeError as e:
+      raise TypeError(f"eos_ids must be a sequence of ints >= 0, got {self.eos_ids!r}") from e
+
+  def stop_at_eos(self, tokens, block):
+    """:func:`partext_jax.masked.blocks.stop_at_eos_block` of a step's ``tokens`` (after its
+    update) and the rows' ``block``: ``(tokens, nfe_saved int32[B])``."""
+    layout = self.layout(tokens.shape[1])
+    spb = self.num_steps // layout.num_blocks if self.rule.uses_count_schedule else None
+    return blocks.stop_at_eos_block(tokens, block, layout, mask_id=self.mask_id,
+                                    eos_ids=self.eos_ids, steps_per_block=spb)
 
   def layout(self, length: int) -> blocks.BlockLayout:
     """The block layout for sequences of ``length`` positions (``ValueError`` if the options do
@@ -302,9 +319,10 @@ def build_kernel(denoise_fn: DenoiseFn, config: DecodeConfig, vocab_size: int):
         lambda: denoise_fn(x, masked_fraction(x, config.mask_id)).astype(jnp.float32),
         lambda: jnp.zeros((b, l, vocab_size), jnp.float32))
     x_new, num_decoded, block = decode_chosen(rng_key, state.step, x, logits, plan, config)
+    x_new, nfe_saved = config.stop_at_eos(x_new, plan.block)
     new_state = DecodeState(tokens=x_new, step=state.step + 1, block_count=plan.block_count)
     info = DecodeInfo(nfe=need_call.astype(jnp.int32), num_decoded=num_decoded, block=block,
-                      tokens=x_new if config.record_trajectory else None)
+                      nfe_saved=nfe_saved, tokens=x_new if config.record_trajectory else None)
     return new_state, info
 
   return step
@@ -338,17 +356,17 @@ def make_sampler(denoise_fn: DenoiseFn, config: DecodeConfig) -> MaskedSampler:
 
   return driver.assemble_sampler(
       denoise_fn, config.mask_id,
-      kernel=lambda v: build_kernel(denoise_fn, config, v),
+      kernel=lambda m, v: build_kernel(m, config, v),
       init_state=lambda x, v: init_state(x),
-      sample=lambda key, x, v: jitted_sample(key, x, denoise_fn=denoise_fn, config=config,
-                                             vocab_size=v),
+      sample=lambda key, x, m, v: jitted_sample(key, x, denoise_fn=m, config=config,
+                                                vocab_size=v),
       check_shape=lambda b, l, v: config.layout(l), check_input=config.check_input)
 
 
 def decode_config(*, mask_id: int, rule: str, num_steps=None, proxy=None,
                   temperature: float = 0.0, threshold=None, factor=None, alg_temp=None,
                   gamma=None, block_length=None, gen_length=None,
-                  record_trajectory: bool = False) -> DecodeConfig:
+                  record_trajectory: bool = False, eos_ids=()) -> DecodeConfig:
   """The :class:`DecodeConfig` of :func:`confidence`'s keyword arguments (also used by
   :func:`partext_jax.masked.block_cache.block_cache`): ``rule`` by name through
   :func:`partext_jax.masked.rules.make_rule`; ``proxy`` defaults to ``"max_prob"`` and is not
@@ -359,20 +377,21 @@ def decode_config(*, mask_id: int, rule: str, num_steps=None, proxy=None,
                        factor=factor, alg_temp=alg_temp, gamma=gamma)
   return DecodeConfig(mask_id=mask_id, rule=rule_obj, num_steps=num_steps,
                       temperature=temperature, block_length=block_length,
-                      gen_length=gen_length, record_trajectory=record_trajectory)
+                      gen_length=gen_length, record_trajectory=record_trajectory,
+                      eos_ids=eos_ids)
 
 
 def confidence(denoise_fn: DenoiseFn, *, mask_id: int, rule: str = "topk", num_steps=None,
                proxy=None, temperature: float = 0.0, threshold=None, factor=None,
                alg_temp=None, gamma=None, block_length=None, gen_length=None,
-               record_trajectory: bool = False) -> MaskedSampler:
+               record_trajectory: bool = False, eos_ids=()) -> MaskedSampler:
   """Builds a confidence-ordered :class:`MaskedSampler` (LLaDA / Fast-dLLM / Dream / EB; math in
   the module docstring and ``docs/algorithms.md#confidence-based-adaptive-decoding``).
 
   Args:
     denoise_fn: ``denoise_fn(tokens int32[B, L], t float32[B]) -> logits float32[B, L, V]``;
       ``t`` is given the masked fraction of each row.
-    mask_id: the MASK token id, ``>= V``.
+    mask_id: the MASK token id: ``>= V``, or inside ``[0, V)`` (never emitted, see base.py).
     rule: a name in :data:`partext_jax.masked.rules.RULES`: ``"topk"`` (LLaDA count schedule),
       ``"threshold"`` or ``"factor"`` (Fast-dLLM), ``"eb"`` (EB-sampler, as :func:`eb_sampler`).
     num_steps: ``S``, required for ``"topk"`` (a multiple of the number of blocks); must be
@@ -388,6 +407,8 @@ def confidence(denoise_fn: DenoiseFn, *, mask_id: int, rule: str = "topk", num_s
     block_length, gen_length: semi-autoregressive blocks (see
       :mod:`partext_jax.masked.blocks`); default one block over the whole sequence.
     record_trajectory: also return the tokens after every step in ``info.tokens``.
+    eos_ids: block early stop: once a row's block is complete and all its ids are in
+      ``eos_ids``, its later blocks are filled without model calls (``info.nfe_saved``).
 
   Returns:
     ``MaskedSampler``; ``sample(rng_key, x_init int32[B, L]) -> (tokens int32[B, L],
@@ -401,12 +422,13 @@ def confidence(denoise_fn: DenoiseFn, *, mask_id: int, rule: str = "topk", num_s
   return make_sampler(denoise_fn, decode_config(
       mask_id=mask_id, rule=rule, num_steps=num_steps, proxy=proxy, temperature=temperature,
       threshold=threshold, factor=factor, alg_temp=alg_temp, gamma=gamma,
-      block_length=block_length, gen_length=gen_length, record_trajectory=record_trajectory))
+      block_length=block_length, gen_length=gen_length, record_trajectory=record_trajectory,
+      eos_ids=eos_ids))
 
 
 def eb_sampler(denoise_fn: DenoiseFn, *, mask_id: int, gamma: float = 0.0, threshold=None,
                temperature: float = 0.0, block_length=None, gen_length=None,
-               record_trajectory: bool = False) -> MaskedSampler:
+               record_trajectory: bool = False, eos_ids=()) -> MaskedSampler:
   """Builds an EB-sampler :class:`MaskedSampler` (Ben-Hamu et al. 2025,
   ``docs/algorithms.md#eb-sampler``): :func:`confidence` with ``rule="eb"``.
 
@@ -415,7 +437,7 @@ def eb_sampler(denoise_fn: DenoiseFn, *, mask_id: int, gamma: float = 0.0, thres
 
   Args:
     denoise_fn: ``denoise_fn(tokens int32[B, L], t float32[B]) -> logits float32[B, L, V]``.
-    mask_id: the MASK token id, ``>= V``.
+    mask_id: the MASK token id: ``>= V``, or inside ``[0, V)`` (never emitted, see base.py).
     gamma: entropy budget ``>= 0`` (nats). ``gamma = 0`` decodes the lowest-entropy eligible
       position plus every eligible position whose entropy is exactly 0 (deterministic ones,
       which cost nothing): one token per step unless some entropy is exactly 0.
@@ -423,6 +445,7 @@ def eb_sampler(denoise_fn: DenoiseFn, *, mask_id: int, gamma: float = 0.0, thres
     temperature: ``tau >= 0`` of the token draw (0: argmax); the entropy uses ``tau = 1``.
     block_length, gen_length: semi-autoregressive blocks (:mod:`partext_jax.masked.blocks`).
     record_trajectory: also return the tokens after every step in ``info.tokens``.
+    eos_ids: block early stop, as :func:`confidence`.
 
   Returns:
     ``MaskedSampler``; ``sample`` returns ``(tokens int32[B, L], DecodeInfo)`` with a leading
@@ -433,4 +456,4 @@ def eb_sampler(denoise_fn: DenoiseFn, *, mask_id: int, gamma: float = 0.0, thres
   """
   return confidence(denoise_fn, mask_id=mask_id, rule="eb", gamma=gamma, threshold=threshold,
                     temperature=temperature, block_length=block_length, gen_length=gen_length,
-                    record_trajectory=record_trajectory)
+                    record_trajectory=record_trajectory, eos_ids=eos_ids)

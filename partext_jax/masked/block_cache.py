@@ -115,6 +115,7 @@ class CacheInfo(NamedTuple):
     cost: ``float32[]`` query positions of the call over ``L`` (full pass = 1).
     num_decoded: ``int32[B]`` tokens decoded per row.
     block: ``int32[B]`` the block a row decoded in, ``-1`` if none.
+    nfe_saved: ``int32[B]`` calls skipped by the EOS block early stop (``eos_ids``).
     tokens: ``int32[B, L]`` after the step if ``record_trajectory``, else ``None``.
   """
   nfe: jax.Array
@@ -122,6 +123,7 @@ class CacheInfo(NamedTuple):
   cost: jax.Array
   num_decoded: jax.Array
   block: jax.Array
+  nfe_saved: jax.Array
   tokens: Any = None
 
 
@@ -208,12 +210,13 @@ def build_kernel(kv_denoise_fn, config: DecodeConfig, cache_mode: str, vocab_siz
     # variable-count rules index a row's randomness by its own step count.
     key_index = state.step if rule.uses_count_schedule else state.row_step
     x_new, num_decoded, block = decode_chosen(rng_key, key_index, x, logits, plan, config)
+    x_new, nfe_saved = config.stop_at_eos(x_new, plan.block)
     new_state = CacheState(
         tokens=x_new, step=state.step + 1,
         row_step=state.row_step + plan.wants.astype(jnp.int32), block_count=plan.block_count,
         cache=cache, cache_block=jnp.where(refresh, j, state.cache_block).astype(jnp.int32))
     info = CacheInfo(nfe=need_call.astype(jnp.int32), full_calls=refresh.astype(jnp.int32),
-                     cost=cost, num_decoded=num_decoded, block=block,
+                     cost=cost, num_decoded=num_decoded, block=block, nfe_saved=nfe_saved,
                      tokens=x_new if config.record_trajectory else None)
     return new_state, info
 
@@ -253,9 +256,9 @@ def make_cached_sampler(kv_denoise_fn, config: DecodeConfig, *, cache: str) -> M
     raise TypeError(f"config must be a DecodeConfig, got {config!r}")
   checked_choice("cache", cache, CACHE_MODES)
 
-  def plain(tokens, t):
-    b, l = tokens.shape
-    return _call(kv_denoise_fn, tokens, t, _positions(b, 0, l), None)[0]
+  def plain(model):
+    return lambda tokens, t: _call(model, tokens, t, _positions(tokens.shape[0], 0,
+                                                                 tokens.shape[1]), None)[0]
 
   def check_shape(b, l, vocab_size):
     del vocab_size
@@ -266,30 +269,30 @@ def make_cached_sampler(kv_denoise_fn, config: DecodeConfig, *, cache: str) -> M
                          f"(positions on axis 2); got a leaf of shape {leaf.shape}")
 
   @functools.lru_cache(maxsize=None)
-  def jitted_kernel(vocab_size):
+  def jitted_kernel(model, vocab_size):
     # Compiled once: run eagerly, every lax.switch / cond branch would be retraced each call.
-    return jax.jit(build_kernel(kv_denoise_fn, config, cache, vocab_size))
+    return jax.jit(build_kernel(model, config, cache, vocab_size))
 
   return driver.assemble_sampler(
-      plain, config.mask_id,
+      kv_denoise_fn, config.mask_id,
       kernel=jitted_kernel,
       init_state=lambda x, v: init_state(kv_denoise_fn, x),
-      sample=lambda key, x, v: jitted_sample(key, x, kv_denoise_fn=kv_denoise_fn, config=config,
-                                             cache_mode=cache, vocab_size=v),
-      check_shape=check_shape, check_input=config.check_input)
+      sample=lambda key, x, m, v: jitted_sample(key, x, kv_denoise_fn=m, config=config,
+                                                cache_mode=cache, vocab_size=v),
+      as_denoise_fn=plain, check_shape=check_shape, check_input=config.check_input)
 
 
 def block_cache(kv_denoise_fn, *, mask_id: int, cache: str = "dual", rule: str = "threshold",
                 block_length=None, gen_length=None, num_steps=None, proxy=None,
                 temperature: float = 0.0, threshold=None, factor=None, alg_temp=None, gamma=None,
-                record_trajectory: bool = False) -> MaskedSampler:
+                record_trajectory: bool = False, eos_ids=()) -> MaskedSampler:
   """Builds a cached block-decoding :class:`MaskedSampler` (Fast-dLLM, Wu et al. 2025; math in
   the module docstring and ``docs/algorithms.md#block-caches``).
 
   Args:
     kv_denoise_fn: ``(tokens, t, positions, context) -> (logits, kv)``, e.g.
       :func:`partext_jax.models.denoiser.make_cached_denoise_fn`.
-    mask_id: the MASK token id, ``>= V``.
+    mask_id: the MASK token id: ``>= V``, or inside ``[0, V)`` (never emitted, see base.py).
     cache: ``"dual"``, ``"prefix"`` (Fast-dLLM) or ``"exact"`` (refresh every step).
     rule: ``"topk"``, ``"threshold"``, ``"factor"`` (:mod:`partext_jax.masked.adaptive`)
       or ``"eb"`` (:mod:`partext_jax.masked.rules`).
@@ -302,6 +305,7 @@ def block_cache(kv_denoise_fn, *, mask_id: int, cache: str = "dual", rule: str =
     factor: ``rule="factor"`` only (default 1.0). alg_temp: ``rule="topk"`` only.
     gamma: ``rule="eb"`` only, entropy budget (default 0.0).
     record_trajectory: also return the tokens after every step.
+    eos_ids: block early stop (:func:`partext_jax.masked.adaptive.confidence`).
 
   The same arguments without ``cache`` build the uncached sampler (``confidence(...)`` or
   ``eb_sampler(...)`` on the plain model), which ``cache="exact"`` reproduces token for token.
@@ -319,5 +323,6 @@ def block_cache(kv_denoise_fn, *, mask_id: int, cache: str = "dual", rule: str =
   config = decode_config(mask_id=mask_id, rule=rule, num_steps=num_steps, proxy=proxy,
                          temperature=temperature, threshold=threshold, factor=factor,
                          alg_temp=alg_temp, gamma=gamma, block_length=block_length,
-                         gen_length=gen_length, record_trajectory=record_trajectory)
+                         gen_length=gen_length, record_trajectory=record_trajectory,
+                         eos_ids=eos_ids)
   return make_cached_sampler(kv_denoise_fn, config, cache=cache)

@@ -118,6 +118,35 @@ def eligible_positions(masked, layout: BlockLayout, current_block):
   return masked & (blocks[None, :] == current_block[:, None])
 
 
+def stop_at_eos_block(tokens, block, layout: BlockLayout, *, mask_id: int, eos_ids,
+                      steps_per_block: int | None = None):
+  """Block early stop (``docs/algorithms.md#real-diffusion-lms-llada-dream``): a row whose
+  current block (``block int32[B]``) holds no MASK any more and only ids in ``eos_ids`` gets every
+  MASK of its later blocks filled with the block's last token, so it never calls the model again
+  (its text has ended).
+
+  Returns ``(tokens int32[B, L], nfe_saved int32[B])``: the model calls each row no longer makes
+  -- per skipped block ``min(steps_per_block, its MASK count)`` for the top-k count schedule
+  (exact), or 1 when ``steps_per_block`` is None (the variable-count rules: a lower bound, each
+  block takes at least one call). Without ``eos_ids``: ``tokens`` unchanged, zeros.
+  """
+  b, l = tokens.shape
+  if not eos_ids:
+    return tokens, jnp.zeros((b,), jnp.int32)
+  position_block = jnp.asarray(layout.position_blocks())[None]
+  in_block = position_block == block[:, None]
+  masked = tokens == mask_id
+  eos = jnp.isin(tokens, jnp.asarray(eos_ids, jnp.int32))
+  stop = jnp.any(in_block, axis=1) & ~jnp.any(in_block & (masked | ~eos), axis=1)
+  fill = stop[:, None] & masked & (position_block > block[:, None])
+  last = jnp.clip(layout.start + (block + 1) * layout.block_length - 1, 0, l - 1)
+  tokens = jnp.where(fill, jnp.take_along_axis(tokens, last[:, None], axis=1), tokens)
+  per_block = jnp.sum(fill[:, layout.start:].reshape(b, layout.num_blocks, -1), axis=-1)
+  calls = (per_block > 0 if steps_per_block is None
+           else jnp.minimum(per_block, steps_per_block))
+  return tokens, jnp.sum(calls, axis=1, dtype=jnp.int32)
+
+
 def check_prompt_region(x_init, mask_id: int, layout: BlockLayout) -> None:
   """Rejects masks before the window (concrete inputs only; they could never be decoded)."""
   if isinstance(x_init, jax.core.Tracer) or layout.start == 0:

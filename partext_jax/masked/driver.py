@@ -18,8 +18,11 @@ hyper-parameters and returns a :class:`MaskedSampler` (:class:`partext_jax.base.
 * ``sample(rng_key, x_init) -> (tokens, info)``: every step in one ``lax`` loop, jit-compiled once.
 
 The model is any JAX callable ``denoise_fn(tokens int32[B, L], t float32[B]) -> logits
-float32[B, L, V]`` over the ``V`` real tokens; the MASK id is given separately and is never a
-valid output (SUBS parameterisation: the sampler, not the model, enforces carry-over).
+float32[B, L, V]``; the MASK id is given separately and is never a valid output (SUBS
+parameterisation: the sampler, not the model, enforces carry-over). The MASK id may lie inside
+``[0, V)`` (real diffusion LMs, :mod:`partext_jax.base`): :func:`assemble_sampler` then hands
+every hook the model with the logits of the never-generate ids (:func:`never_generate_ids`) set
+to ``-inf`` (:func:`without_ids`), the one place every sampler goes through.
 
 Parameters: a plain closure over arrays is fine for toys, but ``jit`` then embeds those arrays
 in the compiled program as constants and a new closure recompiles. Wrap real models as
@@ -39,14 +42,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from partext_jax.base import (DenoiseFn, SamplingAlgorithm, checked_bool, checked_callable,
-                              checked_choice, checked_int, validate_key)
+                              checked_choice, checked_int, model_partial, validate_key)
 from partext_jax.masked import categorical
 
 MaskedSampler = SamplingAlgorithm
 
 
 def checked_mask_id(mask_id) -> int:
-  """``mask_id`` as an int ``>= 0`` (checked against the model's ``V`` on first use)."""
+  """``mask_id`` as an int ``>= 0`` (``V``, or an id inside ``[0, V)`` that is then never
+  emitted: :func:`never_generate_ids`)."""
   return checked_int("mask_id", mask_id, minimum=0, hint=" (usually V, the vocabulary size)")
 
 
@@ -177,30 +181,38 @@ def validate_token_values(x_init, vocab_size: int, mask_id: int) -> None:
         f"{np.unique(x[bad])[:10].tolist()}")
 
 
-def assemble_sampler(denoise_fn: DenoiseFn, mask_id: int, *,
-                     kernel: Callable[[int], Callable],
+def assemble_sampler(model: Callable, mask_id: int, *,
+                     kernel: Callable[[Callable, int], Callable],
                      init_state: Callable[[jax.Array, int], Any],
-                     sample: Callable[[jax.Array, jax.Array, int], tuple[jax.Array, Any]],
+                     sample: Callable[[jax.Array, jax.Array, Callable, int],
+                                      tuple[jax.Array, Any]],
+                     as_denoise_fn: Callable[[Callable], DenoiseFn] | None = None,
                      check_shape: Callable[[int, int, int], None] | None = None,
                      check_input: Callable[[jax.Array, int], None] | None = None,
                      precision: str = "float32", name: str = "sampler") -> MaskedSampler:
   """The :class:`MaskedSampler` every masked sampler returns, with its input checks.
 
-  Each hook receives the vocabulary size ``V`` found by abstract evaluation of ``denoise_fn``:
-  ``kernel(V)`` is the pure step function, ``init_state(x_init, V)`` the initial state,
-  ``sample(rng_key, x_init, V)`` the jitted whole loop. All checks run before compilation:
-  ``denoise_fn`` callable and, for ``precision="float64"``, ``jax_enable_x64`` on (now and at
-  every call: ``RuntimeError`` naming ``name``); then per call ``x_init`` dtype/rank/values, the
-  key, ``mask_id`` outside the vocabulary, the optional ``check_shape(B, L, V)`` (once per
-  shape) and ``check_input(x_init, V)``.
+  ``model`` is the sampler's model (``denoise_fn``, or the cached ``kv_denoise_fn`` with
+  ``as_denoise_fn(model)`` its plain ``(tokens, t) -> logits`` view). Each hook receives the
+  vocabulary size ``V`` found by abstract evaluation: ``kernel(model, V)`` is the pure step
+  function, ``init_state(x_init, V)`` the initial state, ``sample(rng_key, x_init, model, V)``
+  the jitted whole loop, where ``model`` is :func:`without_ids` of the model: the logits of
+  :func:`never_generate_ids` inside ``[0, V)`` (the MASK id, the model's ``exclude_ids``) are
+  ``-inf``, so no sampler can emit them (the model itself when all of them are ``>= V``). All
+  checks run before compilation: the model callable and, for ``precision="float64"``,
+  ``jax_enable_x64`` on (now and at every call: ``RuntimeError`` naming ``name``); then per call
+  ``x_init`` dtype/rank/values, the key, the optional ``check_shape(B, L, V)`` (once per shape)
+  and ``check_input(x_init, V)``.
   """
-  checked_callable("denoise_fn", denoise_fn)
+  checked_callable("kv_denoise_fn" if as_denoise_fn else "denoise_fn", model)
   categorical.require_precision(precision, name)
+  denoise_fn = model if as_denoise_fn is None else as_denoise_fn(model)
+  ids = never_generate_ids(model, mask_id)
+  model_for = functools.lru_cache(maxsize=None)(lambda v: without_ids(model, ids, v))
 
   @functools.lru_cache(maxsize=None)
   def vocab_size_for(b: int, l: int) -> int:
     vocab_size = vocab_size_of(denoise_fn, jax.ShapeDtypeStruct((b, l), jnp.int32))
-    validate_mask_id(mask_id, vocab_size)
     if check_shape is not None:
       check_shape(b, l, vocab_size)
     return vocab_size
@@ -219,11 +231,13 @@ def assemble_sampler(denoise_fn: DenoiseFn, mask_id: int, *,
 
   def step_fn(rng_key, state):
     categorical.require_precision(precision, name)
-    return kernel(vocab_size_for(*state.tokens.shape))(rng_key, state)
+    vocab_size = vocab_size_for(*state.tokens.shape)
+    return kernel(model_for(vocab_size), vocab_size)(rng_key, state)
 
   def sample_fn(rng_key, x_init):
     validate_key(rng_key)
-    return sample(rng_key, x_init, checked_vocab_size(x_init))
+    vocab_size = checked_vocab_size(x_init)
+    return sample(rng_key, x_init, model_for(vocab_size), vocab_size)
 
   return MaskedSampler(init=init_fn, step=step_fn, sample=sample_fn)
 
@@ -236,15 +250,21 @@ def scan_sampler(name: str, denoise_fn: DenoiseFn, config, *, build_kernel: Call
   ``config`` is the sampler's :class:`StepConfig` (``name`` is used in error messages);
   ``build_kernel(denoise_fn, config, V, **models)`` and ``init_state(x_init, config, V)`` are the
   module's, ``sample`` its module-level ``model_jit(scan_sample(build_kernel, init_state))``;
-  ``models`` are further models (e.g. P2's ``planner``) passed to both by keyword.
+  ``models`` are further models (e.g. P2's ``planner``) passed to both by keyword, with the same
+  ids excluded as ``denoise_fn`` (:func:`assemble_sampler`).
   """
-  models = models or {}
+  ids = never_generate_ids(denoise_fn, config.mask_id)
+
+  @functools.lru_cache(maxsize=None)
+  def models_for(v: int) -> dict:
+    return {k: None if m is None else without_ids(m, ids, v) for k, m in (models or {}).items()}
+
   return assemble_sampler(
       denoise_fn, config.mask_id,
-      kernel=lambda v: build_kernel(denoise_fn, config, v, **models),
+      kernel=lambda m, v: build_kernel(m, config, v, **models_for(v)),
       init_state=lambda x, v: init_state(x, config, v),
-      sample=lambda key, x, v: sample(key, x, denoise_fn=denoise_fn, config=config,
-                                      vocab_size=v, **models),
+      sample=lambda key, x, m, v: sample(key, x, denoise_fn=m, config=config, vocab_size=v,
+                                         **models_for(v)),
       check_shape=check_shape, precision=config.precision, name=name)
 
 
@@ -269,13 +289,43 @@ def vocab_size_of(denoise_fn: DenoiseFn, x_init) -> int:
   return out.shape[-1]
 
 
-def validate_mask_id(mask_id: int, vocab_size: int) -> None:
-  """``ValueError`` unless ``mask_id >= V``: the model's logits cover the ``V`` real tokens only
-  (``docs/algorithms.md#notation-and-model-protocols``)."""
-  if not isinstance(mask_id, int) or mask_id < vocab_size:
-    raise ValueError(
-        f"mask_id={mask_id!r} lies inside the model's vocabulary [0, {vocab_size}); the MASK id "
-        f"must be an int >= V (usually exactly V={vocab_size})")
+def never_generate_ids(model, mask_id: int) -> tuple[int, ...]:
+  """The ids no sampler may emit: ``mask_id`` and the model adapter's ``exclude_ids`` (an
+  attribute of ``model``, or of its function for a ``jax.tree_util.Partial``), sorted.
+
+  The convention of :mod:`partext_jax.base`: ids ``>= V`` (e.g. ``mask_id = V``) are outside the
+  model's logits and need nothing; ids inside ``[0, V)`` are excluded by :func:`without_ids`.
+  """
+  holder = model.func if isinstance(model, jax.tree_util.Partial) else model
+  extra = getattr(holder, "exclude_ids", ()) or ()
+  return tuple(sorted({int(mask_id), *(int(i) for i in extra)}))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExcludeIds:
+  """Hashable ``(model, *args)``: ``model(*args)`` with the logits of ``ids`` set to ``-inf``
+  (the logits are the output, or its first element when the model returns a tuple, as the
+  cached ``kv_denoise_fn``). ``ids`` must lie in ``[0, V)``."""
+  ids: tuple[int, ...]
+
+  def __call__(self, model, *args):
+    out = model(*args)
+    if isinstance(out, tuple):
+      return (self.exclude(out[0]),) + tuple(out[1:])
+    return self.exclude(out)
+
+  def exclude(self, logits):
+    """``logits [..., V]`` with ``logits[..., ids] = -inf``."""
+    return logits.at[..., jnp.asarray(self.ids, jnp.int32)].set(-jnp.inf)
+
+
+def without_ids(model, ids, vocab_size: int):
+  """``model`` whose logits at the ``ids`` inside ``[0, V)`` are ``-inf`` (``model`` itself when
+  there are none). A ``jax.tree_util.Partial`` model gives a ``Partial`` (its parameters stay
+  traced, :func:`partext_jax.base.model_partial`);
+  ``docs/algorithms.md#real-diffusion-lms-llada-dream``."""
+  inside = tuple(i for i in ids if i < vocab_size)
+  return model_partial(ExcludeIds(inside), model) if inside else model
 
 
 def run_blockwise_loop(step, rng_key, state, *, num_steps: int, mask_id: int, in_window,

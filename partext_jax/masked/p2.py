@@ -267,7 +267,7 @@ def p2(denoise_fn: DenoiseFn, *, mask_id: int, num_steps: int, temperature: floa
 
   Args:
     denoise_fn: ``denoise_fn(tokens int32[B, L], t float32[B]) -> logits float32[B, L, V]``.
-    mask_id: the MASK id, ``>= V``.
+    mask_id: the MASK id: ``>= V``, or inside ``[0, V)`` (never emitted, see base.py).
     num_steps: ``N >= 1``.
     temperature: proposal temperature ``tau >= 0`` (0: argmax proposals, no Gumbel noise).
     eta: multiplier of decoded positions' scores, ``>= 0`` (0 freezes decoded tokens; 1 is

@@ -399,7 +399,7 @@ def remdm(denoise_fn: DenoiseFn, *, mask_id: int, num_steps: int, strategy: str 
 
   Args:
     denoise_fn: ``denoise_fn(tokens int32[B, L], t float32[B]) -> logits float32[B, L, V]``.
-    mask_id: the MASK id, ``>= V``.
+    mask_id: the MASK id: ``>= V``, or inside ``[0, V)`` (never emitted, see base.py).
     num_steps: ``N >= 1`` steps on ``t_i = 1 - (i / N)(1 - t_min)``.
     strategy: ``"cap"``, ``"rescale"``, ``"conf"`` or ``"loop"``.
     eta: remasking strength in ``[0, 1]`` (``cap`` 0.008, ``rescale`` 0.015, ``loop`` 0.02

@@ -233,7 +233,7 @@ def tau_leaping(denoise_fn: DenoiseFn, *, mask_id: int, num_steps: int,
   Args:
     denoise_fn: ``denoise_fn(tokens int32[B, L], t float32[B]) -> logits float32[B, L, V]``
       over the ``V`` real tokens.
-    mask_id: the MASK token id, ``>= V`` (checked against the model on first use).
+    mask_id: the MASK token id: ``>= V``, or inside ``[0, V)`` (never emitted, see base.py).
     num_steps: ``N >= 1`` steps on the grid ``t_i = 1 - (i / N)(1 - t_min)``.
     schedule: the masking schedule ``alpha(t)``.
     method: ``"analytic"`` (exact posterior) or ``"euler"`` (first-order rate).

@@ -96,10 +96,13 @@ class SwiGLU(nn.Module):
     return dense(d, ("mlp", "embed"), "down")(nn.silu(gate) * up)
 
 
-def head_projection(num_heads: int, head_dim: int, head_axis: str, dtype, name: str):
-  """``[.., embed] -> [.., heads, head_dim]`` projection without bias."""
-  return nn.DenseGeneral((num_heads, head_dim), use_bias=False, dtype=dtype, name=name,
-                         kernel_init=logical(default_init, ("embed", head_axis, "head_dim")))
+def head_projection(num_heads: int, head_dim: int, head_axis: str, dtype, name: str, *,
+                    use_bias: bool = False):
+  """``[.., embed] -> [.., heads, head_dim]`` projection (a ``[heads, head_dim]`` bias when
+  ``use_bias``, as Qwen2's q/k/v)."""
+  return nn.DenseGeneral((num_heads, head_dim), use_bias=use_bias, dtype=dtype, name=name,
+                         kernel_init=logical(default_init, ("embed", head_axis, "head_dim")),
+                         bias_init=logical(nn.initializers.zeros, (head_axis, "head_dim")))
 
 
 def output_projection(features: int, dtype, name: str):

@@ -71,7 +71,10 @@ class LlamaConfig:
   """Static hyper-parameters (hashable: usable as a ``static_argnames`` value).
 
   ``dtype`` is the activation / matmul dtype name (``"float32"`` or ``"bfloat16"``);
-  ``attention_impl`` one of :func:`partext_jax.models.attention.available`.
+  ``attention_impl`` one of :func:`partext_jax.models.attention.available`. ``causal=False``
+  makes a call without ``attn_mask`` attend to every position (the bidirectional diffusion LMs
+  LLaDA and Dream, :mod:`partext_jax.pretrained.dllm`); ``qkv_bias`` adds the q/k/v biases of
+  Qwen2 (Dream).
   """
 
   vocab_size: int
@@ -90,6 +93,8 @@ class LlamaConfig:
   pad_id: int | None = None
   dtype: str = "float32"
   attention_impl: str = "xla"
+  causal: bool = True
+  qkv_bias: bool = False
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -102,6 +107,9 @@ class LlamaConfig:
                        f"num_kv_heads={self.num_kv_heads}")
     if self.head_dim % 2:
       raise ValueError(f"head_dim={self.head_dim} must be even (RoPE)")
+    for name in ("causal", "qkv_bias"):
+      if not isinstance(getattr(self, name), bool):
+        raise TypeError(f"LlamaConfig.{name}={getattr(self, name)!r} must be True or False")
     if self.dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"dtype={self.dtype!r} is not one of ('float32', 'bfloat16', 'float16')")
 
@@ -138,7 +146,8 @@ class Attention(nn.Module):
   def __call__(self, x, positions, mask, cache, write_slots):
     c = self.config
     project = lambda heads, axis, name: head_projection(heads, c.head_dim, axis,
-                                                        c.compute_dtype, name)(x)
+                                                        c.compute_dtype, name,
+                                                        use_bias=c.qkv_bias)(x)
     q = apply_rope(project(c.num_heads, "heads", "q"), positions, theta=c.rope_theta)
     k = apply_rope(project(c.num_kv_heads, "kv_heads", "k"), positions, theta=c.rope_theta)
     v = project(c.num_kv_heads, "kv_heads", "v")
@@ -176,7 +185,8 @@ class Llama(nn.Module):
       :class:`~partext_jax.models.attention.CacheBlockMask` (its ``write_slots`` defaults to
       ``write_slots``); ``None`` means causal
       (:func:`~partext_jax.models.attention.causal_cache_mask` with
-      ``q_slot = write_slots[b] + t`` and ``first = 0`` when a cache is given).
+      ``q_slot = write_slots[b] + t`` and ``first = 0`` when a cache is given), or every
+      position (every cache slot) when ``config.causal`` is False.
     cache: a :class:`~partext_jax.models.attention.KVCache` or ``None``.
     write_slots: ``int[B]`` first cache slot of the block (required with a cache).
     logits_at: optional ``int[B, K]`` block indices; logits (and hidden) are computed only there
@@ -204,7 +214,7 @@ class Llama(nn.Module):
       if write_slots is None:
         raise ValueError("write_slots (int[B]) is required when a cache is given")
       write_slots = jnp.broadcast_to(jnp.asarray(write_slots, jnp.int32), (b,))
-      if attn_mask is None:
+      if attn_mask is None and c.causal:
         attn_mask = causal_cache_mask(write_slots[:, None] + jnp.arange(t)[None], 0,
                                       cache.max_len)
       # Expanded once here (not in every layer) when the implementation takes dense masks.
@@ -212,7 +222,7 @@ class Llama(nn.Module):
                                              max_len=cache.max_len, write_slots=write_slots)
     elif isinstance(attn_mask, attention_lib.CacheBlockMask):
       raise ValueError("a CacheBlockMask attn_mask needs a cache (and write_slots)")
-    elif attn_mask is None:
+    elif attn_mask is None and c.causal:
       attn_mask = jnp.tril(jnp.ones((t, t), bool))[None]
     for i in range(c.num_layers):
       x, cache = DecoderLayer(c, name=f"layers_{i}")(x, positions, attn_mask, cache,

@@ -24,13 +24,18 @@ from partext_jax.pretrained.gguf import (SUPPORTED_ARCHITECTURES, GGUFError, deq
                                          read_metadata, smollm2_path, unpermute_qk)
 
 
-def config_from_metadata(meta: dict[str, Any], *, path: str = "<gguf>") -> LlamaConfig:
-  """Builds a :class:`LlamaConfig` from GGUF metadata (raises :class:`GGUFError` on gaps)."""
+def config_from_metadata(meta: dict[str, Any], *, path: str = "<gguf>",
+                         architectures=SUPPORTED_ARCHITECTURES) -> LlamaConfig:
+  """Builds a :class:`LlamaConfig` from GGUF metadata (raises :class:`GGUFError` on gaps).
+
+  ``architectures``: the ``general.architecture`` values accepted (the Llama block stack under
+  other names, e.g. ``("llada", "dream")`` for :mod:`partext_jax.pretrained.dllm`).
+  """
   arch = meta.get("general.architecture")
-  if arch not in SUPPORTED_ARCHITECTURES:
+  if arch not in architectures:
     raise GGUFError(
         f"{path!r} describes architecture {arch!r}; supported architectures: "
-        f"{list(SUPPORTED_ARCHITECTURES)}")
+        f"{list(architectures)}")
 
   def need(key):
     full = f"{arch}.{key}"
