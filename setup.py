@@ -28,7 +28,8 @@ EXTRAS = {
     # Optional reference checks against PyTorch/transformers (never a runtime dependency).
     "reference": ["torch", "transformers>=4.50", "accelerate"],
     "notebook": ["jupyter", "ipykernel", "nbformat", "nbclient"],
-    "benchmark": ["psutil"],
+    # Benchmark peers: llama.cpp (builds from source, ~4 min) for experiments/bench_ar.py.
+    "benchmark": ["psutil", "llama-cpp-python"],
 }
 
 setuptools.setup(
