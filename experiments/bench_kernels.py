@@ -3,11 +3,14 @@ r"""Pallas tree / block attention vs XLA dense-masked attention over the whole c
     python experiments/bench_kernels.py                      # realistic shapes (accelerator)
     python experiments/bench_kernels.py --smoke --out experiments/results/bench_kernels_cpu.md
 
-What is compared. The XLA path is what ``partext_jax.models.llama`` does with a dense mask: the
-block is written into the cache and every query scores all ``max_len`` slots under a
-``bool[B, T, max_len]`` mask (``partext_jax.models.attention.xla_attention``). The kernels read
-only the valid prefix (``tree_attention``: prefix + ancestor mask; ``block_attention``: Fast-dLLM
-dual cache, prefix + block + suffix) and never build the mask.
+What is compared. "XLA dense": the block is written into the cache and every query scores all
+``max_len`` slots under a ``bool[B, T, max_len]`` mask
+(``partext_jax.models.attention.xla_attention``). "XLA chunked" (tree rows): what
+``partext_jax.models.llama`` runs with ``attention_impl="xla"``,
+``partext_jax.models.attention.cache_attention``, an online softmax over the chunks of the cache
+that the mask can see. The kernels read only the valid prefix (``tree_attention``: prefix +
+ancestor mask; ``block_attention``: Fast-dLLM dual cache, prefix + block + suffix) and never
+build the mask. Caches are heads-major ``[B, G, S, D]``.
 
 Metric. Best of ``--reps`` wall times of a jitted call (compilation excluded by a warm-up call).
 Effective bandwidth = the bytes the attention must read at least (valid K/V cache rows, q, the
@@ -16,9 +19,10 @@ so the ratio of bandwidths is the speedup and the kernel's figure can be compare
 device's peak (H100 SXM: ~3.35 TB/s).
 
 Shapes (defaults): SmolLM2-135M attention (9 query heads, 3 KV heads, head_dim 64), batch 1 and
-4, cache ``max_len = 8192``, valid prefix 2048 / 8192 - 256, tree 16 / 64 / 128 nodes, block 32 /
-64 (dual cache: suffix = the rest of a 2048 / 8192 sequence). ``--smoke`` runs tiny shapes in
-Pallas interpret mode (the CPU path): a check that the script runs, not a measurement.
+4, cache ``max_len = 8192``, valid prefix ``--prefixes`` (512, 1024, 2048, 4096), tree 16 / 64
+nodes, block 32 (dual cache: the sequence is twice the prefix, the suffix the rest of it).
+``--smoke`` runs tiny shapes in Pallas interpret mode (the CPU path): a check that the script
+runs, not a measurement.
 """
 
 from absl import app, flags
@@ -37,6 +41,8 @@ _REPS = flags.DEFINE_integer("reps", 10, "Timed repetitions (the best is kept)."
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "K/V/q dtype.")
 _SPLITS = flags.DEFINE_integer("num_splits", 0, "Kernel split-K programs (0 = auto: enough "
                                "programs for ~132 SMs).")
+_PREFIXES = flags.DEFINE_list("prefixes", ["512", "1024", "2048", "4096"],
+                              "Valid cache prefixes to time.")
 _OUT = flags.DEFINE_string("out", None, "Also write the markdown table here.")
 
 
@@ -47,7 +53,7 @@ def _best_time(fn, *args, reps):
 def _inputs(b, t, h, g, d, s, dtype, seed=0):
   rng = np.random.default_rng(seed)
   mk = lambda *shape: jnp.asarray(rng.standard_normal(shape, np.float32), dtype)
-  return mk(b, t, h, d), mk(b, s, g, d), mk(b, s, g, d), mk(b, t, g, d), mk(b, t, g, d)
+  return mk(b, t, h, d), mk(b, g, s, d), mk(b, g, s, d), mk(b, t, g, d), mk(b, t, g, d)
 
 
 def _block_sizes(b, g, rows, max_len):
@@ -64,20 +70,31 @@ def bench_tree(b, h, g, d, max_len, prefix, t, dtype, interpret, reps):
   start, plen = jnp.zeros(b, jnp.int32), jnp.full((b,), prefix, jnp.int32)
   bs = _block_sizes(b, g, t * h // g, max_len)
   kernel = jax.jit(lambda *a: ta.tree_attention(*a, block_sizes=bs, interpret=interpret))
-  # XLA path: the tree written at slots [prefix, prefix + t) of the cache, dense mask.
+  # XLA paths: the tree written at slots [prefix, prefix + t) of the cache, dense mask.
   slots = prefix + jnp.arange(t)
-  kc_full, vc_full = kc.at[:, slots].set(kt), vc.at[:, slots].set(vt)
+  kc_full = kc.at[:, :, slots].set(kt.transpose(0, 2, 1, 3))
+  vc_full = vc.at[:, :, slots].set(vt.transpose(0, 2, 1, 3))
   dense = attention_lib.CacheBlockMask(start, plen, mask, jnp.full((b,), prefix)).to_dense(
       max_len)
   xla = jax.jit(attention_lib.xla_attention)
+
+  @jax.jit
+  def chunked(q, k, v, dense):
+    cache = attention_lib.KVCache(k[None], v[None])
+    return attention_lib.cache_attention(q, cache, 0, dense,
+                                         attention_lib.visible_span(dense, max_len))[0]
+
   out_k = kernel(q, kc, vc, kt, vt, mask, start, plen)
   out_x = xla(q, kc_full, vc_full, dense)
   err = float(jnp.max(jnp.abs(out_k.astype(jnp.float32) - out_x.astype(jnp.float32))))
+  err = max(err, float(jnp.max(jnp.abs(chunked(q, kc_full, vc_full, dense).astype(jnp.float32)
+                                       - out_x.astype(jnp.float32)))))
   t_k = _best_time(kernel, q, kc, vc, kt, vt, mask, start, plen, reps=reps)
   t_x = _best_time(xla, q, kc_full, vc_full, dense, reps=reps)
+  t_c = _best_time(chunked, q, kc_full, vc_full, dense, reps=reps)
   nbytes = (2 * b * (prefix + t) * g * d + 2 * b * t * h * d) * jnp.dtype(dtype).itemsize
   return dict(kernel="tree", shape=f"B={b} T={t} prefix={prefix} S={max_len}", t_k=t_k,
-              t_x=t_x, nbytes=nbytes, err=err)
+              t_x=t_x, t_c=t_c, nbytes=nbytes, err=err)
 
 
 def bench_block(b, h, g, d, max_len, prefix, q_len, seq_len, dtype, interpret, reps):
@@ -86,7 +103,8 @@ def bench_block(b, h, g, d, max_len, prefix, q_len, seq_len, dtype, interpret, r
   bs = _block_sizes(b, g, q_len * h // g, max_len)
   kernel = jax.jit(lambda *a: ba.block_attention(*a, block_sizes=bs, interpret=interpret))
   slots = prefix + jnp.arange(q_len)
-  kc_full, vc_full = kc.at[:, slots].set(kb), vc.at[:, slots].set(vb)
+  kc_full = kc.at[:, :, slots].set(kb.transpose(0, 2, 1, 3))
+  vc_full = vc.at[:, :, slots].set(vb.transpose(0, 2, 1, 3))
   s = jnp.arange(max_len)
   dense = jnp.broadcast_to((s < seq_len)[None, None], (b, q_len, max_len))
   xla = jax.jit(attention_lib.xla_attention)
@@ -99,7 +117,8 @@ def bench_block(b, h, g, d, max_len, prefix, q_len, seq_len, dtype, interpret, r
   t_x = _best_time(xla, q, kc_full, vc_full, dense, reps=reps)
   nbytes = (2 * b * seq_len * g * d + 2 * b * q_len * h * d) * jnp.dtype(dtype).itemsize
   return dict(kernel="block (dual cache)", shape=f"B={b} Q={q_len} seq={seq_len} "
-              f"prefix={prefix} S={max_len}", t_k=t_k, t_x=t_x, nbytes=nbytes, err=err)
+              f"prefix={prefix} S={max_len}", t_k=t_k, t_x=t_x, t_c=None, nbytes=nbytes,
+              err=err)
 
 
 def main(argv):
@@ -115,24 +134,23 @@ def main(argv):
     rows.append(bench_block(1, h, g, d, 256, 64, 16, 200, dtype, interpret, reps))
   else:
     for b in (1, 4):
-      for max_len, prefix in ((8192, 2048), (8192, 8192 - 256)):
-        for t in (16, 64, 128):
-          rows.append(bench_tree(b, h, g, d, max_len, prefix, t, dtype, interpret, reps))
-      for seq_len in (2048, 8192):
-        for q_len in (32, 64):
-          prefix = seq_len // 2
-          rows.append(bench_block(b, h, g, d, 8192, prefix, q_len, seq_len, dtype, interpret,
-                                  reps))
+      for prefix in (int(p) for p in _PREFIXES.value):
+        for t in (16, 64):
+          rows.append(bench_tree(b, h, g, d, 8192, prefix, t, dtype, interpret, reps))
+        rows.append(bench_block(b, h, g, d, 8192, prefix, 32, 2 * prefix, dtype, interpret,
+                                reps))
   header = (f"Command: `python experiments/bench_kernels.py{' --smoke' if smoke else ''} "
-            f"--dtype={dtype.name}`  \nMachine: {common.machine()}; Pallas "
+            f"--dtype={dtype.name} --prefixes={','.join(_PREFIXES.value)}`  \nMachine: "
+            f"{common.machine()}; Pallas "
             f"{'interpret mode' if interpret else 'compiled'}  \nHeads: H={h}, G={g}, D={d}; "
             f"best of {reps}.")
   table = [(r["kernel"], r["shape"], f"{1e3 * r['t_k']:.3f}", f"{1e3 * r['t_x']:.3f}",
+            "" if r["t_c"] is None else f"{1e3 * r['t_c']:.3f}",
             f"{r['t_x'] / r['t_k']:.2f}", f"{r['nbytes'] / r['t_k'] / 1e9:.1f}",
             f"{r['nbytes'] / r['t_x'] / 1e9:.1f}", f"{r['err']:.2e}") for r in rows]
   common.write_report(header + "\n\n" + common.markdown_table(
-      ["kernel", "shape", "Pallas ms", "XLA ms", "speedup", "Pallas GB/s", "XLA GB/s",
-       "max abs diff"], table), _OUT.value)
+      ["kernel", "shape", "Pallas ms", "XLA dense ms", "XLA chunked ms", "speedup vs dense",
+       "Pallas GB/s", "XLA dense GB/s", "max abs diff"], table), _OUT.value)
 
 if __name__ == "__main__":
   app.run(main)

@@ -73,12 +73,15 @@ def make_drafter(name, model, params, exit_layers):
                    "early_exit_eagle")
 
 
-def extra_bytes(name, config, cache_len, exit_layers):
+def extra_bytes(name, config, params, cache_len, exit_layers):
   if name == "prompt_lookup":
     return 0
-  # Early exit shares the target's arrays; its own KV cache has exit_layers layers.
+  # Early exit shares the target's embedding and head; with stacked (scanned) layers its first
+  # exit_layers layers are a slice, i.e. a copy. Its own KV cache has exit_layers layers.
+  layer_bytes = sum(x.nbytes for x in jax.tree.leaves(params["layers"])) / config.num_layers
+  copied = exit_layers * layer_bytes if config.scan_layers else 0
   per_slot = 2 * config.num_kv_heads * config.head_dim * 4
-  return exit_layers * (cache_len + 16) * per_slot
+  return copied + exit_layers * (cache_len + 16) * per_slot
 
 
 def _best(fn, reps):
@@ -113,7 +116,7 @@ def main(argv):
       same = bool(np.array_equal(np.asarray(out), np.asarray(ref)))
       cache_len = len(ids[0]) + n + d.tree_size
       rows.append((pname, dname, float(info.accepted_per_call[0]), n / t_sp, t_ar / t_sp, same,
-                   extra_bytes(dname, model.config, cache_len, _EXIT.value)))
+                   extra_bytes(dname, model.config, params, cache_len, _EXIT.value)))
       print(rows[-1], flush=True)
     print("AR text:", tok.decode(np.asarray(ref[0]).tolist())[:200].replace("\n", " | "))
   lines = [

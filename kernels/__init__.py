@@ -10,6 +10,10 @@ Both stream only the valid cache blocks with an online softmax, merge with the s
 part through an exact log-sum-exp merge, run in interpret mode on CPU (the default there) and
 lower to Triton (GPU) and Mosaic (TPU) (``docs/algorithms.md#attention-kernels``).
 
+Layouts: queries ``[B, T, H, D]``; caches heads-major ``[B, G, S, D]`` (the layout of
+:class:`partext_jax.models.attention.KVCache`, one layer); a block's or tree's own keys and values
+``[B, T, G, D]``.
+
 Import the modules (``from partext_jax.kernels import tree_attention as ta``; then
 ``ta.tree_attention(...)``): the functions are not re-exported here because they share their
 modules' names.

@@ -27,9 +27,11 @@ GPU more programs when ``B * G`` is small; they are merged with the same LSE for
 zero-padded up to a multiple of ``block_q`` (so ``block_q`` never has to divide ``T * R``);
 ``block_k`` must divide the cache length.
 
-Backends. GPU: lowered with Triton (``compiler_params`` chosen from ``jax.default_backend()``);
-the ``[S, D]`` cache row stays in HBM and only visited blocks are loaded. TPU (Mosaic): scalars
-go to SMEM, the cache is passed heads-major (``[B, G, S, D]``, a transpose per call) and the
+Caches are heads-major, ``[B, G, S, D]`` (the layout of
+``partext_jax.models.attention.KVCache``): program ``(b, g, ...)`` reads the contiguous ``[S, D]``
+row of its KV head. Backends. GPU: lowered with Triton (``compiler_params`` chosen from
+``jax.default_backend()``); the ``[S, D]`` cache row stays in HBM and only visited blocks are
+loaded. TPU (Mosaic): scalars go to SMEM and the
 whole ``[S, D]`` row is staged in VMEM once per ``(b, g)``: correct, but its HBM traffic is
 ``O(max_len)`` and ``S * D`` is bounded by VMEM; a TPU-tuned version would keep K/V in HBM
 (``memory_space=pl.ANY``) and DMA only the valid blocks. Both lowerings are checked through
@@ -91,7 +93,7 @@ class BlockSizes:
       block_k = next((c for c in (128, 64, 32, 16, 8) if cache_len % c == 0), cache_len)
     if cache_len % block_k:
       raise ValueError(f"BlockSizes.block_k={block_k} must divide the cache length "
-                       f"{cache_len} (k_cache.shape[1])")
+                       f"{cache_len} (k_cache.shape[2])")
     # The whole-cache fallback need not be a power of two, which __post_init__ (for values
     # users choose) rejects: build the resolved instance without it.
     resolved = object.__new__(BlockSizes)
@@ -110,22 +112,25 @@ def default_interpret() -> bool:
   return jax.default_backend() == "cpu"
 
 
-def check_heads(q, k, v, what: str) -> None:
-  """Shape checks shared by the wrappers (``q [B, T, H, D]``, ``k, v [B, *, G, D]``)."""
+def check_heads(q, k, v, what: str, *, heads_major: bool) -> None:
+  """Shape checks shared by the wrappers: ``q [B, T, H, D]``; ``k, v [B, G, S, D]`` for a cache
+  (``heads_major``), ``[B, T, G, D]`` for a block's own keys."""
   if q.ndim != 4:
     raise ValueError(f"q must be [B, T, H, D], got q.shape={q.shape}")
+  layout = "[B, G, S, D]" if heads_major else "[B, T, G, D]"
   for name, x in ((f"k_{what}", k), (f"v_{what}", v)):
     if x.ndim != 4:
-      raise ValueError(f"{name} must be [B, S, G, D], got {name}.shape={x.shape}")
+      raise ValueError(f"{name} must be {layout}, got {name}.shape={x.shape}")
     if x.shape[0] != q.shape[0] or x.shape[3] != q.shape[3]:
       raise ValueError(f"{name}.shape={x.shape} does not match q.shape={q.shape} in batch "
                        "or head_dim")
   if k.shape != v.shape:
     raise ValueError(f"k_{what}.shape={k.shape} != v_{what}.shape={v.shape}")
-  h, g = q.shape[2], k.shape[2]
+  axis = 1 if heads_major else 2
+  h, g = q.shape[2], k.shape[axis]
   if h % g:
     raise ValueError(f"query heads H={h} (q.shape[2]) must be a multiple of key/value heads "
-                     f"G={g} (k_{what}.shape[2])")
+                     f"G={g} (k_{what}.shape[{axis}])")
 
 
 def check_row_ints(batch: int, **named) -> None:
@@ -239,7 +244,7 @@ def cache_attention_lse(q, k_cache, v_cache, bounds, *, scale: float, block_size
 
   Args:
     q: ``[B, T, H, D]``.
-    k_cache, v_cache: ``[B, S, G, D]``.
+    k_cache, v_cache: ``[B, G, S, D]`` (heads-major).
     bounds: ``int32[B, 2 * n]`` from :func:`ranges_to_bounds` (already clipped to ``[0, S)``).
     scale: softmax scale.
     block_sizes: a resolved :class:`BlockSizes`.
@@ -251,7 +256,7 @@ def cache_attention_lse(q, k_cache, v_cache, bounds, *, scale: float, block_size
     any other partial result) with :func:`merge_partials`.
   """
   b, t, h, d = q.shape
-  s_len, g = k_cache.shape[1], k_cache.shape[2]
+  g, s_len = k_cache.shape[1], k_cache.shape[2]
   r = h // g
   rows = t * r
   bs = block_sizes
@@ -270,22 +275,17 @@ def cache_attention_lse(q, k_cache, v_cache, bounds, *, scale: float, block_size
   o_spec = pl.BlockSpec((None, None, None, bs.block_q, d),
                         lambda bi, gi, qi, si: (si, bi, gi, qi, 0))
   o_shape = jax.ShapeDtypeStruct((bs.num_splits, b, g, rows_p, d), jnp.float32)
+  # The whole [S, D] cache row of KV head g (contiguous, heads-major): the kernel slices it block
+  # by block, so on GPU only the valid blocks are read from HBM.
+  kv_spec = pl.BlockSpec((None, None, s_len, d), lambda bi, gi, qi, si: (bi, gi, 0, 0))
   if tpu:
     # pylint: disable-next=import-outside-toplevel
     from jax.experimental.pallas import tpu as pltpu
-    # Mosaic wants the last two block dims to be full or (8, 128)-aligned: a squeezed G in the
-    # second-minor position is not, so the cache goes heads-major [B, G, S, D] (a transpose of
-    # the cache per call: allocate caches heads-major on TPU to avoid it).
-    k_cache, v_cache = k_cache.transpose(0, 2, 1, 3), v_cache.transpose(0, 2, 1, 3)
-    kv_spec = pl.BlockSpec((None, None, s_len, d), lambda bi, gi, qi, si: (bi, gi, 0, 0))
     bounds_spec = pl.BlockSpec(memory_space=pltpu.SMEM)
     lse_spec = pl.BlockSpec((None, None, None, bs.block_q, 1),
                             lambda bi, gi, qi, si: (si, bi, gi, qi, 0))
     lse_shape = jax.ShapeDtypeStruct((bs.num_splits, b, g, rows_p, 1), jnp.float32)
   else:
-    # The whole cache row of KV head g, [S, D] with stride G * D: the kernel slices it block by
-    # block, so only the valid blocks are read from HBM.
-    kv_spec = pl.BlockSpec((None, s_len, None, d), lambda bi, gi, qi, si: (bi, 0, gi, 0))
     bounds_spec = pl.BlockSpec((None, 2 * num_ranges), lambda bi, gi, qi, si: (bi, 0))
     lse_spec = pl.BlockSpec((None, None, None, bs.block_q), lambda bi, gi, qi, si: (si, bi, gi, qi))
     lse_shape = jax.ShapeDtypeStruct((bs.num_splits, b, g, rows_p), jnp.float32)
@@ -346,6 +346,11 @@ def reference_attention(q, k, v, mask, *, scale: float):
   o, _ = dense_attention_lse(q.astype(jnp.float32), k.astype(jnp.float32),
                              v.astype(jnp.float32), mask, scale=scale)
   return o
+
+
+def positions_major(cache):
+  """A heads-major cache ``[B, G, S, D]`` as float32 ``[B, S, G, D]`` (the references only)."""
+  return cache.astype(jnp.float32).transpose(0, 2, 1, 3)
 
 
 def default_scale(head_dim: int, scale):

@@ -76,11 +76,11 @@ def _ranges(prefix_start, prefix_len, suffix_start, suffix_len):
 
 
 def _check(q, k_cache, v_cache, k_block, v_block, causal_block_size):
-  _common.check_heads(q, k_cache, v_cache, "cache")
-  _common.check_heads(q, k_block, v_block, "block")
-  if k_block.shape[1] != q.shape[1] or k_block.shape[2] != k_cache.shape[2]:
+  _common.check_heads(q, k_cache, v_cache, "cache", heads_major=True)
+  _common.check_heads(q, k_block, v_block, "block", heads_major=False)
+  if k_block.shape[1] != q.shape[1] or k_block.shape[2] != k_cache.shape[1]:
     raise ValueError(f"k_block.shape={k_block.shape} must be [B, Q={q.shape[1]}, "
-                     f"G={k_cache.shape[2]}, D]")
+                     f"G={k_cache.shape[1]}, D]")
   if causal_block_size is not None and (not isinstance(causal_block_size, int)
                                         or causal_block_size <= 0):
     raise ValueError(f"causal_block_size={causal_block_size!r} must be None or a positive int")
@@ -91,15 +91,15 @@ def block_attention_reference(q, k_cache, v_cache, k_block, v_block, prefix_star
                               scale=None):
   """Dense f32 oracle of :func:`block_attention` (builds the ``[B, Q, S + Q]`` mask)."""
   b, ql = q.shape[:2]
-  s_len = k_cache.shape[1]
+  s_len = k_cache.shape[2]
   scale = _common.default_scale(q.shape[-1], scale)
   bounds = _common.ranges_to_bounds(_ranges(prefix_start, prefix_len, suffix_start, suffix_len),
                                     s_len, b)
   cache = jnp.broadcast_to(_common.ranges_mask(bounds, s_len)[:, None, :], (b, ql, s_len))
   block = jnp.broadcast_to(block_causal_mask(ql, causal_block_size), (b, ql, ql))
   mask = jnp.concatenate([cache, block], axis=2)
-  k = jnp.concatenate([k_cache.astype(jnp.float32), k_block.astype(jnp.float32)], axis=1)
-  v = jnp.concatenate([v_cache.astype(jnp.float32), v_block.astype(jnp.float32)], axis=1)
+  k = jnp.concatenate([_common.positions_major(k_cache), k_block.astype(jnp.float32)], axis=1)
+  v = jnp.concatenate([_common.positions_major(v_cache), v_block.astype(jnp.float32)], axis=1)
   return _common.reference_attention(q, k, v, mask, scale=scale)
 
 
@@ -141,7 +141,7 @@ def _block_attention_jit(q, k_cache, v_cache, k_block, v_block, prefix_start, pr
                          suffix_start, suffix_len, *, causal_block_size, scale, block_sizes,
                          interpret):
   bounds = _common.ranges_to_bounds(_ranges(prefix_start, prefix_len, suffix_start, suffix_len),
-                                    k_cache.shape[1], q.shape[0])
+                                    k_cache.shape[2], q.shape[0])
   return _differentiable(scale, causal_block_size, block_sizes, interpret)(
       q, k_cache, v_cache, k_block, v_block, bounds)
 
@@ -154,7 +154,7 @@ def block_attention(q, k_cache, v_cache, k_block, v_block, prefix_start, prefix_
 
   Args:
     q: ``[B, Q, H, D]`` the block's queries.
-    k_cache, v_cache: ``[B, S, G, D]`` cache (``H % G == 0``; ``S`` a multiple of
+    k_cache, v_cache: ``[B, G, S, D]`` cache, heads-major (``H % G == 0``; ``S`` a multiple of
       ``block_sizes.block_k``).
     k_block, v_block: ``[B, Q, G, D]`` the block's own keys / values (this step's).
     prefix_start, prefix_len: ``int[B]`` or scalars: cache slots
@@ -176,7 +176,7 @@ def block_attention(q, k_cache, v_cache, k_block, v_block, prefix_start, prefix_
   _common.check_row_ints(q.shape[0], prefix_start=prefix_start, prefix_len=prefix_len,
                          suffix_start=suffix_start, suffix_len=suffix_len)
   b, ql, h, d = q.shape
-  bs = (block_sizes or BlockSizes()).resolve(ql * h // k_cache.shape[2], k_cache.shape[1])
+  bs = (block_sizes or BlockSizes()).resolve(ql * h // k_cache.shape[1], k_cache.shape[2])
   interpret = _common.default_interpret() if interpret is None else bool(interpret)
   return _block_attention_jit(q, k_cache, v_cache, k_block, v_block, prefix_start, prefix_len,
                               suffix_start, suffix_len, causal_block_size=causal_block_size,

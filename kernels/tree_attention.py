@@ -53,11 +53,11 @@ __all__ = ["BlockSizes", "tree_attention", "tree_attention_reference"]
 
 
 def _check(q, k_cache, v_cache, k_tree, v_tree, tree_mask):
-  _common.check_heads(q, k_cache, v_cache, "cache")
-  _common.check_heads(q, k_tree, v_tree, "tree")
+  _common.check_heads(q, k_cache, v_cache, "cache", heads_major=True)
+  _common.check_heads(q, k_tree, v_tree, "tree", heads_major=False)
   b, t = q.shape[:2]
-  if k_tree.shape[1] != t or k_cache.shape[2] != k_tree.shape[2]:
-    raise ValueError(f"k_tree.shape={k_tree.shape} must be [B, T={t}, G={k_cache.shape[2]}, D]")
+  if k_tree.shape[1] != t or k_cache.shape[1] != k_tree.shape[2]:
+    raise ValueError(f"k_tree.shape={k_tree.shape} must be [B, T={t}, G={k_cache.shape[1]}, D]")
   if tree_mask.shape != (b, t, t) or tree_mask.dtype != jnp.bool_:
     raise ValueError(f"tree_mask must be bool[B, T, T] = bool[{b}, {t}, {t}], got "
                      f"{tree_mask.dtype}{list(tree_mask.shape)}")
@@ -67,13 +67,13 @@ def tree_attention_reference(q, k_cache, v_cache, k_tree, v_tree, tree_mask, sta
                              *, scale=None):
   """Dense f32 oracle of :func:`tree_attention` (builds the ``[B, T, S + T]`` mask)."""
   b, t = q.shape[:2]
-  s_len = k_cache.shape[1]
+  s_len = k_cache.shape[2]
   scale = _common.default_scale(q.shape[-1], scale)
   bounds = _common.ranges_to_bounds([(start, prefix_len)], s_len, b)
   prefix = jnp.broadcast_to(_common.ranges_mask(bounds, s_len)[:, None, :], (b, t, s_len))
   mask = jnp.concatenate([prefix, tree_mask], axis=2)
-  k = jnp.concatenate([k_cache.astype(jnp.float32), k_tree.astype(jnp.float32)], axis=1)
-  v = jnp.concatenate([v_cache.astype(jnp.float32), v_tree.astype(jnp.float32)], axis=1)
+  k = jnp.concatenate([_common.positions_major(k_cache), k_tree.astype(jnp.float32)], axis=1)
+  v = jnp.concatenate([_common.positions_major(v_cache), v_tree.astype(jnp.float32)], axis=1)
   return _common.reference_attention(q, k, v, mask, scale=scale)
 
 
@@ -115,7 +115,7 @@ def _differentiable(scale: float, block_sizes: BlockSizes, interpret: bool):
 @functools.partial(jax.jit, static_argnames=("scale", "block_sizes", "interpret"))
 def _tree_attention_jit(q, k_cache, v_cache, k_tree, v_tree, tree_mask, start, prefix_len, *,
                         scale, block_sizes, interpret):
-  bounds = _common.ranges_to_bounds([(start, prefix_len)], k_cache.shape[1], q.shape[0])
+  bounds = _common.ranges_to_bounds([(start, prefix_len)], k_cache.shape[2], q.shape[0])
   return _differentiable(scale, block_sizes, interpret)(q, k_cache, v_cache, k_tree, v_tree,
                                                         tree_mask, bounds)
 
@@ -127,7 +127,7 @@ def tree_attention(q, k_cache, v_cache, k_tree, v_tree, tree_mask, start, prefix
 
   Args:
     q: ``[B, T, H, D]`` queries of the tree nodes.
-    k_cache, v_cache: ``[B, S, G, D]`` KV cache (``H % G == 0``; ``S`` a multiple of
+    k_cache, v_cache: ``[B, G, S, D]`` KV cache, heads-major (``H % G == 0``; ``S`` a multiple of
       ``block_sizes.block_k``).
     k_tree, v_tree: ``[B, T, G, D]`` the nodes' own keys / values.
     tree_mask: ``bool[B, T, T]``, ``tree_mask[b, i, j]`` = node ``i`` may attend to node ``j``
@@ -148,7 +148,7 @@ def tree_attention(q, k_cache, v_cache, k_tree, v_tree, tree_mask, start, prefix
   _check(q, k_cache, v_cache, k_tree, v_tree, tree_mask)
   _common.check_row_ints(q.shape[0], start=start, prefix_len=prefix_len)
   b, t, h, d = q.shape
-  bs = (block_sizes or BlockSizes()).resolve(t * h // k_cache.shape[2], k_cache.shape[1])
+  bs = (block_sizes or BlockSizes()).resolve(t * h // k_cache.shape[1], k_cache.shape[2])
   interpret = _common.default_interpret() if interpret is None else bool(interpret)
   return _tree_attention_jit(q, k_cache, v_cache, k_tree, v_tree, tree_mask, start, prefix_len,
                              scale=_common.default_scale(d, scale), block_sizes=bs,

@@ -236,8 +236,7 @@ def run_meshes() -> dict:
     state, losses = _train(mesh)
     out["train_max_param_diff"] = _max_diff(state.params, ref_state.params)
     out["train_max_loss_diff"] = max(abs(a - b) for a, b in zip(losses, ref_losses))
-    out["param_spec_example"] = str(state.params["block_0"]["mlp"]["gate"]["kernel"].sharding.spec
-                                    if "block_0" in state.params else "")
+    out["param_spec_example"] = str(state.params["blocks"]["mlp"]["gate"]["kernel"].sharding.spec)
     per_dev = parallel.bytes_per_device(state.params)
     out["param_bytes_total"] = int(
         sum(x.nbytes for x in jax.tree_util.tree_leaves(ref_state.params)))

@@ -63,7 +63,7 @@ def test_cached_call_equals_full_pass_with_fresh_context(mode):
   full = jax.jit(fn)(x, t)
   logits, kv = jax.jit(kv_fn)(x, t, pos, None)
   np.testing.assert_array_equal(logits, full)              # the plain path is unchanged
-  assert kv.k.shape == (cfg.num_layers, 2, L, cfg.num_heads, cfg.head_dim)
+  assert kv.k.shape == (cfg.num_layers, 2, cfg.num_heads, L, cfg.head_dim)  # KVCache layout
   (_, ranges), (q0, q1) = _context(kv, 4, 8, mode)
   out, _ = jax.jit(lambda q, p, c: kv_fn(q, t, p, (c, ranges)))(x[:, q0:q1], pos[:, q0:q1], kv)
   np.testing.assert_allclose(out, full[:, q0:q1], atol=1e-5, rtol=1e-5)

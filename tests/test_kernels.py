@@ -49,7 +49,8 @@ def _parents(kind, t, seed=0):
 
 
 def _tree_inputs(b, t, h, g, d, s, dtype, seed=0):
-  shapes = [(b, t, h, d), (b, s, g, d), (b, s, g, d), (b, t, g, d), (b, t, g, d)]
+  """``q [B, T, H, D]``, heads-major caches ``[B, G, S, D]``, block keys/values ``[B, T, G, D]``."""
+  shapes = [(b, t, h, d), (b, g, s, d), (b, g, s, d), (b, t, g, d), (b, t, g, d)]
   return tuple(_rand((seed, i), sh, dtype) for i, sh in enumerate(shapes))
 
 
@@ -137,7 +138,7 @@ class TestTreeAttention:
     q, kc, vc, kt, vt = _tree_inputs(1, 4, 2, 2, 16, 64, jnp.float32)
     mask = trees.ancestor_mask(_parents("chain", 4))[None]
     with pytest.raises(ValueError, match="block_k=64 must divide the cache length 96"):
-      ta.tree_attention(q, jnp.zeros((1, 96, 2, 16)), jnp.zeros((1, 96, 2, 16)), kt, vt, mask, 0,
+      ta.tree_attention(q, jnp.zeros((1, 2, 96, 16)), jnp.zeros((1, 2, 96, 16)), kt, vt, mask, 0,
                         3, block_sizes=ta.BlockSizes(block_k=64))
     with pytest.raises(ValueError, match="power of two >= 8"):
       ta.BlockSizes(block_q=12)
@@ -195,10 +196,10 @@ class TestBlockAttention:
     ql, h, g, d, s = 8, 2, 2, 16, 64
     q, kc, vc, _, _ = _tree_inputs(3, ql, h, g, d, s, jnp.float32, seed=5)
     s0, length = 24, 56                                  # block at [24, 32) of a 56-token sequence
-    kb, vb = kc[:, s0:s0 + ql], vc[:, s0:s0 + ql]
+    kb, vb = (x[:, :, s0:s0 + ql].transpose(0, 2, 1, 3) for x in (kc, vc))  # [B, Q, G, D]
     out = ba.block_attention(q, kc, vc, kb, vb, 0, s0, s0 + ql, length - s0 - ql,
                              interpret=self.INTERPRET)
-    full = attention_lib.xla_attention(q, kc[:, :length], vc[:, :length], None)
+    full = attention_lib.xla_attention(q, kc[:, :, :length], vc[:, :, :length], None)
     np.testing.assert_allclose(out, full, atol=TOL[jnp.float32], rtol=0)
 
   def test_grad_matches_reference(self):
@@ -227,8 +228,8 @@ class TestBlockAttention:
 class TestLowering:
   """Without an accelerator: the cache kernel lowers for GPU (Pallas -> Triton) and TPU (Pallas
   -> Mosaic) through ``jax.export`` (cross-platform lowering; compiling the emitted Triton /
-  Mosaic IR to machine code is not checked here), and the TPU operand layout (heads-major cache,
-  bounds in SMEM, ``[rows, 1]`` LSE) computes the same numbers in interpret mode."""
+  Mosaic IR to machine code is not checked here), and the TPU operand layout (bounds in SMEM,
+  ``[rows, 1]`` LSE) computes the same numbers in interpret mode."""
 
   SHAPES = dict(b=2, t=16, h=9, g=3, d=64, s=1024)
   BLOCKS = _common.BlockSizes(block_q=16, block_k=128, num_splits=2)
@@ -236,7 +237,7 @@ class TestLowering:
   def _export(self, platform):
     sh = self.SHAPES
     q = jax.ShapeDtypeStruct((sh["b"], sh["t"], sh["h"], sh["d"]), jnp.bfloat16)
-    kv = jax.ShapeDtypeStruct((sh["b"], sh["s"], sh["g"], sh["d"]), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((sh["b"], sh["g"], sh["s"], sh["d"]), jnp.bfloat16)
     bounds = jax.ShapeDtypeStruct((sh["b"], 4), jnp.int32)
     fn = jax.jit(lambda *a: _common.cache_attention_lse(
         *a, scale=0.125, block_sizes=self.BLOCKS, interpret=False, backend=platform))
@@ -268,7 +269,8 @@ class TestLowering:
                   static_argnames="backend")
     o, lse = run(q, kc, vc, bounds, backend="tpu")  # the GPU layout is what the other tests run
     ref = jax.jit(lambda q, k, v, m: _common.dense_attention_lse(q, k, v, m, scale=0.25))(
-        q, kc, vc, _common.ranges_mask(bounds, 64)[:, None])
+        q, _common.positions_major(kc), _common.positions_major(vc),
+        _common.ranges_mask(bounds, 64)[:, None])
     np.testing.assert_allclose(o, ref[0], atol=1e-5)
     np.testing.assert_allclose(lse, ref[1], atol=1e-5)
 

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from partext_jax.models import attention, llama
 from partext_jax import pretrained
+from partext_jax.models import attention, llama
 
 # Jitted forward: tiny-model calls compile in well under a second instead of dispatching op by op.
 _fwd = jax.jit(llama.forward, static_argnames=("config", "return_hidden"))
@@ -57,9 +57,10 @@ def test_cached_decoding_equals_full_forward(tiny):
   for i in range(prefix, t):
     logits, cache, _ = step(params, tokens[:, i:i + 1], i, cache)
     np.testing.assert_allclose(logits[:, 0], full[:, i], atol=1e-5, rtol=1e-5)
-  assert cache.k.shape == (config.num_layers, b, max_len, config.num_kv_heads, config.head_dim)
+  assert cache.k.shape == (config.num_layers, b, config.num_kv_heads, max_len, config.head_dim)
   # Slots after the last write stay zero: the cache holds exactly what was written.
-  assert not np.any(np.asarray(cache.k[:, :, t:]))
+  assert not np.any(np.asarray(cache.k[:, :, :, t:]))
+  assert np.all(np.any(np.asarray(cache.k[:, :, :, :t]) != 0, axis=-1))
 
 
 def test_block_with_causal_mask_equals_full_forward(tiny):
@@ -112,12 +113,84 @@ def test_logits_at_and_hidden(tiny):
   np.testing.assert_allclose(hidden @ params["lm_head"]["kernel"], full, atol=1e-5, rtol=1e-5)
 
 
+def test_scanned_layers_equal_unrolled_layers():
+  """The ``nn.scan`` layer stack (stacked parameters) gives the logits (<= 1e-6) and the cache of
+  the unrolled layers (``scan_layers=False``, per-layer parameters from ``unstack_layers``), for
+  a prefill and decode steps over a cache of several attention chunks, including a last chunk
+  that overlaps the one before (``cache_attention`` with 600 slots, chunks of 256)."""
+  config = llama.LlamaConfig.tiny(num_layers=3, context_length=1024)
+  params = jax.jit(llama.init_params, static_argnames="config")(jax.random.key(7), config=config)
+  unrolled, params_u = config.replace(scan_layers=False), llama.unstack_layers(params)
+  assert params_u["layers"]["2"]["attn"]["q"]["kernel"].shape == (32, 4, 8)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), params,
+                                   llama.stack_layers(params_u)))
+  b, p, max_len = 2, 5, 600
+  tokens = jax.random.randint(jax.random.key(8), (b, p), 0, config.vocab_size)
+  first = jnp.array([0, 2])
+  slots = jnp.broadcast_to(jnp.arange(p), (b, p))
+  pos = jnp.maximum(slots - first[:, None], 0)
+  caches = [llama.init_cache(config, b, max_len)] * 2
+  calls = [(tokens, pos, attention.causal_cache_mask(slots, first, max_len), jnp.zeros(b, int))]
+  for s in (5, 200, 299, 599):      # decode steps whose visible spans need 1 .. 3 chunks
+    q = jnp.full((b, 1), s)
+    calls.append((tokens[:, :1], q - first[:, None], attention.causal_cache_mask(q, first, max_len),
+                  jnp.full((b,), s)))
+  for tok, position, mask, write in calls:
+    out = _fwd(params, tok, position, mask, caches[0], write, config=config)
+    want = _fwd(params_u, tok, position, mask, caches[1], write, config=unrolled)
+    np.testing.assert_allclose(out.logits, want.logits, atol=1e-6, rtol=1e-6)
+    np.testing.assert_allclose(out.cache.k, want.cache.k, atol=1e-6)
+    np.testing.assert_allclose(out.cache.v, want.cache.v, atol=1e-6)
+    caches = [out.cache, want.cache]
+
+
+def test_scanned_and_unrolled_give_identical_greedy_tokens():
+  from partext_jax.ar import sampling as ar
+  config = llama.LlamaConfig.tiny(num_layers=3, vocab_size=257)
+  params = jax.jit(llama.init_params, static_argnames="config")(jax.random.key(9), config=config)
+  prompts = [[5, 9, 200, 31], [7, 8]]
+  got = [np.asarray(ar.generate(jax.random.key(0), llama.LlamaLM(c), p, prompts,
+                                max_new_tokens=24, eos_id=None)[0])
+         for c, p in ((config, params),
+                      (config.replace(scan_layers=False), llama.unstack_layers(params)))]
+  np.testing.assert_array_equal(got[0], got[1])
+  assert len(set(got[0][0].tolist())) > 1        # not a degenerate constant continuation
+
+
+def test_cache_attention_equals_dense_attention():
+  """The chunked online softmax over the visible span == softmax over every slot of the layer
+  (random mask with holes, a row that sees nothing, spans crossing chunk borders)."""
+  rng = np.random.default_rng(0)
+  b, t, h, g, d, s_len = 3, 4, 6, 2, 8, 40
+  q = jnp.asarray(rng.standard_normal((b, t, h, d)), jnp.float32)
+  k, v = (jnp.asarray(rng.standard_normal((2, b, g, s_len, d)), jnp.float32) for _ in range(2))
+  cache = attention.KVCache(k, v)
+  mask = rng.random((b, t, s_len)) < 0.3
+  mask[:, :, :7] = False
+  mask[:, :, 33:] = False
+  mask[1, 2] = False                                   # sees nothing: zeros
+  mask = jnp.asarray(mask)
+  span = attention.visible_span(mask, s_len)
+  assert (int(span[0]), int(span[1])) == (int(np.argmax(mask.any((0, 1)))),
+                                          s_len - int(np.argmax(mask.any((0, 1))[::-1])))
+  for chunk in (8, 16, 40):                            # 16: the last chunk overlaps
+    got, same = jax.jit(lambda q, c, m, sp, chunk=chunk: attention.cache_attention(
+        q, c, 1, m, sp, chunk=chunk))(q, cache, mask, span)
+    np.testing.assert_array_equal(same.k, k)
+    want = attention.xla_attention(q, k[1], v[1], mask)
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-6)
+    np.testing.assert_array_equal(got[1, 2], 0.0)
+
+
 def test_logical_axes_and_tied_embeddings():
   config = llama.LlamaConfig.tiny(tie_embeddings=True)
   axes = llama.param_logical_axes(config)
   assert tuple(axes["embed"]["embedding"]) == ("vocab", "embed")
-  assert tuple(axes["layers_0"]["attn"]["k"]["kernel"]) == ("embed", "kv_heads", "head_dim")
-  assert tuple(axes["layers_0"]["mlp"]["down"]["kernel"]) == ("mlp", "embed")
+  # Scanned layers: one stacked tree with a leading "layers" axis.
+  assert tuple(axes["layers"]["attn"]["k"]["kernel"]) == ("layers", "embed", "kv_heads",
+                                                          "head_dim")
+  assert tuple(axes["layers"]["mlp"]["down"]["kernel"]) == ("layers", "mlp", "embed")
+  assert tuple(axes["layers"]["attn_norm"]["scale"]) == ("layers", "embed")
   assert "lm_head" not in axes
   params = llama.init_params(jax.random.key(0), config)
   tokens = jnp.array([[3, 4, 5]])

@@ -76,12 +76,12 @@ def test_denoiser_specs_follow_the_rules():
                                 num_heads=4, mlp_dim=64)
   params = jax.eval_shape(lambda: denoiser.init_params(jax.random.key(0), cfg))
   specs = parallel.param_specs(denoiser.param_logical_axes(cfg), params, _mesh(2, 2, 2))
-  block = specs["block_0"]
-  assert block["attn"]["q"]["kernel"] == P("fsdp", "tensor", None)   # embed, heads, head_dim
-  assert block["attn"]["o"]["kernel"] == P("tensor", None, "fsdp")   # heads, head_dim, embed
-  assert block["mlp"]["gate"]["kernel"] == P("fsdp", "tensor")       # embed, mlp
-  assert block["mlp"]["down"]["kernel"] == P("tensor", "fsdp")       # mlp, embed
-  assert block["attn_norm"]["norm"]["scale"] == P("fsdp")            # embed
+  block = specs["blocks"]                        # stacked blocks: the leading layer axis replicated
+  assert block["attn"]["q"]["kernel"] == P(None, "fsdp", "tensor", None)  # embed, heads, head_dim
+  assert block["attn"]["o"]["kernel"] == P(None, "tensor", None, "fsdp")  # heads, head_dim, embed
+  assert block["mlp"]["gate"]["kernel"] == P(None, "fsdp", "tensor")      # embed, mlp
+  assert block["mlp"]["down"]["kernel"] == P(None, "tensor", "fsdp")      # mlp, embed
+  assert block["attn_norm"]["norm"]["scale"] == P(None, "fsdp")           # embed
   assert specs["embed"]["embedding"] == P("tensor", "fsdp")          # 32 = V + 1 rows
   assert specs["head"]["kernel"] == P("fsdp", None)                  # V = 31: replicated
   # Size-1 axes shard nothing and are dropped.
@@ -94,10 +94,10 @@ def test_llama_specs_replicate_indivisible_kv_heads():
   config = llama.LlamaConfig.tiny()  # 4 heads, 2 KV heads, hidden 32.
   params = jax.eval_shape(lambda: llama.init_params(jax.random.key(0), config))
   specs = parallel.param_specs(llama.param_logical_axes(config), params, _mesh(1, 2, 4))
-  attn = specs["layers_0"]["attn"]
-  assert attn["q"]["kernel"] == P("fsdp", "tensor", None)  # 4 heads on tensor=4
-  assert attn["k"]["kernel"] == P("fsdp", None, None)      # 2 KV heads: replicated
-  assert specs["layers_0"]["mlp"]["down"]["kernel"] == P("tensor", "fsdp")
+  attn = specs["layers"]["attn"]                            # stacked: the layer axis replicated
+  assert attn["q"]["kernel"] == P(None, "fsdp", "tensor", None)  # 4 heads on tensor=4
+  assert attn["k"]["kernel"] == P(None, "fsdp", None, None)      # 2 KV heads: replicated
+  assert specs["layers"]["mlp"]["down"]["kernel"] == P(None, "tensor", "fsdp")
 
 
 def test_batch_and_rule_errors_are_clear():
@@ -150,7 +150,7 @@ def test_eight_devices_match_one_device(tmp_path):
                                    "P(('data', 'fsdp'), None)"), m["token_sharding"]
     # KV cache: rows with the batch axes, KV heads with tensor when it divides the 2 heads.
     assert m["cache_spec"].replace(", None)", ")").replace(", None)", ")") == {
-        "1x8": "P(None, 'fsdp', None, 'tensor')", "2x4": "P(None, 'data')",
+        "1x8": "P(None, 'fsdp', 'tensor')", "2x4": "P(None, 'data')",
         "8x1": "P(None, 'data')"}[label].replace(", None)", ")"), (label, m["cache_spec"])
     # Memory: every device holds exactly the ideal share (size / shards of each leaf).
     assert m["param_bytes_per_device"] == [m["param_bytes_expected"]], label

@@ -70,8 +70,8 @@ def test_compacted_cache_equals_ar_cache(tiny_params):
     c0 = jax.jit(lambda x, n=n: TINY(tiny_params, x, jnp.arange(n)[None], None,
                                      TINY.init_cache(1, n), jnp.zeros(1, int))[1])(full[:, :n])
     first = p - len(pr)
-    np.testing.assert_allclose(cache.k[:, b, first:first + n], c0.k[:, 0], atol=1e-5)
-    np.testing.assert_allclose(cache.v[:, b, first:first + n], c0.v[:, 0], atol=1e-5)
+    np.testing.assert_allclose(cache.k[:, b, :, first:first + n], c0.k[:, 0], atol=1e-5)
+    np.testing.assert_allclose(cache.v[:, b, :, first:first + n], c0.v[:, 0], atol=1e-5)
 
 
 def test_one_compile_per_bucket(tiny_params):

@@ -52,7 +52,9 @@ The model is injected, never imported: ``kv_denoise_fn(tokens int32[B, T], t flo
 positions int32[B, T], context) -> (logits float32[B, T, V], kv)`` where ``context`` is ``None``
 (a plain pass over the ``T`` positions) or ``(kv, ranges)``: a stored ``kv`` of a full pass and
 the static ``ranges = ((start, stop), ...)`` of its rows the queries attend to (prefix; and
-suffix for the dual cache); ``kv`` leaves are ``[layers, B, L, ...]`` (positions on axis 2).
+suffix for the dual cache); ``kv`` leaves are ``[layers, B, ..., L, D]`` (positions on the
+second-to-last axis, as in :class:`~partext_jax.models.attention.KVCache`
+``[layers, B, heads, L, head_dim]``).
 :func:`partext_jax.models.denoiser.make_cached_denoise_fn` builds one for the project's
 denoiser.
 
@@ -264,9 +266,10 @@ def make_cached_sampler(kv_denoise_fn, config: DecodeConfig, *, cache: str) -> M
     del vocab_size
     config.layout(l)
     for leaf in jax.tree.leaves(_kv_shape(kv_denoise_fn, b, l)):
-      if leaf.ndim < 3 or leaf.shape[1:3] != (b, l):
-        raise ValueError(f"kv_denoise_fn's kv leaves must be [layers, B={b}, T={l}, ...] "
-                         f"(positions on axis 2); got a leaf of shape {leaf.shape}")
+      if leaf.ndim < 4 or leaf.shape[1] != b or leaf.shape[-2] != l:
+        raise ValueError(f"kv_denoise_fn's kv leaves must be [layers, B={b}, ..., T={l}, D] "
+                         f"(positions on the second-to-last axis, the KVCache layout); got a "
+                         f"leaf of shape {leaf.shape}")
 
   @functools.lru_cache(maxsize=None)
   def jitted_kernel(model, vocab_size):

@@ -5,11 +5,18 @@ Both models call :func:`attention`; ``impl`` selects the implementation: ``"xla"
 the reference every kernel is tested against) or ``"pallas"`` (the kernels of
 ``partext_jax.kernels``; imported on first use).
 
-KV cache. :class:`KVCache` ``(k, v)``, each ``[layers, B, S, kv_heads, head_dim]``, is the one
-cache type: the causal LM writes a block's rotary-embedded K/V into it at chosen slots
-(:meth:`KVCache.write`), speculative decoding moves accepted rows (:meth:`KVCache.compact`), the
-denoiser returns the K/V of the rows it ran, and :class:`partext_jax.parallel.MeshLM` pins it to a
-mesh. Which slots are valid is not stored: the attention mask says it.
+KV cache. :class:`KVCache` ``(k, v)``, each ``[layers, B, kv_heads, S, head_dim]``
+(heads-major), is the one cache type: the causal LM writes a block's rotary-embedded K/V into it
+at chosen slots (:meth:`KVCache.write`), speculative decoding moves accepted rows
+(:meth:`KVCache.compact`), the denoiser returns the K/V of the rows it ran, and
+:class:`partext_jax.parallel.MeshLM` pins it to a mesh. Which slots are valid is not stored: the
+attention mask says it. Layers run under a scan over the stacked layer axis, so a layer's K/V
+are read with dynamic slices; :func:`cache_attention` reads only the chunks of slots that cover
+what the mask lets any query see (:func:`visible_span`), chunk by chunk with an online softmax:
+the cost of a decode step follows the valid length, not the allocated ``S``, and the
+heads-major layout is what the attention contractions take (``[S, D]`` rows per KV head), so no
+transposed copy of the cache is made
+(``docs/algorithms.md#autoregressive-sampling-and-logits-processors``).
 
 Masks. ``mask`` is either a dense boolean array broadcastable to ``[B, Tq, Tk]`` or a
 :class:`CacheBlockMask`, the structured mask of a block of ``T`` queries whose K/V were just
@@ -23,7 +30,8 @@ none) falls back to ``"xla"``: dense masks carry no structure to exploit. The us
 causal over a left-padded cache, is :func:`causal_cache_mask`
 (``docs/algorithms.md#autoregressive-sampling-and-logits-processors``).
 
-Math (per batch row ``b``, query head ``h`` with KV head ``g = h // (H / G)``)::
+Layouts: queries ``[B, T, H, D]``; keys and values ``[B, G, S, D]`` (heads-major, as stored in
+the cache). Math (per batch row ``b``, query head ``h`` with KV head ``g = h // (H / G)``)::
 
     out[b, q, h] = sum_k softmax_k(q.k / sqrt(D) + bias[b, q, k]) v[b, k, g]
 
@@ -45,51 +53,57 @@ _STRUCTURED: set[str] = set()
 
 
 class KVCache(NamedTuple):
-  """Keys and values of every layer, ``k, v: [layers, B, max_len, kv_heads, head_dim]``.
+  """Keys and values of every layer, ``k, v: [layers, B, kv_heads, max_len, head_dim]``.
 
-  Holds nothing else (see the module docstring): the attention mask says which slots are valid
-  and where each row's sequence starts.
+  Heads-major: the ``[max_len, head_dim]`` rows of one (layer, row, KV head) are contiguous, so
+  an attention over a chunk of a layer's slots reads them as they lie (no transposed copy; see
+  the module docstring). Holds nothing else: the attention mask says which slots are valid and
+  where each row's sequence starts.
   """
 
   k: jax.Array
   v: jax.Array
 
+  # Logical axis names of ``k`` and ``v`` (``partext_jax.parallel`` places caches by them).
+  LOGICAL_AXES = ("layers", "batch", "kv_heads", "length", "head_dim")
+
   @classmethod
   def zeros(cls, num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int,
             dtype) -> "KVCache":
-    shape = (num_layers, batch, max_len, num_kv_heads, head_dim)
+    shape = (num_layers, batch, num_kv_heads, max_len, head_dim)
     return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
   @property
   def max_len(self) -> int:
-    return self.k.shape[2]
+    return self.k.shape[3]
 
   @property
   def nbytes(self) -> int:
     return self.k.size * self.k.dtype.itemsize + self.v.size * self.v.dtype.itemsize
 
-  def write(self, layer: int, write_slots, k, v) -> tuple["KVCache", jax.Array, jax.Array]:
+  def write(self, layer, write_slots, k, v) -> "KVCache":
     """Stores a block's ``k, v [B, T, kv_heads, head_dim]`` at slots ``write_slots[b] + t`` of
-    ``layer`` (slots ``>= max_len`` are dropped).
+    ``layer`` (an int or a traced index, e.g. inside a scan over layers; slots ``>= max_len``
+    are dropped).
 
-    Returns ``(cache, keys, values)`` with ``keys, values [B, max_len, kv_heads, head_dim]``
-    the layer after the write. Only the ``B * T`` new rows are scattered: inside a jit with the
-    cache carried or donated this is an in-place update, never a copy of the whole cache.
+    Only the ``B * T`` new rows are scattered: inside a jit with the cache carried or donated
+    this is an in-place update, never a copy of the whole cache.
     """
     b, t = k.shape[:2]
     rows = jnp.arange(b)[:, None]
     slots = jnp.asarray(write_slots, jnp.int32)[:, None] + jnp.arange(t)[None, :]
-    ck = self.k.at[layer, rows, slots].set(k.astype(self.k.dtype), mode="drop")
-    cv = self.v.at[layer, rows, slots].set(v.astype(self.v.dtype), mode="drop")
-    return KVCache(ck, cv), ck[layer], cv[layer]
+    # Advanced indices (rows, slots) around a slice: the update is indexed [B, T, kv_heads, D].
+    ck = self.k.at[layer, rows, :, slots].set(k.astype(self.k.dtype), mode="drop")
+    cv = self.v.at[layer, rows, :, slots].set(v.astype(self.v.dtype), mode="drop")
+    return KVCache(ck, cv)
 
   def compact(self, src, dst) -> "KVCache":
     """Moves slot ``src[b, j]`` to ``dst[b, j]`` (``int[B, J]``) in every layer: all reads
     before all writes, ``dst >= max_len`` drops
     (``docs/algorithms.md#token-trees-and-kv-compaction``)."""
     rows = jnp.arange(self.k.shape[1])[:, None]
-    return KVCache(self.k.at[:, rows, dst].set(self.k[:, rows, src], mode="drop"),
-                   self.v.at[:, rows, dst].set(self.v[:, rows, src], mode="drop"))
+    return KVCache(self.k.at[:, rows, :, dst].set(self.k[:, rows, :, src], mode="drop"),
+                   self.v.at[:, rows, :, dst].set(self.v[:, rows, :, src], mode="drop"))
 
 
 def causal_cache_mask(q_slots, first_slot, max_len: int):
@@ -178,25 +192,25 @@ def xla_attention(q, k, v, mask):
 
   Args:
     q: ``[B, Tq, H, D]``.
-    k, v: ``[B, Tk, G, D]`` with ``H % G == 0``.
+    k, v: ``[B, G, Tk, D]`` (heads-major, the cache layout) with ``H % G == 0``.
     mask: boolean, broadcastable to ``[B, Tq, Tk]`` (True = may attend), or None.
   Returns:
     ``[B, Tq, H, D]`` in ``q.dtype``.
   """
   b, tq, h, d = q.shape
-  g = k.shape[2]
+  g = k.shape[1]
   qg = q.reshape(b, tq, g, h // g, d).astype(jnp.float32)
-  scores = jnp.einsum("bqgrd,bkgd->bgrqk", qg, k.astype(jnp.float32)) / jnp.sqrt(d).astype(
+  scores = jnp.einsum("bqgrd,bgkd->bgrqk", qg, k.astype(jnp.float32)) / jnp.sqrt(d).astype(
       jnp.float32)
   if mask is not None:
-    m = jnp.broadcast_to(mask, (b, tq, k.shape[1]))[:, None, None]
+    m = jnp.broadcast_to(mask, (b, tq, k.shape[2]))[:, None, None]
     scores = jnp.where(m, scores, -jnp.inf)
   smax = jnp.max(scores, axis=-1, keepdims=True)
   smax = jnp.where(jnp.isfinite(smax), smax, 0.0)
   p = jnp.exp(scores - smax)
   denom = jnp.sum(p, axis=-1, keepdims=True)
   p = p / jnp.where(denom == 0, 1.0, denom)
-  out = jnp.einsum("bgrqk,bkgd->bqgrd", p, v.astype(jnp.float32))
+  out = jnp.einsum("bgrqk,bgkd->bqgrd", p, v.astype(jnp.float32))
   return out.reshape(b, tq, h, d).astype(q.dtype)
 
 
@@ -206,19 +220,19 @@ register("xla", xla_attention)
 def pallas_attention(q, k, v, mask):
   """``"pallas"``: :class:`CacheBlockMask` -> the tree-attention kernel; dense -> ``"xla"``.
 
-  ``k, v`` are the whole cache ``[B, max_len, G, D]`` *after* the block was written, so the
-  block's own keys are gathered from ``write_slots[b] + j`` (``T`` rows, not the cache).
+  ``k, v`` are the cache ``[B, G, max_len, D]`` *after* the block was written, so the block's own
+  keys are gathered from ``write_slots[b] + j`` (``T`` rows, not the cache).
   """
   if not isinstance(mask, CacheBlockMask):
     return xla_attention(q, k, v, mask)
   # The kernels import Pallas: loaded on first use, so the xla path never pays for it.
   # pylint: disable-next=import-outside-toplevel
   from partext_jax.kernels import tree_attention as kernel
-  max_len = k.shape[1]
+  max_len = k.shape[2]
   slots = mask.block_slots()
-  idx = jnp.minimum(slots, max_len - 1)[:, :, None, None]
-  k_block = jnp.take_along_axis(k, idx, axis=1)
-  v_block = jnp.take_along_axis(v, idx, axis=1)
+  idx = jnp.minimum(slots, max_len - 1)[:, None, :, None]
+  k_block = jnp.take_along_axis(k, idx, axis=2).transpose(0, 2, 1, 3)   # [B, T, G, D]
+  v_block = jnp.take_along_axis(v, idx, axis=2).transpose(0, 2, 1, 3)
   block_mask = jnp.asarray(mask.block_mask, bool) & (slots < max_len)[:, None, :]
   return kernel.tree_attention(q, k, v, k_block, v_block, block_mask, mask.start,
                                mask.prefix_len)
@@ -242,13 +256,106 @@ def resolve_mask(mask, *, impl: str, max_len: int, write_slots=None):
 def attention(q, k, v, mask=None, *, impl: str = "xla"):
   """Dispatches to the implementation named ``impl`` (see :func:`available`).
 
-  ``mask`` is a dense boolean mask, ``None``, or a :class:`CacheBlockMask` (expanded to a dense
-  mask for implementations that were not registered as ``structured``). Raises ``ValueError``
-  for an unknown ``impl`` or query heads that are not a multiple of the key/value heads.
+  ``q [B, Tq, H, D]``, ``k, v [B, G, Tk, D]`` (heads-major). ``mask`` is a dense boolean mask,
+  ``None``, or a :class:`CacheBlockMask` (expanded to a dense mask for implementations that were
+  not registered as ``structured``). Raises ``ValueError`` for an unknown ``impl`` or query heads
+  that are not a multiple of the key/value heads.
   """
   if impl not in _IMPLS:
     raise ValueError(f"attention impl={impl!r} is not one of {available()}")
-  h, g = q.shape[2], k.shape[2]
+  h, g = q.shape[2], k.shape[1]
   if h % g:
     raise ValueError(f"query heads ({h}) must be a multiple of key/value heads ({g})")
-  return _IMPLS[impl](q, k, v, resolve_mask(mask, impl=impl, max_len=k.shape[1]))
+  return _IMPLS[impl](q, k, v, resolve_mask(mask, impl=impl, max_len=k.shape[2]))
+
+
+# --------------------------------------------------------------------------------------------
+# Reading only the slots a call can see.
+
+CHUNK = 256
+
+
+def visible_span(mask, max_len: int) -> tuple[jax.Array, jax.Array]:
+  """``(lo, hi)``, int32 scalars: every slot any query of ``mask`` may see lies in ``[lo, hi)``.
+
+  ``mask`` is a dense boolean mask broadcastable to ``[B, T, max_len]`` or a
+  :class:`CacheBlockMask` with ``write_slots`` set. ``(0, 0)`` when nothing is visible.
+  """
+  if isinstance(mask, CacheBlockMask):
+    start = jnp.asarray(mask.start, jnp.int32)
+    n = jnp.asarray(mask.prefix_len, jnp.int32)
+    block = jnp.asarray(mask.write_slots, jnp.int32)
+    k = mask.block_mask.shape[-1]
+    lo = jnp.minimum(jnp.min(jnp.where(n > 0, start, max_len)), jnp.min(block))
+    hi = jnp.maximum(jnp.max(jnp.where(n > 0, start + n, 0)), jnp.max(block) + k)
+    lo, hi = jnp.clip(lo, 0, max_len), jnp.clip(hi, 0, max_len)
+    return lo, jnp.maximum(hi, lo)
+  mask = jnp.asarray(mask, bool)
+  cols = jnp.broadcast_to(jnp.any(mask.reshape(-1, mask.shape[-1]), axis=0), (max_len,))
+  anything = jnp.any(cols)
+  lo = jnp.argmax(cols).astype(jnp.int32)
+  hi = (max_len - jnp.argmax(cols[::-1])).astype(jnp.int32)
+  return jnp.where(anything, lo, 0), jnp.where(anything, hi, 0)
+
+
+def cache_attention(q, cache: KVCache, layer, mask, span, *, impl: str = "xla",
+                    chunk: int = CHUNK) -> tuple[jax.Array, KVCache]:
+  """Attention of ``q`` over layer ``layer`` of ``cache``, reading only the chunks of slots that
+  intersect ``span``.
+
+  ``"xla"`` (and any implementation taking dense masks): an online softmax over the chunks of
+  ``chunk`` slots that intersect ``span = (lo, hi)`` (a ``fori_loop`` with a data-dependent trip
+  count; each chunk is one dynamic slice of the heads-major layer), so the slots read and the
+  cost follow the visible length, not the allocated ``max_len``. Slots outside ``span`` are
+  masked out anyway: the result equals :func:`attention` over the whole layer up to float
+  reassociation. Structured implementations (``"pallas"``) get the whole layer and the
+  :class:`CacheBlockMask`: their kernels already visit only the valid blocks.
+
+  Args:
+    q: ``[B, T, H, D]``.
+    cache: a :class:`KVCache`; ``layer`` an int or a traced index.
+    mask: a dense mask broadcastable to ``[B, T, max_len]``, or a :class:`CacheBlockMask` (with
+      ``write_slots``) for a structured ``impl``.
+    span: ``(lo, hi)`` int32 scalars from :func:`visible_span` of the same mask.
+  Returns:
+    ``(out [B, T, H, D] in q.dtype, cache)``: the cache comes back unchanged. It is threaded
+    through the chunk loop's carry (behind an optimization barrier), so that XLA neither hoists
+    whole-layer reads out of the loop nor copies the cache to keep a closed-over value alive.
+  """
+  if impl in _STRUCTURED and isinstance(mask, CacheBlockMask):
+    layer_kv = [jax.lax.dynamic_index_in_dim(x, layer, 0, keepdims=False) for x in cache]
+    return attention(q, *layer_kv, mask, impl=impl), cache
+  s_len = cache.max_len
+  c = min(chunk, s_len)
+  b, t, h, d = q.shape
+  g = cache.k.shape[2]
+  if h % g:
+    raise ValueError(f"query heads ({h}) must be a multiple of key/value heads ({g})")
+  qg = q.reshape(b, t, g, h // g, d).astype(jnp.float32) / jnp.sqrt(jnp.float32(d))
+  mask = jnp.broadcast_to(jnp.asarray(mask, bool), (b, t, s_len))
+  lo, hi = span
+
+  def body(j, carry):
+    m, l, acc, cache = carry                                 # [B, G, R, T] x2, [.., T, D]
+    # Opaque to XLA's loop-invariant code motion, which would otherwise hoist a whole layer
+    # slice (and q.K over all its slots) out of the loop: O(max_len) work again.
+    cache = jax.lax.optimization_barrier(cache)
+    start = jnp.minimum(j * c, s_len - c)                    # the last chunk may overlap
+    read = lambda x: jax.lax.dynamic_slice(x, (layer, 0, 0, start, 0),
+                                           (1, b, g, c, d))[0].astype(jnp.float32)
+    ok = jax.lax.dynamic_slice_in_dim(mask, start, c, axis=2)
+    ok &= (start + jnp.arange(c) >= j * c)[None, None]       # ... the slots before j * c
+    scores = jnp.einsum("bqgrd,bgkd->bgrqk", qg, read(cache.k))
+    scores = jnp.where(ok[:, None, None], scores, -jnp.inf)
+    m_new = jnp.maximum(m, jnp.max(scores, axis=-1))
+    m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+    p = jnp.exp(scores - m_safe[..., None])
+    alpha = jnp.exp(m - m_safe)                              # 0 while m = -inf
+    acc = alpha[..., None] * acc + jnp.einsum("bgrqk,bgkd->bgrqd", p, read(cache.v))
+    return m_new, alpha * l + jnp.sum(p, axis=-1), acc, cache
+
+  shape = (b, g, h // g, t)
+  init = (jnp.full(shape, -jnp.inf), jnp.zeros(shape), jnp.zeros(shape + (d,)), cache)
+  _, l, acc, cache = jax.lax.fori_loop(lo // c, (hi + c - 1) // c, body, init)
+  out = acc / jnp.where(l > 0, l, 1.0)[..., None]           # no visible slot: zeros
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d).astype(q.dtype), cache

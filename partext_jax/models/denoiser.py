@@ -53,7 +53,7 @@ from flax import linen as nn
 
 from partext_jax.models import attention as attention_lib
 from partext_jax.models import layers
-from partext_jax.models.attention import KVCache  # the rows' rotary-embedded K/V [L, B, T, H, D]
+from partext_jax.models.attention import KVCache  # the rows' rotary-embedded K/V [L, B, H, T, D]
 
 DTYPES = ("float32", "bfloat16")
 CONTEXT_ATTENTION_IMPLS = ("xla", "pallas")
@@ -140,21 +140,26 @@ class _ModulatedNorm(nn.Module):
     return y * (1.0 + scale) + shift
 
 
+def _heads_major(x):
+  """``[B, T, H, D] -> [B, H, T, D]`` (the cache layout)."""
+  return x.transpose(0, 2, 1, 3)
+
+
 def context_attention(q, k, v, cache_k, cache_v, ranges, *, impl: str = "xla"):
   """Queries attend, without a mask, to stored cache rows and to their own fresh rows.
 
-  ``q, k, v [B, T, H, D]`` (the queries, their fresh keys/values); ``cache_k, cache_v [B, S, H,
-  D]`` a stored cache of which the rows in ``ranges`` (static ``((start, stop), ...)``, at most
-  two, disjoint: prefix and suffix) are the context ``C``:
-  ``out = softmax(q [cache_k[C]; k]^T / sqrt(D)) [cache_v[C]; v]``. ``impl="xla"`` gathers the
-  ranges and calls the jnp reference; ``impl="pallas"`` calls
+  ``q, k, v [B, T, H, D]`` (the queries, their fresh keys/values); ``cache_k, cache_v [B, H, S,
+  D]`` (heads-major, one layer of a :class:`KVCache`) a stored cache of which the rows in
+  ``ranges`` (static ``((start, stop), ...)``, at most two, disjoint: prefix and suffix) are the
+  context ``C``: ``out = softmax(q [cache_k[C]; k]^T / sqrt(D)) [cache_v[C]; v]``.
+  ``impl="xla"`` gathers the ranges and calls the jnp reference; ``impl="pallas"`` calls
   :func:`partext_jax.kernels.block_attention.block_attention` with the ranges as its prefix and
   suffix (no copy of the cache, no mask in memory).
   """
   if impl == "xla":
-    ks = [cache_k[:, a:b] for a, b in ranges] + [k.astype(cache_k.dtype)]
-    vs = [cache_v[:, a:b] for a, b in ranges] + [v.astype(cache_v.dtype)]
-    return attention_lib.xla_attention(q, jnp.concatenate(ks, 1), jnp.concatenate(vs, 1), None)
+    ks = [cache_k[:, :, a:b] for a, b in ranges] + [_heads_major(k).astype(cache_k.dtype)]
+    vs = [cache_v[:, :, a:b] for a, b in ranges] + [_heads_major(v).astype(cache_v.dtype)]
+    return attention_lib.xla_attention(q, jnp.concatenate(ks, 2), jnp.concatenate(vs, 2), None)
   if impl == "pallas":
     from partext_jax.kernels import block_attention  # pylint: disable=import-outside-toplevel
     if not 1 <= len(ranges) <= 2:
@@ -169,11 +174,16 @@ def context_attention(q, k, v, cache_k, cache_v, ranges, *, impl: str = "xla"):
 
 
 class _SelfAttention(nn.Module):
+  """Bidirectional self-attention; also returns the block's K/V, heads-major ``[B, H, T, D]``."""
+
   cfg: DenoiserConfig
+  ranges: tuple | None = None   # static context ranges (with a context)
+  context_impl: str = "xla"
 
   @nn.compact
-  def __call__(self, x, positions=None, context=None, context_impl: str = "xla"):
-    """``context``: ``(cache_k, cache_v, ranges)``, stored rows to attend to besides ``x``'s."""
+  def __call__(self, x, positions, context):
+    """``context``: ``(cache_k, cache_v)`` of this layer, stored rows to attend to besides
+    ``x``'s (the rows in ``ranges``), or ``None``."""
     cfg = self.cfg
     b, l, _ = x.shape
     q = layers.head_projection(cfg.num_heads, cfg.head_dim, "heads", cfg.jnp_dtype, "q")(x)
@@ -184,25 +194,47 @@ class _SelfAttention(nn.Module):
     q = layers.apply_rope(q, positions, theta=cfg.rope_theta)
     k = layers.apply_rope(k, positions, theta=cfg.rope_theta)
     if context is None:
-      out = attention_lib.attention(q, k, v, None, impl=cfg.attention_impl)
+      out = attention_lib.attention(q, _heads_major(k), _heads_major(v), None,
+                                    impl=cfg.attention_impl)
     else:
-      out = context_attention(q, k, v, *context, impl=context_impl)
-    return layers.output_projection(cfg.d_model, cfg.jnp_dtype, "o")(out), (k, v)
+      out = context_attention(q, k, v, *context, self.ranges, impl=self.context_impl)
+    return (layers.output_projection(cfg.d_model, cfg.jnp_dtype, "o")(out),
+            (_heads_major(k), _heads_major(v)))
 
 
 class _Block(nn.Module):
+  """One pre-norm block in the scan's ``(carry, x) -> (carry, y)`` form: ``carry`` the residual
+  stream, ``x`` this layer's context ``(cache_k, cache_v)`` (or ``None``), ``y`` the block's
+  K/V."""
+
   cfg: DenoiserConfig
+  deterministic: bool = True
+  ranges: tuple | None = None
+  context_impl: str = "xla"
 
   @nn.compact
-  def __call__(self, x, cond, deterministic: bool, positions=None, context=None,
-               context_impl: str = "xla"):
+  def __call__(self, x, context, cond, positions):
     drop = nn.Dropout(self.cfg.dropout_rate)
-    h, kv = _SelfAttention(self.cfg, name="attn")(
-        _ModulatedNorm(self.cfg, name="attn_norm")(x, cond), positions, context, context_impl)
-    x = x + drop(h, deterministic=deterministic)
+    h, kv = _SelfAttention(self.cfg, self.ranges, self.context_impl, name="attn")(
+        _ModulatedNorm(self.cfg, name="attn_norm")(x, cond), positions, context)
+    x = x + drop(h, deterministic=self.deterministic)
     h = layers.SwiGLU(self.cfg.mlp_dim, dtype=self.cfg.jnp_dtype, name="mlp")(
         _ModulatedNorm(self.cfg, name="mlp_norm")(x, cond))
-    return x + drop(h, deterministic=deterministic), kv
+    return x + drop(h, deterministic=self.deterministic), kv
+
+
+def block_stack(cfg: DenoiserConfig, *, deterministic: bool = True, ranges=None,
+                context_impl: str = "xla", name: str = "blocks") -> nn.Module:
+  """The ``num_layers`` blocks as one ``nn.scan`` (parameters stacked on a leading ``"layers"``
+  axis; one block body is compiled whatever the depth). Call it as
+  ``x, (k, v) = block_stack(cfg)(x, context, cond, positions)`` with ``context`` ``None`` or the
+  stored ``(k, v)`` ``[num_layers, B, H, S, D]``; ``k, v`` are the blocks' own
+  ``[num_layers, B, H, T, D]``."""
+  scanned = nn.scan(_Block, variable_axes={"params": 0},
+                    split_rngs={"params": True, "dropout": True},
+                    in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                    metadata_params={nn.PARTITION_NAME: "layers"})
+  return scanned(cfg, deterministic, ranges, context_impl, name=name)
 
 
 class Denoiser(nn.Module):
@@ -229,22 +261,18 @@ class Denoiser(nn.Module):
       cond = nn.silu(nn.Dense(cfg.d_model, name="time_mlp",
                               kernel_init=layers.logical(layers.default_init, (None, "embed")),
                               bias_init=layers.logical(nn.initializers.zeros, ("embed",)))(cond))
-    keys, values = [], []
-    for i in range(cfg.num_layers):
-      layer_context = None
-      if context is not None:
-        cache, ranges = context
-        layer_context = (cache.k[i], cache.v[i], _checked_ranges(ranges, cache.k.shape[2]))
-      x, (k, v) = _Block(cfg, name=f"block_{i}")(x, cond, deterministic, positions,
-                                                  layer_context, context_impl)
-      keys.append(k)
-      values.append(v)
+    stored, ranges = None, None
+    if context is not None:
+      cache, ranges = context
+      stored, ranges = (cache.k, cache.v), _checked_ranges(ranges, cache.max_len)
+    x, (keys, values) = block_stack(cfg, deterministic=deterministic, ranges=ranges,
+                                    context_impl=context_impl)(x, stored, cond, positions)
     x = layers.RMSNorm(dtype=cfg.jnp_dtype, name="final_norm")(x)
     logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.jnp_dtype, name="head",
                       kernel_init=layers.logical(layers.default_init, ("embed", "vocab")))(x)
     logits = logits.astype(jnp.float32)
     if return_kv:
-      return logits, KVCache(jnp.stack(keys), jnp.stack(values))
+      return logits, KVCache(keys, values)
     return logits
 
 

@@ -12,6 +12,7 @@ logical name    meaning
 ``heads``       query heads
 ``kv_heads``    key/value heads (grouped-query attention)
 ``head_dim``    per-head width
+``layers``      the stacked layer axis of scanned blocks (replicated)
 ==============  ====================================================
 
 Activations use ``batch`` and ``length``.
@@ -23,7 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "batch", "length")
+LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "layers", "batch",
+                "length")
 
 default_init = nn.initializers.normal(stddev=0.02)
 

@@ -8,16 +8,25 @@ Architecture (pre-norm, as HF ``LlamaForCausalLM``)::
     h_{l+1} = h_l' + W_down (silu(W_gate n) * W_up n),  n = RMSNorm(h_l')
     logits  = RMSNorm(h_L) W_out,        W_out = E^T when ``tie_embeddings``
 
-KV cache. :class:`~partext_jax.models.attention.KVCache` holds ``k, v: [layers, B, max_len,
-kv_heads, head_dim]`` and nothing else: which slots are valid, and where each row's sequence
-starts, is the caller's business and is expressed entirely by the attention mask. A call with a
-cache
+Layers. The ``num_layers`` decoder layers run as one ``nn.scan`` over parameters stacked on a
+leading ``"layers"`` axis (``params["layers"]["mlp"]["up"]["kernel"]: [L, embed, mlp]``; one
+compiled layer body) or, with ``LlamaConfig(scan_layers=False)``, unrolled with per-layer
+parameters ``params["layers"][str(i)]`` (:func:`unstack_layers` / :func:`stack_layers` convert):
+see :func:`layer_stack` for the trade-off. Both compute the same function.
+
+KV cache. :class:`~partext_jax.models.attention.KVCache` holds ``k, v: [layers, B, kv_heads,
+max_len, head_dim]`` (heads-major) and nothing else: which slots are valid, and where each row's
+sequence starts, is the caller's business and is expressed entirely by the attention mask. A
+call with a cache
 
 1. computes the block's ``K, V`` (``T`` tokens per row, RoPE at ``positions[b, t]``),
 2. writes them at cache slots ``write_slots[b] + t`` (``t < T``; a slot ``>= max_len`` is
    dropped), then
 3. lets query ``t`` of row ``b`` attend to cache slot ``s`` iff ``attn_mask[b, t, s]``
-   (``bool[B, T, max_len]``, evaluated *after* the write, so the block sees itself).
+   (``bool[B, T, max_len]``, evaluated *after* the write, so the block sees itself), reading only
+   the chunks of slots the mask can see
+   (:func:`~partext_jax.models.attention.cache_attention`): a step's cost follows the cached
+   length, not ``max_len``.
 
 So one call scores a prompt (``write_slots = 0``, causal mask), one new token (``T = 1``) or a
 block of draft / tree tokens with any mask (e.g. an ancestor mask over cache + block). Slots and
@@ -71,7 +80,8 @@ class LlamaConfig:
   """Static hyper-parameters (hashable: usable as a ``static_argnames`` value).
 
   ``dtype`` is the activation / matmul dtype name (``"float32"`` or ``"bfloat16"``);
-  ``attention_impl`` one of :func:`partext_jax.models.attention.available`. ``causal=False``
+  ``attention_impl`` one of :func:`partext_jax.models.attention.available`; ``scan_layers``
+  the parameter layout and loop form of the layers (:func:`layer_stack`). ``causal=False``
   makes a call without ``attn_mask`` attend to every position (the bidirectional diffusion LMs
   LLaDA and Dream, :mod:`partext_jax.pretrained.dllm`); ``qkv_bias`` adds the q/k/v biases of
   Qwen2 (Dream).
@@ -95,6 +105,7 @@ class LlamaConfig:
   attention_impl: str = "xla"
   causal: bool = True
   qkv_bias: bool = False
+  scan_layers: bool = True
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -137,13 +148,14 @@ def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype=None) -> KVC
 
 
 class Attention(nn.Module):
-  """GQA self-attention with RoPE, reading and writing layer ``layer`` of the KV cache."""
+  """GQA self-attention with RoPE; with a cache, writes the block's K/V into layer ``layer`` and
+  attends over the slots of that layer the mask can see (``span``,
+  :func:`~partext_jax.models.attention.cache_attention`)."""
 
   config: LlamaConfig
-  layer: int
 
   @nn.compact
-  def __call__(self, x, positions, mask, cache, write_slots):
+  def __call__(self, x, positions, mask, cache, write_slots, layer, span):
     c = self.config
     project = lambda heads, axis, name: head_projection(heads, c.head_dim, axis,
                                                         c.compute_dtype, name,
@@ -151,26 +163,107 @@ class Attention(nn.Module):
     q = apply_rope(project(c.num_heads, "heads", "q"), positions, theta=c.rope_theta)
     k = apply_rope(project(c.num_kv_heads, "kv_heads", "k"), positions, theta=c.rope_theta)
     v = project(c.num_kv_heads, "kv_heads", "v")
-    if cache is not None:
-      cache, k, v = cache.write(self.layer, write_slots, k, v)
-    out = attention_lib.attention(q, k, v, mask, impl=c.attention_impl)
+    if cache is None:
+      heads_major = lambda y: y.transpose(0, 2, 1, 3)
+      out = attention_lib.attention(q, heads_major(k), heads_major(v), mask, impl=c.attention_impl)
+    else:
+      cache = cache.write(layer, write_slots, k, v)
+      out, cache = attention_lib.cache_attention(q, cache, layer, mask, span,
+                                                 impl=c.attention_impl)
     return output_projection(c.hidden_size, c.compute_dtype, "o")(out), cache
 
 
 class DecoderLayer(nn.Module):
-  """Pre-norm block ``h + Attn(RMSNorm(h))``, then ``h' + SwiGLU(RMSNorm(h'))``; the block
-  index ``layer`` (a call argument) selects the cache layer."""
+  """Pre-norm block ``h + Attn(RMSNorm(h))``, then ``h' + SwiGLU(RMSNorm(h'))``, in the scan's
+  ``(carry, x) -> (carry, y)`` form: ``carry = (h, cache)``, ``x = layer`` (its index, which
+  selects the cache layer); the rest is broadcast to every layer."""
 
   config: LlamaConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, cache, write_slots, layer: int):
+  def __call__(self, carry, layer, positions, mask, write_slots, span):
+    x, cache = carry
     c = self.config
     norm = lambda name, h: RMSNorm(c.rms_eps, c.compute_dtype, name=name)(h)
-    a, cache = Attention(c, layer, name="attn")(norm("attn_norm", x), positions, mask, cache,
-                                                write_slots)
+    a, cache = Attention(c, name="attn")(norm("attn_norm", x), positions, mask, cache,
+                                         write_slots, layer, span)
     x = x + a
-    return x + SwiGLU(c.intermediate_size, c.compute_dtype, name="mlp")(norm("mlp_norm", x)), cache
+    x = x + SwiGLU(c.intermediate_size, c.compute_dtype, name="mlp")(norm("mlp_norm", x))
+    return (x, cache), None
+
+
+class _UnrolledLayers(nn.Module):
+  """The layers applied one after the other, each with its own parameter arrays (``"0"``,
+  ``"1"``, ...): what :func:`layer_stack` runs with ``scan_layers=False``."""
+
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, carry, layers, positions, mask, write_slots, span):
+    del layers
+    for i in range(self.config.num_layers):
+      carry, _ = DecoderLayer(self.config, name=str(i))(carry, i, positions, mask, write_slots,
+                                                        span)
+    return carry, None
+
+
+def layer_stack(config: LlamaConfig, name: str = "layers") -> nn.Module:
+  """The ``num_layers`` decoder layers.
+
+  ``scan_layers=True``: one ``nn.scan``; every parameter gets a leading layer axis (logical name
+  ``"layers"``) and one layer body is compiled whatever the depth. ``scan_layers=False``: the
+  layers unrolled, ``params[name][str(i)]`` per layer (:func:`unstack_layers` converts); XLA:CPU
+  then reads each layer's weights in place, where a scan copies every layer's weights out of the
+  stacked arrays at every call (measured in ``experiments/bench_ar.py``). Both give the same
+  numbers. Call it as ``(h, cache), _ = layer_stack(config)((h, cache),
+  jnp.arange(num_layers), positions, mask, write_slots, span)``.
+  """
+  if not config.scan_layers:
+    return _UnrolledLayers(config, name=name)
+  scanned = nn.scan(DecoderLayer, variable_axes={"params": 0}, split_rngs={"params": True},
+                    in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                    length=config.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+  return scanned(config, name=name)
+
+
+def unstack_layers(params):
+  """``params`` of a ``scan_layers=True`` model as those of ``scan_layers=False``.
+
+  Every stacked array ``params["layers"][...]: [L, *shape]`` becomes ``L`` arrays ``[*shape]``
+  under ``params["layers"][str(i)][...]`` (same dtype; the embedding, final norm and head are
+  shared, not copied). Used by the unrolled reference path and the unrolled CPU decode
+  (:func:`layer_stack`).
+  """
+  layers = params["layers"]
+  n = jax.tree_util.tree_leaves(layers)[0].shape[0]
+  return dict(params, layers={str(i): jax.tree_util.tree_map(lambda x, i=i: x[i], layers)
+                              for i in range(n)})
+
+
+def stack_layers(params):
+  """The inverse of :func:`unstack_layers`: per-layer arrays ``params["layers"][str(i)]`` (``i``
+  in ``0 .. L-1``) stacked into ``[L, *shape]`` arrays under ``params["layers"]``."""
+  layers = params["layers"]
+  return dict(params, layers=jax.tree_util.tree_map(
+      lambda *xs: jnp.stack(xs), *[layers[str(i)] for i in range(len(layers))]))
+
+
+def first_layers(params, config: LlamaConfig, num_layers: int):
+  """The parameters of ``config.replace(num_layers=num_layers)``: the first ``num_layers``
+  layers of ``params`` (a model of ``config``), embedding, final norm and head shared.
+
+  With ``config.scan_layers`` a slice ``[:num_layers]`` of every stacked array (a copy of
+  ``num_layers / L`` of the layer weights), else the first per-layer subtrees (no copy). Used by
+  the self-speculative early-exit drafter
+  (:func:`partext_jax.ar.speculative.drafters.lm.early_exit_drafter`, Elhoushi et al. 2024,
+  ``docs/algorithms.md#speculative-decoding``).
+  """
+  layers = params["layers"]
+  if config.scan_layers:
+    layers = jax.tree_util.tree_map(lambda x: x[:num_layers], layers)
+  else:
+    layers = {str(i): layers[str(i)] for i in range(num_layers)}
+  return dict(params, layers=layers)
 
 
 class Llama(nn.Module):
@@ -224,9 +317,9 @@ class Llama(nn.Module):
       raise ValueError("a CacheBlockMask attn_mask needs a cache (and write_slots)")
     elif attn_mask is None and c.causal:
       attn_mask = jnp.tril(jnp.ones((t, t), bool))[None]
-    for i in range(c.num_layers):
-      x, cache = DecoderLayer(c, name=f"layers_{i}")(x, positions, attn_mask, cache,
-                                                     write_slots, i)
+    span = None if cache is None else attention_lib.visible_span(attn_mask, cache.max_len)
+    (x, cache), _ = layer_stack(c)((x, cache), jnp.arange(c.num_layers), positions, attn_mask,
+                                   write_slots, span)
     if logits_at is not None:
       x = jnp.take_along_axis(x, logits_at[:, :, None].astype(jnp.int32), axis=1)
     hidden = RMSNorm(c.rms_eps, c.compute_dtype, name="final_norm")(x)

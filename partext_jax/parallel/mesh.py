@@ -87,6 +87,7 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("heads", ("tensor",)),
     ("kv_heads", ("tensor",)),
     ("head_dim", ()),
+    ("layers", ()),
 )
 
 

@@ -56,8 +56,8 @@ class MeshDenoiser:
 class MeshLM:
   """A :class:`~partext_jax.base.CausalLM` whose KV cache lives on the mesh.
 
-  The :class:`~partext_jax.models.attention.KVCache` ``[layers, B, S, kv_heads, head_dim]`` is
-  split as ``(None, batch, None, kv_heads, None)`` -- rows with the batch, heads with the K/V
+  The :class:`~partext_jax.models.attention.KVCache` ``[layers, B, kv_heads, S, head_dim]`` is
+  placed by its logical axes (``KVCache.LOGICAL_AXES``): rows with the batch, heads with the K/V
   projections that write them -- when it is created and after every call, so the decode loop's
   carry never changes layout.
   """
@@ -67,13 +67,12 @@ class MeshLM:
   rules: tuple = DEFAULT_RULES
 
   def _cache_sharding(self, shape) -> NamedSharding:
-    spec = logical_to_spec((None, "batch", "length", "kv_heads", "head_dim"), shape, self.mesh,
-                           rules=self.rules)
+    spec = logical_to_spec(KVCache.LOGICAL_AXES, shape, self.mesh, rules=self.rules)
     return NamedSharding(self.mesh, spec)
 
   def _pin_cache(self, cache: KVCache) -> KVCache:
     if not isinstance(cache, KVCache):
-      raise TypeError(f"MeshLM places a KVCache [layers, B, S, kv_heads, head_dim]; the model's "
+      raise TypeError(f"MeshLM places a KVCache [layers, B, kv_heads, S, head_dim]; the model's "
                       f"cache is a {type(cache).__name__}")
     return KVCache(*(_constrain(x, self._cache_sharding(x.shape)) for x in cache))
 

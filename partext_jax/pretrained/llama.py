@@ -2,7 +2,11 @@
 
 1. the metadata becomes a frozen :class:`~partext_jax.models.llama.LlamaConfig`;
 2. every tensor is dequantised (:func:`partext_jax.pretrained.gguf.dequantize`);
-3. llama.cpp's Q/K row permutation is undone and every matrix reshaped into the Flax layout.
+3. llama.cpp's Q/K row permutation is undone and every matrix reshaped into the Flax layout;
+   the per-layer tensors ``blk.{i}.*`` are stacked on a leading layer axis, as the scanned
+   layers of :func:`~partext_jax.models.llama.layer_stack` take them
+   (``params["layers"]["attn"]["q"]["kernel"]: [num_layers, embed, heads, head_dim]``), or kept
+   per layer with ``scan_layers=False``.
 
 Usage::
 
@@ -16,7 +20,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from partext_jax.models.llama import LlamaConfig, LlamaLM, ModelBundle
 from partext_jax.pretrained import tokenizer as tokenizer_lib
@@ -80,13 +86,17 @@ def config_from_metadata(meta: dict[str, Any], *, path: str = "<gguf>",
   )
 
 
-def load_gguf(path: str, dtype=jnp.float32) -> tuple[LlamaConfig, dict]:
+def load_gguf(path: str, dtype=jnp.float32, *, scan_layers: bool = True
+              ) -> tuple[LlamaConfig, dict]:
   """Reads ``path`` into ``(config, params)`` for :class:`~partext_jax.models.llama.Llama`.
 
   Args:
     path: a GGUF file (e.g. :func:`smollm2_path`).
     dtype: parameter dtype (``jnp.float32``; ``jnp.bfloat16`` halves memory but XLA:CPU bf16
       matmuls are much slower). ``config.dtype`` is set to match.
+    scan_layers: the layer layout, set in ``config`` too: stacked for a scan (default, a short
+      compilation) or per layer (``params["layers"][str(i)]``, the fastest CPU decode; see
+      :func:`~partext_jax.models.llama.layer_stack`).
   Returns:
     ``config``, and ``params`` (plain arrays, no logical-axis boxes; see
     :func:`~partext_jax.models.llama.param_logical_axes`).
@@ -99,7 +109,8 @@ def load_gguf(path: str, dtype=jnp.float32) -> tuple[LlamaConfig, dict]:
   config = config_from_metadata(meta, path=path)
   tensors = {t.name: t for t in reader.tensors}
   tied = "output.weight" not in tensors
-  config = config.replace(tie_embeddings=tied, dtype=jnp.dtype(dtype).name)
+  config = config.replace(tie_embeddings=tied, dtype=jnp.dtype(dtype).name,
+                          scan_layers=scan_layers)
 
   def get(name):
     if name not in tensors:
@@ -118,7 +129,8 @@ def load_gguf(path: str, dtype=jnp.float32) -> tuple[LlamaConfig, dict]:
   cast = lambda a: jnp.asarray(a, dtype=dtype)
   emb = check("token_embd.weight", get("token_embd.weight"), (c.vocab_size, e))
   params: dict[str, Any] = {"embed": {"embedding": cast(emb)}}
-  for i in range(c.num_layers):
+
+  def layer(i):
     p = f"blk.{i}."
     wq = check(p + "attn_q.weight", get(p + "attn_q.weight"), (h * d, e))
     wk = check(p + "attn_k.weight", get(p + "attn_k.weight"), (g * d, e))
@@ -127,21 +139,24 @@ def load_gguf(path: str, dtype=jnp.float32) -> tuple[LlamaConfig, dict]:
     wg = check(p + "ffn_gate.weight", get(p + "ffn_gate.weight"), (f, e))
     wu = check(p + "ffn_up.weight", get(p + "ffn_up.weight"), (f, e))
     wd = check(p + "ffn_down.weight", get(p + "ffn_down.weight"), (e, f))
-    params[f"layers_{i}"] = {
-        "attn_norm": {"scale": cast(check(p + "attn_norm.weight", get(p + "attn_norm.weight"),
-                                          (e,)))},
+    return {
+        "attn_norm": {"scale": check(p + "attn_norm.weight", get(p + "attn_norm.weight"), (e,))},
         "attn": {
             # (out, in) -> (in, heads, head_dim), after undoing the RoPE row permutation.
-            "q": {"kernel": cast(unpermute_qk(wq, h).T.reshape(e, h, d))},
-            "k": {"kernel": cast(unpermute_qk(wk, g).T.reshape(e, g, d))},
-            "v": {"kernel": cast(wv.T.reshape(e, g, d))},
-            "o": {"kernel": cast(wo.T.reshape(h, d, e))},
+            "q": {"kernel": unpermute_qk(wq, h).T.reshape(e, h, d)},
+            "k": {"kernel": unpermute_qk(wk, g).T.reshape(e, g, d)},
+            "v": {"kernel": wv.T.reshape(e, g, d)},
+            "o": {"kernel": wo.T.reshape(h, d, e)},
         },
-        "mlp_norm": {"scale": cast(check(p + "ffn_norm.weight", get(p + "ffn_norm.weight"),
-                                         (e,)))},
-        "mlp": {"gate": {"kernel": cast(wg.T)}, "up": {"kernel": cast(wu.T)},
-                "down": {"kernel": cast(wd.T)}},
+        "mlp_norm": {"scale": check(p + "ffn_norm.weight", get(p + "ffn_norm.weight"), (e,))},
+        "mlp": {"gate": {"kernel": wg.T}, "up": {"kernel": wu.T}, "down": {"kernel": wd.T}},
     }
+
+  layers = [layer(i) for i in range(c.num_layers)]
+  if scan_layers:   # every tensor stacked on a leading layer axis
+    params["layers"] = jax.tree.map(lambda *xs: cast(np.stack(xs)), *layers)
+  else:
+    params["layers"] = {str(i): jax.tree.map(cast, p) for i, p in enumerate(layers)}
   params["final_norm"] = {"scale": cast(check("output_norm.weight", get("output_norm.weight"),
                                               (e,)))}
   if not tied:
@@ -150,13 +165,14 @@ def load_gguf(path: str, dtype=jnp.float32) -> tuple[LlamaConfig, dict]:
   return config, params
 
 
-def load_smollm2(dtype=jnp.float32) -> tuple[LlamaConfig, dict]:
+def load_smollm2(dtype=jnp.float32, *, scan_layers: bool = True) -> tuple[LlamaConfig, dict]:
   """:func:`load_gguf` on the embedded SmolLM2-135M-Instruct file."""
-  return load_gguf(smollm2_path(), dtype=dtype)
+  return load_gguf(smollm2_path(), dtype=dtype, scan_layers=scan_layers)
 
 
-def load_bundle(path: str | None = None, dtype=jnp.float32):
-  """``ModelBundle(model, params, tokenizer)`` from a GGUF (default: the embedded SmolLM2)."""
+def load_bundle(path: str | None = None, dtype=jnp.float32, *, scan_layers: bool = True):
+  """``ModelBundle(model, params, tokenizer)`` from a GGUF (default: the embedded SmolLM2);
+  ``scan_layers`` as :func:`load_gguf`."""
   path = smollm2_path() if path is None else path
-  config, params = load_gguf(path, dtype=dtype)
+  config, params = load_gguf(path, dtype=dtype, scan_layers=scan_layers)
   return ModelBundle(LlamaLM(config), params, tokenizer_lib.load_tokenizer(path))

@@ -8,9 +8,10 @@ Every weight is named once, by a canonical ``(kind, layer)`` (:data:`LAYER_KINDS
   (``model.transformer.blocks.{i}.q_proj.weight``, ...) and Dream's Qwen2 names
   (``model.layers.{i}.self_attn.q_proj.weight``, ...);
 * :func:`param_location` -- where it lives in the Flax tree of
-  :class:`partext_jax.models.llama.Llama` (``("layers_{i}", "attn", "q", "kernel")``). A stacked
-  layer tree (one ``layers`` leaf with a leading layer axis) is one edit here: return
-  ``(("layers", ...), i)`` and :func:`load_params` stacks the layers.
+  :class:`partext_jax.models.llama.Llama`: with ``scan_layers=True`` (the default) one stacked
+  leaf ``("layers", "attn", "q", "kernel")`` with a leading layer axis, which :func:`load_params`
+  fills layer by layer; with ``scan_layers=False`` the per-layer leaf
+  ``("layers", "{i}", "attn", "q", "kernel")``.
 
 Checkpoint tensors are in PyTorch ``(out, in)`` order; :func:`to_flax` reshapes them (and
 :func:`load_params` undoes llama.cpp's Q/K permutation for LLaDA GGUF files,
@@ -90,12 +91,16 @@ def hf_name(arch: str, kind: str, layer: int | None = None) -> str:
   return _HF_LAYER_PREFIX[arch].format(layer) + _HF_LAYER[arch][kind]
 
 
-def param_location(kind: str, layer: int | None = None) -> tuple[tuple[str, ...], int | None]:
+def param_location(kind: str, layer: int | None = None, *, scan_layers: bool = True
+                   ) -> tuple[tuple[str, ...], int | None]:
   """``(path, index)``: weight ``(kind, layer)`` is the Flax leaf at ``path`` (``index`` along a
-  leading stacked-layer axis, ``None`` for a per-layer leaf)."""
+  leading stacked-layer axis when ``scan_layers``, ``None`` for a per-layer or global leaf);
+  :func:`partext_jax.models.llama.layer_stack` defines both layouts."""
   if layer is None:
     return _FLAX_GLOBAL[kind], None
-  return (f"layers_{layer}",) + _FLAX_LAYER[kind], None
+  if scan_layers:
+    return ("layers",) + _FLAX_LAYER[kind], layer
+  return ("layers", str(layer)) + _FLAX_LAYER[kind], None
 
 
 def weights(config: llama.LlamaConfig) -> Iterator[tuple[str, int | None]]:
@@ -246,7 +251,7 @@ def load_params(read: Callable[[str, int | None], np.ndarray], config: llama.Lla
                                          rules=rules)
   groups: dict[tuple[str, ...], list] = {}
   for kind, layer in weights(config):
-    path, index = param_location(kind, layer)
+    path, index = param_location(kind, layer, scan_layers=config.scan_layers)
     groups.setdefault(path, []).append((index, kind, layer))
   flat = {}
   for path, members in groups.items():

@@ -64,7 +64,7 @@ def memory_plan(spec: DLLMSpec, mesh_sizes: tuple[int, int, int], *, batch: int 
   t = jax.ShapeDtypeStruct((batch,), jnp.float32)
   logits, cache = jax.eval_shape(lambda p, x, s: DiffusionLM(spec).cached(
       p, x, s, jnp.broadcast_to(jnp.arange(length), x.shape), None), params, tokens, t)
-  kv_names = (None, "batch", "length", "kv_heads", "head_dim")
+  kv_names = (None, "batch", "kv_heads", "length", "head_dim")   # KVCache [L, B, G, S, D]
   kv = sum(_per_device(x, kv_names, mesh, rules) for x in cache.kv)
   scores = jax.ShapeDtypeStruct((batch, config.num_heads, length, length), jnp.float32)
   return MemoryPlan(

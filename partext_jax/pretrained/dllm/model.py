@@ -63,7 +63,7 @@ EOS_PENALTY_EPS = 1e-3   # Dream's time floor ``eps``: the penalty at t = 1 is c
 
 class ContextCache(NamedTuple):
   """What a full cached pass stores: ``kv`` the :class:`~partext_jax.models.attention.KVCache`
-  ``[layers, B, L, kv_heads, head_dim]``; ``tokens int32[1, B, L]`` the tokens it was computed
+  ``[layers, B, kv_heads, L, head_dim]``; ``tokens int32[1, B, L]`` the tokens it was computed
   from (the shifted-logit query needs the token left of the block)."""
   kv: KVCache
   tokens: jax.Array
@@ -134,7 +134,7 @@ class DiffusionLM:
       left = jnp.take_along_axis(stored.tokens[0], jnp.maximum(q0 - 1, 0)[:, None], axis=1)
       tokens = jnp.concatenate([left, tokens], axis=1)
       positions = jnp.concatenate([positions[:, :1] - 1, positions], axis=1)
-      pad = ((0, 0), (0, 0), (1, 0), (0, 0), (0, 0))
+      pad = ((0, 0), (0, 0), (0, 0), (1, 0), (0, 0))   # KVCache [L, B, G, S, D]: one slot left
       kv = KVCache(jnp.pad(kv.k, pad), jnp.pad(kv.v, pad))
     # Query row j (position q0 - offset + j) is written to padded slot q0 + j.
     logits = llama.forward(params, tokens, positions, mask, kv, q0, config=c).logits
@@ -159,7 +159,7 @@ class DiffusionLM:
     return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
   def _pin_cache(self, cache: ContextCache) -> ContextCache:
-    names = (None, "batch", "length", "kv_heads", "head_dim")
+    names = (None, "batch", "kv_heads", "length", "head_dim")   # KVCache [L, B, G, S, D]
     return ContextCache(KVCache(*(self._pin(x, names) for x in cache.kv)),
                         self._pin(cache.tokens, (None, "batch", "length")))
 

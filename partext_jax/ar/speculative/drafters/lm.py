@@ -22,6 +22,7 @@ from partext_jax.ar.speculative import trees as trees_lib
 from partext_jax.ar.speculative.drafters.base import BaseDrafter, Draft, DraftContext
 from partext_jax.base import vocab_size_of_lm
 from partext_jax.models.attention import causal_cache_mask
+from partext_jax.models import llama as llama_lib
 from partext_jax.models.llama import LlamaLM
 
 LM_MODES = ("chain", "tree_iid", "tree_wor", "tree_topk", "eagle")
@@ -248,8 +249,10 @@ class LMDrafter(BaseDrafter):
 def early_exit_drafter(model, params, *, num_layers: int, **lm_drafter_kwargs):
   """Self-speculative drafter: the target's first ``num_layers`` layers + final norm + head.
 
-  Returns ``(LMDrafter, drafter_params)``; the params are a sub-tree of ``params`` (the same
-  arrays: no extra parameter memory). ``lm_drafter_kwargs`` go to :class:`LMDrafter` (mode,
+  Returns ``(LMDrafter, drafter_params)``; the params share ``params``' embedding, final norm
+  and head, and hold its first ``num_layers`` layers
+  (:func:`~partext_jax.models.llama.first_layers`: with stacked layers a slice, i.e. a copy of
+  ``num_layers / L`` of the layer weights). ``lm_drafter_kwargs`` go to :class:`LMDrafter` (mode,
   gamma, ...). Raises ``TypeError`` unless ``model`` is a
   :class:`~partext_jax.models.llama.LlamaLM`, ``ValueError`` for ``num_layers`` outside
   ``[1, num_layers of the target)``.
@@ -259,9 +262,7 @@ def early_exit_drafter(model, params, *, num_layers: int, **lm_drafter_kwargs):
   config = model.config
   if not isinstance(num_layers, int) or not 1 <= num_layers < config.num_layers:
     raise ValueError(f"num_layers={num_layers!r} must be an int in [1, {config.num_layers})")
-  sub = {k: v for k, v in params.items()
-         if not k.startswith("layers_") or int(k.split("_")[1]) < num_layers}
   drafter = LMDrafter(LlamaLM(config.replace(num_layers=num_layers)), **lm_drafter_kwargs)
-  return drafter, sub
+  return drafter, llama_lib.first_layers(params, config, num_layers)
 
 
