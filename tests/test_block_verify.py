@@ -199,6 +199,20 @@ def test_block_greedy_equals_ar():
   np.testing.assert_array_equal(out, ref)
 
 
+def test_block_rule_one_compile_per_bucket():
+  d = drafters.PromptLookupDrafter(gamma=GAMMA, max_ngram=1)
+  kw = dict(drafter=d, max_new_tokens=6, eos_id=None, min_bucket=8, temperature=1.0,
+            rule="block", compiler_options=FAST_COMPILE)
+  jit = decode._generate_jit_with(tuple(sorted(FAST_COMPILE.items())))
+  decode.generate(jax.random.key(0), TARGET, None, [[1, 2, 3]], **kw)
+  before = jit._cache_size()
+  decode.generate(jax.random.key(1), TARGET, None, [[0, 1, 2, 3, 3]], **kw)
+  decode.generate(jax.random.key(2), TARGET, None, [[3]], **kw)
+  assert jit._cache_size() == before
+  decode.generate(jax.random.key(0), TARGET, None, [[1, 2] * 5], **kw)  # bucket 16
+  assert jit._cache_size() == before + 1
+
+
 def test_block_rule_takes_chains_only():
   tree_drafter = drafters.LMDrafter(DRAFT, mode="tree_topk", choices=((0,), (1,), (0, 0)))
   with pytest.raises(ValueError, match="chains"):
