@@ -3,7 +3,8 @@ r"""Parallel AR decoding on CPU: Jacobi, Lookahead and block verification vs our
     python experiments/bench_parallel_ar.py --out experiments/results/bench_parallel_ar_cpu.md
 
 SmolLM2-135M-Instruct (f32), chat prompts, ``--new_tokens`` tokens, no EOS stop, at batch 1 (each
-of the first ``--batch1_prompts`` prompts alone) and batch 8 (all prompts). For every decoder, in
+of the first ``--batch1_prompts`` prompts alone) and batch 8 (all prompts; ``--nofull_batch``
+skips it, so that the two batch sizes can be measured in two shorter runs). For every decoder, in
 one process and side by side with plain AR (:func:`partext_jax.ar.sampling.generate`): committed
 tokens per target forward (``sum(lengths) / sum(target_calls)``, forwards counted per active row),
 best-of-``--reps`` wall time of a whole ``generate`` (warm-up call first: compilation excluded;
@@ -43,6 +44,7 @@ from partext_jax.ar.speculative import decode, drafters, trees, verify
 _NEW = flags.DEFINE_integer("new_tokens", 64, "Tokens per generation.")
 _REPS = flags.DEFINE_integer("reps", 2, "Timed repetitions (the best is kept).")
 _B1 = flags.DEFINE_integer("batch1_prompts", 2, "Prompts timed alone at batch 1.")
+_FULL = flags.DEFINE_bool("full_batch", True, "Also time all prompts as one batch (batch 8).")
 _BLOCK = flags.DEFINE_integer("block_size", 8, "Jacobi block size n.")
 _WINDOW = flags.DEFINE_integer("window", 5, "Lookahead window W.")
 _NGRAM = flags.DEFINE_integer("ngram", 4, "Lookahead n-gram size N.")
@@ -184,12 +186,15 @@ def main(argv):
   model, params, tok = pretrained.load_bundle()
   ids = [tok.encode(tok.apply_chat_template([{"role": "user", "content": p}],
                                             add_generation_prompt=True)) for p in PROMPTS]
+  m_tok, m_block, m_diff, s_tok, s_block, s_diff, n = paired_acceptance(model, params, ids)
+  print(f"paired: token-wise {m_tok:.3f} +- {s_tok:.3f}, block {m_block:.3f} +- {s_block:.3f}, "
+        f"difference {m_diff:+.3f} +- {s_diff:.3f} ({n} drafts)", flush=True)
   runs = decoders(model, params)
   rows = []
   for i in range(min(_B1.value, len(ids))):
     rows += time_rows(runs, ids[i:i + 1], f"1 (prompt {i})")
-  rows += time_rows(runs, ids, f"{len(ids)}")
-  m_tok, m_block, m_diff, s_tok, s_block, s_diff, n = paired_acceptance(model, params, ids)
+  if _FULL.value:
+    rows += time_rows(runs, ids, f"{len(ids)}")
   header = ["batch", "decoder", "tokens / target forward", "wall s (best)", "speed-up vs AR",
             "identical to AR"]
   pair = common.markdown_table(
