@@ -181,7 +181,8 @@ def generate_impl(rng_key, params, drafter_params, tokens, prompt_lengths, *, mo
     last = jnp.take_along_axis(emitted, jnp.maximum(count - 1, 0)[:, None], axis=1)[:, 0]
     n_out = st.n_out + count
     hit_eos = active & (first_eos < count)
-    info = drafters_lib.CommitInfo(tree, res.path, res.num_accepted, st.root_slot, first, active)
+    info = drafters_lib.CommitInfo(tree, res.path, res.num_accepted, st.root_slot, first, active,
+                                   fwd.logits)
     dstate = drafter.commit(drafter_params, dstate, info)
     hidden = st.hidden
     if drafter.needs_hidden:
@@ -234,7 +235,8 @@ def generate(rng_key, model, params, prompts, *, drafter, drafter_params=None,
     processor: a logits processor; default
       :func:`partext_jax.ar.processors.build` ``(temperature, top_k, top_p)``.
     rule: verification rule (:data:`verify.RULES`); default the drafter's ``sibling_rule``
-      (``"match"`` with ``greedy`` under a greedy processor). ``"typical"`` is lossy.
+      (``"match"`` with ``greedy`` under a greedy processor). ``"typical"`` is lossy;
+      ``"block"`` (block verification, Sun et al. 2025) takes chain drafters only.
     eos_id, pad_id, min_bucket: as :func:`partext_jax.ar.sampling.generate`.
     cheap_empty_step: when no active row has a valid drafted node, run a 1-token forward of
       the root instead of the ``T``-token tree forward (a ``lax.cond``; same outcome, about one
@@ -249,8 +251,9 @@ def generate(rng_key, model, params, prompts, *, drafter, drafter_params=None,
     ``(tokens int32[B, N], SpecInfo)``.
   Raises:
     TypeError, ValueError: bad arguments (those of :func:`partext_jax.ar.sampling.prepare_batch`,
-      an unknown ``rule``, a drafter lacking protocol attributes or with another vocabulary, a
-      tree that does not fit in ``context_length``), before compiling.
+      an unknown ``rule``, ``"block"`` with a tree drafter, a drafter lacking protocol
+      attributes or with another vocabulary, a tree that does not fit in ``context_length``),
+      before compiling.
   """
   processor = resolve_processor(processor, temperature, top_k, top_p)
   for attr in ("sibling_rule", "tree_size", "max_depth", "needs_hidden"):
@@ -262,6 +265,10 @@ def generate(rng_key, model, params, prompts, *, drafter, drafter_params=None,
   if rule is None:
     rule = "match" if greedy else drafter.sibling_rule
   checked_choice("rule", rule, verify_lib.RULES)
+  if rule in verify_lib.CHAIN_RULES and drafter.tree_size != drafter.max_depth + 1:
+    raise ValueError(f"rule={rule!r} verifies chains; the drafter drafts trees of "
+                     f"{drafter.tree_size} nodes and depth {drafter.max_depth} (use a chain "
+                     "drafter, e.g. LMDrafter(mode='chain') or PromptLookupDrafter)")
   tv, dv = vocab_size_of_lm(model), getattr(drafter, "vocab_size", None)
   if tv is not None and dv is not None and tv != dv:
     raise ValueError(f"drafter vocab_size={dv} differs from the target's vocab_size={tv}: "

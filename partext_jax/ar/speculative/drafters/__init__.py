@@ -4,6 +4,8 @@
 * :class:`~.lm.LMDrafter` -- any causal LM (chain, static trees, EAGLE-2 dynamic trees);
   :func:`~.lm.early_exit_drafter` -- the target's first layers.
 * :class:`~.prompt_lookup.PromptLookupDrafter` -- training-free n-gram lookup.
+* :class:`~.lookahead.LookaheadDrafter` -- lookahead decoding: a Jacobi window and an n-gram pool
+  verified in the same forward.
 * :class:`~.medusa.MedusaDrafter` -- Medusa heads (:mod:`partext_jax.models.medusa`).
 
 A new drafter is one module here implementing :class:`~.base.Drafter` (usually a frozen
@@ -13,8 +15,10 @@ dataclass deriving from :class:`~.base.BaseDrafter`), exported below.
 from partext_jax.ar.speculative.drafters.base import (SIBLING_RULES, BaseDrafter, CommitInfo,
                                                       Draft, DraftContext, Drafter)
 from partext_jax.ar.speculative.drafters.lm import LMDrafter, early_exit_drafter
+from partext_jax.ar.speculative.drafters.lookahead import LookaheadDrafter
 from partext_jax.ar.speculative.drafters.medusa import MedusaDrafter
 from partext_jax.ar.speculative.drafters.prompt_lookup import PromptLookupDrafter
 
 __all__ = ["SIBLING_RULES", "BaseDrafter", "CommitInfo", "Draft", "DraftContext", "Drafter",
-           "LMDrafter", "MedusaDrafter", "PromptLookupDrafter", "early_exit_drafter"]
+           "LMDrafter", "LookaheadDrafter", "MedusaDrafter", "PromptLookupDrafter",
+           "early_exit_drafter"]

@@ -25,7 +25,8 @@ jitted decode loop) with these attributes and pure methods::
     commit(params, state, info: CommitInfo) -> state
         Called after verification: keep what the accepted path ``info.path`` needs (e.g. compact
         the drafter's KV cache exactly as the target's, ``KVCache.compact``) and drop the rest
-        (roll back).
+        (roll back). ``info.logits`` holds the target's raw logits at every node of the tree
+        forward (the lookahead drafter reads its Jacobi window's next guesses there).
 
 ``params`` is the drafter's own parameter pytree (``None`` for training-free drafters); it is a
 traced argument of the decode loop, so new weights never recompile.
@@ -84,6 +85,8 @@ class CommitInfo(NamedTuple):
   root_slot: jax.Array  # int32[B]: the (old) root's slot; path node j moves to root_slot + j
   first_slot: jax.Array  # int32[B]
   active: jax.Array  # bool[B]: rows that committed anything this step (finished rows: False)
+  logits: Any = None  # float32[B, T, V]: the target's raw logits at every node (before the
+  #                     processor), for drafters that learn from the tree forward (lookahead)
 
 
 class Drafter(Protocol):
