@@ -10,8 +10,8 @@ r"""One-shot (CTC, GLAT) and edit-based (Levenshtein) generation vs our AR peer,
     python experiments/bench_nat.py --tasks=copy $S
     python experiments/bench_nat.py --tasks=reverse $S --append
     python experiments/bench_nat.py --tasks=sort $S --append
-    python experiments/bench_nat.py --tasks=distill $S --append --distill_steps=300 \
-        --num_prompts=512 --workdir=workdir/bench_nat
+    python experiments/bench_nat.py --tasks=distill $S --append --distill_steps=150 \
+        --num_prompts=512 --repeats=1 --workdir=workdir/bench_nat
 
 For every task (copy of length 16, reverse and sort of lengths 1-16 over 8 symbols, and the
 SmolLM2 distillation) every model kind is trained from scratch with the same budget (steps,
