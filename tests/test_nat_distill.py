@@ -32,8 +32,8 @@ def _write_cache(workdir):
       target_lengths=np.array([3, 1, 4, 2, 2, 4], np.int32),
       valid=np.array([False, False, False, True, True, False]))
   os.makedirs(workdir, exist_ok=True)
-  np.savez(os.path.join(workdir, f"distill_{distill._cache_key(TASK)}.npz"),  # pylint: disable=protected-access
-           **pairs)
+  key = distill._cache_key(TASK)  # pylint: disable=protected-access
+  np.savez(os.path.join(workdir, f"distill_{key}.npz"), **pairs)
   return pairs
 
 
