@@ -17,7 +17,8 @@ some row is unfinished; a finished row is carried unchanged.
 
 Choices. All three stages run on every row at every iteration (fairseq skips a stage for rows
 with nothing to do; the result is the same since a no-op stage changes nothing). No
-``eos_penalty`` / ``max_ratio`` (fairseq's defaults 0 / none); the canvas size bounds the length. Argmax decoding: the key is accepted for the common shape.
+``eos_penalty`` / ``max_ratio`` (fairseq's defaults 0 / none); the canvas size bounds the length.
+Argmax decoding: the key is accepted for the common shape.
 
 Usage::
 
