@@ -44,6 +44,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from partext_jax import ops
 from partext_jax.ar.speculative import trees as trees_lib
 
 RULES = ("iid", "without_replacement", "topk", "match", "typical")
@@ -69,9 +70,9 @@ def _verify_row(key, tokens, parent, depth, valid, p, q, *, rule, greedy, max_de
   u = jax.random.uniform(k_u, (t,))
   if rule == "match":
     if greedy:
-      y = jnp.argmax(p, axis=-1).astype(jnp.int32)
+      y = ops.argmax(p)
     else:
-      y = jax.random.categorical(k_y, jnp.log(p), axis=-1).astype(jnp.int32)
+      y = ops.categorical(k_y, jnp.log(p))
 
   path0 = jnp.full((max_depth + 1,), -1, jnp.int32).at[0].set(0)
   init = (jnp.int32(0), p[0], q[0], path0)
