@@ -51,7 +51,7 @@ def sampler_specs(num_steps: int):
       "confidence threshold 0.9": ("confidence", dict(rule="threshold", threshold=0.9)),
       "EB (gamma 0.1)": ("eb", dict(gamma=0.1)),
       "P2": ("p2", dict(num_steps=num_steps)),
-      "ReMDM cap, top_p 0.9": ("remdm", dict(num_steps=num_steps, top_p=0.9)),
+      "ReMDM cap top_p 0.9": ("remdm", dict(num_steps=num_steps, top_p=0.9)),
   }
 
 
