@@ -4,6 +4,7 @@ Tolerances: z-tests with |z| < 5 (two-sided false alarm 5.7e-7 per test, normal 
 of a binomial count with expected counts >= 100).
 """
 
+import functools
 import math
 import textwrap
 
@@ -92,10 +93,11 @@ def test_float64_requires_x64_and_bad_precision_name():
     categorical.float64_draw(jax.random.key(0), jnp.zeros((2, 3)), 0.5)
   with pytest.raises(RuntimeError, match="jax_enable_x64"):
     categorical.categorical_float64(jax.random.key(0), jnp.zeros((2, 3)))
+  row_keys = jax.random.split(jax.random.key(0), 2)
   with pytest.raises(RuntimeError, match="jax_enable_x64"):
-    categorical.unmask_draw(jax.random.key(0), jnp.zeros((2, 3)), 0.5, precision="float64")
+    categorical.unmask_draw(row_keys, jnp.zeros((2, 3, 4)), 0.5, precision="float64")
   with pytest.raises(ValueError, match="precision=.*float32.*float64"):
-    categorical.unmask_draw(jax.random.key(0), jnp.zeros((2, 3)), 0.5, precision="gumbel32")
+    categorical.unmask_draw(row_keys, jnp.zeros((2, 3, 4)), 0.5, precision="gumbel32")
 
 
 def test_samplers_share_the_precision_argument():
@@ -119,6 +121,31 @@ def test_samplers_share_the_precision_argument():
                                   1.0)
     assert bool(unmask.all())
     np.testing.assert_array_equal(tokens[row], want)
+
+
+def test_draws_only_where_needed_equal_the_full_draw():
+  """unmask_draw computes the categorical only where the event fired and the token is used,
+  gathering a bucket of positions (categorical.bucket_sizes); the events and those tokens are
+  exactly two_stage_draw's, row by row, whichever bucket runs (counts 0, 1, 3, 9, all)."""
+  b, length, v = 3, 20, 7
+  logits = jax.random.normal(jax.random.key(10), (b, length, v)) * 2
+  row_keys = jax.random.split(jax.random.PRNGKey(11), b)     # raw keys here, typed elsewhere
+  assert categorical.bucket_sizes(length) == (0, 4, 8, 16, 20)
+  full = [two_stage_draw(row_keys[r], logits[r], 0.5, temperature=0.7) for r in range(b)]
+  full_event = np.stack([np.asarray(e) for e, _ in full])
+  full_tokens = np.stack([np.asarray(t) for _, t in full])
+  draw = jax.jit(functools.partial(categorical.unmask_draw, temperature=0.7))
+  rng = np.random.default_rng(0)
+  for count in (0, 1, 3, 9, length):
+    where = np.zeros((b, length), bool)
+    for r in range(b):
+      where[r, rng.choice(length, size=min(length, count + r), replace=False)] = True
+    event, tokens = draw(row_keys, logits, jnp.full((b, length), 0.5), where=jnp.asarray(where))
+    np.testing.assert_array_equal(event, full_event)
+    used = full_event & where
+    np.testing.assert_array_equal(np.asarray(tokens)[used], full_tokens[used])
+    assert np.all(np.asarray(tokens)[~used] == 0)
+  assert draw._cache_size() == 1
 
 
 def test_naive_float32_gumbel_undersamples_rare_events():

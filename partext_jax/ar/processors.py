@@ -11,8 +11,10 @@ Math, for logits ``z`` of one row:
 
 * ``temperature(t)``: ``z / t`` (``t > 0``).
 * ``top_k(k)``: keep ``z_i >= z_(k)`` (the ``k``-th largest value; ties at the threshold kept).
-* ``top_p(p)``: sort ``z`` descending, ``P_j = sum_{i<j} softmax(z)_(i)`` (mass strictly *before*
-  token ``j``); keep ``j`` iff ``P_j < p``. The top token has ``P = 0`` and is always kept.
+* ``top_p(p)``: in descending order of ``z`` (ties by lower index), ``P_j = sum_{i<j}
+  softmax(z)_(i)`` (mass strictly *before* token ``j``); keep ``j`` iff ``P_j < p``. The top token
+  has ``P = 0`` and is always kept. Computed without a sort (:func:`partext_jax.ops.nucleus_mask`,
+  ``docs/algorithms.md#vocabulary-ops``).
 * ``greedy()``: keep only the argmax (first one on ties), so sampling is deterministic.
 
 Usage::
@@ -28,6 +30,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from partext_jax import ops
 
 LogitsProcessor = Callable[[jax.Array], jax.Array]
 
@@ -77,16 +81,8 @@ class TopP:
   def __call__(self, logits):
     if self.p >= 1.0:
       return logits
-    order = jnp.argsort(-logits, axis=-1)
-    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep_sorted = mass_before < self.p
-    keep_sorted = keep_sorted.at[..., 0].set(True)  # the top token survives any p
-    # Scatter the keep flags back to vocabulary order.
-    keep = jnp.zeros_like(keep_sorted).at[
-        jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
-    return jnp.where(keep, logits, NEG_INF)
+    # No sort over V: the threshold search of ops.nucleus_mask, same set as a stable sort.
+    return jnp.where(ops.nucleus_mask(logits, self.p, rule="exclusive"), logits, NEG_INF)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +90,7 @@ class Greedy:
   """Keeps only the argmax (first on ties): sampling becomes deterministic."""
 
   def __call__(self, logits):
-    best = jnp.argmax(logits, axis=-1)
+    best = ops.argmax(logits)
     return jnp.where(jnp.arange(logits.shape[-1])[None, :] == best[:, None], 0.0, NEG_INF).astype(
         logits.dtype)
 

@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from partext_jax import ops
 from partext_jax.ar import processors as lp
 from partext_jax.base import (LMOutput, checked_callable, checked_choice, checked_hashable,
                               checked_int, resolve_special_ids, vocab_size_of_lm)
@@ -86,8 +87,8 @@ def bucket_length(n: int, *, min_bucket: int = 16) -> int:
 def _sample(key, logits, processor):
   if lp.is_greedy(processor):
     # Deterministic: skip the Gumbel noise. (Processors before Greedy may still reorder.)
-    return jnp.argmax(processor(logits), axis=-1).astype(jnp.int32)
-  return jax.random.categorical(key, processor(logits), axis=-1).astype(jnp.int32)
+    return ops.argmax(processor(logits))
+  return ops.categorical(key, processor(logits))
 
 
 def is_eos(tokens, eos_ids: tuple) -> jax.Array:

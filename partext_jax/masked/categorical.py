@@ -54,10 +54,14 @@ Example::
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from partext_jax import ops
 from partext_jax.base import checked_choice
 
 PRECISIONS = ("float32", "float64")
@@ -104,27 +108,119 @@ def bernoulli_fine(rng_key, p, shape):
   return (j < k) | ((j == k) & (u < f))
 
 
+def draw_tokens(rng_key, logits, positions):
+  """``int32[...]``: a draw from ``softmax(logits)`` at each position, by Gumbel-max with "high"
+  noise (two 23-bit uniforms; :func:`partext_jax.ops.categorical`).
+
+  ``logits float[..., V]``, ``positions int32[...]`` (the position index of each row of
+  ``logits``). Position ``i`` draws from its own key ``fold_in(rng_key, i)``, so its token
+  depends only on (key, position, logits there): the same whether every position is drawn or
+  only the few that need one (:func:`draw_tokens_at`).
+  """
+  flat_positions = jnp.ravel(positions)
+  keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng_key, flat_positions)
+  flat_logits = logits.reshape((flat_positions.shape[0], logits.shape[-1]))
+  tokens = jax.vmap(lambda k, z: ops.categorical(k, z, mode="high"))(keys, flat_logits)
+  return tokens.reshape(jnp.shape(positions))
+
+
 def two_stage_draw(rng_key, logits, unmask_prob, *, temperature: float = 1.0):
-  """Bernoulli "unmask?" then a categorical over the ``V`` real tokens.
+  """Bernoulli "unmask?" then a categorical over the ``V`` real tokens, at every position.
 
   Args:
-    rng_key: a PRNG key.
+    rng_key: a PRNG key (a row's key in the samplers).
     logits: ``float[..., V]`` denoiser logits over the real tokens (never the MASK).
     unmask_prob: probability of unmasking, broadcastable to ``logits.shape[:-1]``.
     temperature: ``p_theta = softmax(logits / temperature)``; must be > 0.
 
   Returns:
     ``(unmask bool[...], tokens int32[...])``; ``tokens`` ~ ``p_theta`` independently of
-    ``unmask`` and is meaningful only where ``unmask`` is True.
+    ``unmask`` and is meaningful only where ``unmask`` is True. With ``rng_key`` split into
+    ``(event key, token key)``, ``unmask`` comes from :func:`bernoulli_fine` on the event key and
+    the token at flat position ``i`` (row-major over ``logits.shape[:-1]``) from
+    ``fold_in(token key, i)``: the tokens of :func:`unmask_draw`, which draws only where needed.
   """
   batch_shape = logits.shape[:-1]
-  p = jnp.broadcast_to(jnp.asarray(unmask_prob), batch_shape).astype(jnp.float32)
   key_unmask, key_token = jax.random.split(rng_key)
-  # p = 1 always unmasks and p = 0 never does.
-  unmask = bernoulli_fine(key_unmask, p, batch_shape)
+  unmask = bernoulli_fine(key_unmask, unmask_prob, batch_shape)
+  positions = jnp.arange(math.prod(batch_shape), dtype=jnp.int32).reshape(batch_shape)
   scaled = logits.astype(jnp.float32) / temperature
-  tokens = jax.random.categorical(key_token, scaled, axis=-1, mode="high")
-  return unmask, tokens.astype(jnp.int32)
+  return unmask, draw_tokens(key_token, scaled, positions)
+
+
+def bucket_sizes(length: int) -> tuple[int, ...]:
+  """The static position counts :func:`at_positions` compiles: 0, 4, 8, 16, ... and
+  ``length`` (e.g. ``(0, 4, 8, 16, 32, 64, 128)`` for 128)."""
+  sizes, k = [0], 4
+  while k < length:
+    sizes.append(k)
+    k *= 2
+  return tuple(sizes) + (length,)
+
+
+def at_positions(fn, where, *arrays):
+  """``fn`` evaluated only at the positions ``where`` holds, scattered back (zeros elsewhere).
+
+  Static shapes: ``fn`` is compiled for each count of :func:`bucket_sizes` and a ``lax.switch``
+  runs the smallest one that holds the largest count of any row (a batch-level choice; inside
+  ``vmap`` every branch runs). Each row's first ``k`` positions of ``where`` (by index) are
+  gathered; padding slots repeat position ``L - 1`` and are dropped. Which branch runs changes
+  nothing but the cost when ``fn`` is position-wise (its output at a position depends on that
+  position only, like :func:`draw_tokens`).
+
+  Args:
+    fn: ``fn(positions int32[B, k], *gathered) -> pytree of [B, k, ...]`` with ``gathered`` the
+      ``arrays`` at those positions.
+    where: ``bool[B, L]``.
+    *arrays: ``[B, L, ...]`` arrays.
+
+  Returns:
+    ``fn``'s pytree with every leaf ``[B, L, ...]``: its values at the positions of ``where``,
+    zeros elsewhere.
+  """
+  b, length = where.shape
+  sizes = bucket_sizes(length)
+
+  def gathered_spec(k):
+    return (jax.ShapeDtypeStruct((b, k), jnp.int32),) + tuple(
+        jax.ShapeDtypeStruct((b, k) + a.shape[2:], a.dtype) for a in arrays)
+
+  out_spec = jax.eval_shape(fn, *gathered_spec(1))
+  zeros = jax.tree.map(lambda s: jnp.zeros((b, length) + s.shape[2:], s.dtype), out_spec)
+
+  def branch(k):
+    if k == 0:
+      return lambda: zeros
+
+    def run():
+      slots = jax.vmap(lambda w: jnp.nonzero(w, size=k, fill_value=length)[0])(where)
+      positions = jnp.minimum(slots, length - 1).astype(jnp.int32)
+      gathered = [jnp.take_along_axis(a, positions.reshape((b, k) + (1,) * (a.ndim - 2)), axis=1)
+                  for a in arrays]
+      out = fn(positions, *gathered)
+      rows = jnp.arange(b)[:, None]
+      return jax.tree.map(lambda z, o: z.at[rows, slots].set(o, mode="drop"), zeros, out)
+
+    return run
+
+  needed = jnp.max(jnp.sum(where, axis=1, dtype=jnp.int32))
+  index = jnp.searchsorted(jnp.asarray(sizes, jnp.int32), needed)
+  return jax.lax.switch(index, [branch(k) for k in sizes])
+
+
+def draw_tokens_at(token_keys, logits, where, *, logits_fn=None):
+  """``int32[B, L]``: :func:`draw_tokens` at the positions ``where`` holds (0 elsewhere), with
+  the categorical over ``V`` computed only there (:func:`at_positions`).
+
+  ``token_keys`` is ``key[B]`` (a row's token key), ``logits`` ``float[B, L, V]``, ``where``
+  ``bool[B, L]``; ``logits_fn`` (e.g. temperature and a nucleus filter) maps the gathered
+  ``[B, k, V]`` logits to the logits drawn from and must act on each position alone. The tokens
+  are those of drawing at every position and keeping the ones ``where`` holds.
+  """
+  logits_fn = logits_fn or (lambda z: z)
+  return at_positions(
+      lambda positions, z: jax.vmap(draw_tokens)(token_keys, logits_fn(z), positions),
+      where, logits)
 
 
 def categorical_float64(rng_key, logits, *, axis: int = -1):
@@ -132,7 +228,7 @@ def categorical_float64(rng_key, logits, *, axis: int = -1):
   require_x64("categorical_float64")
   logits = jnp.asarray(logits, jnp.float64)
   gumbel = jax.random.gumbel(rng_key, logits.shape, jnp.float64)
-  return jnp.argmax(logits + gumbel, axis=axis).astype(jnp.int32)
+  return ops.argmax(logits + gumbel, axis=axis)
 
 
 def float64_draw(rng_key, logits, unmask_prob, *, temperature: float = 1.0):
@@ -154,10 +250,41 @@ def float64_draw(rng_key, logits, unmask_prob, *, temperature: float = 1.0):
   return unmask, jnp.where(unmask, index, 0).astype(jnp.int32)
 
 
-def unmask_draw(rng_key, logits, unmask_prob, *, precision: str = "float32",
-                temperature: float = 1.0):
-  """``(unmask bool[...], tokens int32[...])`` by :func:`two_stage_draw` (``"float32"``) or
-  :func:`float64_draw` (``"float64"``); a ``ValueError`` listing :data:`PRECISIONS` otherwise."""
-  draw = {"float32": two_stage_draw, "float64": float64_draw}[
-      checked_choice("precision", precision, PRECISIONS)]
-  return draw(rng_key, logits, unmask_prob, temperature=temperature)
+def unmask_draw(row_keys, logits, unmask_prob, *, where=None, precision: str = "float32",
+                temperature: float = 1.0, logits_fn=None):
+  """One masked-diffusion step's draws for a batch: unmask events, and tokens where needed.
+
+  ``precision="float32"``: :func:`two_stage_draw` row by row, but the categorical over ``V`` is
+  computed only at the positions where the event happened and ``where`` holds (typically the
+  masked ones: ``~L / N`` per row and step), by :func:`draw_tokens_at`; the events and those
+  tokens are exactly :func:`two_stage_draw`'s. ``precision="float64"``: :func:`float64_draw`
+  row by row (its one-stage draw decides the event and the token together, over all positions).
+
+  Args:
+    row_keys: ``key[B]``, one per row.
+    logits: ``float[B, L, V]`` over the real tokens.
+    unmask_prob: ``float32[B, L]`` (or broadcastable) event probabilities.
+    where: ``bool[B, L]``: positions whose token is used when the event happens (``None``:
+      every position).
+    precision: ``"float32"`` or ``"float64"`` (:data:`PRECISIONS`; ``ValueError`` otherwise).
+    temperature: ``p_theta = softmax(logits_fn(logits) / temperature)``, ``> 0``.
+    logits_fn: optional map of logits ``[..., V] -> [..., V]`` acting on each position alone
+      (ReMDM's nucleus filter), applied after the temperature.
+
+  Returns:
+    ``(event bool[B, L], tokens int32[B, L])``; ``tokens`` is meaningful where ``event & where``.
+  """
+  checked_choice("precision", precision, PRECISIONS)
+  b, length = logits.shape[:2]
+  p = jnp.broadcast_to(jnp.asarray(unmask_prob, jnp.float32), (b, length))
+  if precision == "float64":
+    if logits_fn is not None:       # filtered in float32, then drawn in float64
+      logits, temperature = logits_fn(logits.astype(jnp.float32) / temperature), 1.0
+    draw = functools.partial(float64_draw, temperature=temperature)
+    return jax.vmap(draw)(row_keys, logits, p)
+  scale = lambda z: z.astype(jnp.float32) / temperature
+  transform = scale if logits_fn is None else (lambda z: logits_fn(scale(z)))
+  event_keys, token_keys = jax.vmap(jax.random.split, out_axes=1)(row_keys)
+  event = jax.vmap(lambda k, q: bernoulli_fine(k, q, q.shape))(event_keys, p)
+  needed = event if where is None else event & where
+  return event, draw_tokens_at(token_keys, logits, needed, logits_fn=transform)

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from partext_jax import ops
 from partext_jax.base import (DenoiseFn, SamplingAlgorithm, checked_bool, checked_callable,
                               checked_choice, checked_int, model_partial, validate_key)
 from partext_jax.masked import categorical
@@ -144,7 +145,7 @@ def noise_removal(denoise_fn, tokens, s, logits, *, mask_id: int, is_last, stale
   filled = (tokens == mask_id) & is_last
   recompute = jnp.any(filled) & stale
   logits = jax.lax.cond(recompute, lambda: call_at_time(denoise_fn, tokens, s), lambda: logits)
-  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  greedy = ops.argmax(logits)
   return jnp.where(filled, greedy, tokens), filled, logits, recompute.astype(jnp.int32)
 
 

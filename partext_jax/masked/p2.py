@@ -78,6 +78,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from partext_jax import ops
 from partext_jax.base import (DenoiseFn, checked_callable, checked_choice, checked_float_fields,
                               model_jit, model_partial)
 from partext_jax.masked import categorical, driver
@@ -212,7 +213,7 @@ def build_kernel(denoise_fn: DenoiseFn, config: P2Config, vocab_size: int,
       perturbed = logits / jnp.asarray(config.temperature, dtype) + gumbel
     else:
       perturbed = logits
-    x0 = jnp.where(active, jnp.argmax(perturbed, axis=-1).astype(jnp.int32), x)
+    x0 = jnp.where(active, ops.argmax(perturbed), x)
     nfe = active.astype(jnp.int32)
     if planner is not None:
       use_planner = active & jnp.any(decoded)

@@ -109,6 +109,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from partext_jax import ops
 from partext_jax.base import (DenoiseFn, checked_choice, checked_float, checked_float_fields,
                               model_jit)
 from partext_jax.masked import categorical, driver
@@ -287,20 +288,22 @@ def unmask_probability(alpha_t, alpha_s, sigma):
 
 
 def nucleus_logits(logits, top_p: float):
-  """Reference top-p on ``softmax(logits)`` over the last axis: keep tokens whose inclusive
-  descending cumulative mass is ``<= top_p``, and always the top one; others get ``-inf``."""
-  probs = jax.nn.softmax(logits, axis=-1)
-  order = jnp.argsort(-logits, axis=-1)
-  sorted_probs = jnp.take_along_axis(probs, order, axis=-1)
-  keep_sorted = jnp.cumsum(sorted_probs, axis=-1) <= top_p
-  keep_sorted = keep_sorted.at[..., 0].set(True)
-  keep = jnp.take_along_axis(keep_sorted, jnp.argsort(order, axis=-1), axis=-1)
-  return jnp.where(keep, logits, -jnp.inf)
+  """Reference top-p on ``softmax(logits)`` over the last axis (``float[..., V]``): keep tokens
+  whose inclusive descending cumulative mass is ``<= top_p``, and always the top one; others get
+  ``-inf``. No sort: :func:`partext_jax.ops.nucleus_mask` with ``rule="inclusive"``
+  (``docs/algorithms.md#vocabulary-ops``)."""
+  return jnp.where(ops.nucleus_mask(logits, top_p, rule="inclusive"), logits, -jnp.inf)
 
 
 def build_kernel(denoise_fn: DenoiseFn, config: ReMDMConfig, vocab_size: int):
   """The pure ``step(rng_key, state) -> (state, info)`` for a fixed vocabulary size."""
   mask_id = config.mask_id
+  nucleus = (None if config.top_p == 1.0
+             else functools.partial(nucleus_logits, top_p=config.top_p))
+
+  def draw_logits(logits):          # the logits of p_theta: tempered, then nucleus-filtered
+    tempered = logits / config.temperature
+    return tempered if nucleus is None else nucleus(tempered)
 
   def step(rng_key, state: ReMDMState):
     x, fixed = state.tokens, state.fixed
@@ -329,23 +332,19 @@ def build_kernel(denoise_fn: DenoiseFn, config: ReMDMConfig, vocab_size: int):
     logits = jax.lax.cond(need_call, lambda: driver.call_at_time(denoise_fn, x, t),
                           lambda: jnp.zeros((b, l, vocab_size), jnp.float32))
     nfe = need_call.astype(jnp.int32)
-    if config.top_p < 1.0:
-      draw_logits = nucleus_logits(logits / config.temperature, config.top_p)
-      draw_temperature = 1.0
-    else:
-      draw_logits, draw_temperature = logits, config.temperature
-
-    draw = functools.partial(categorical.unmask_draw, precision=config.precision,
-                             temperature=draw_temperature)
-    event, proposal = jax.vmap(draw)(driver.row_keys(rng_key, i, b), draw_logits, event_prob)
+    event, proposal = categorical.unmask_draw(
+        driver.row_keys(rng_key, i, b), logits, event_prob, where=masked,
+        precision=config.precision, temperature=config.temperature, logits_fn=nucleus)
     unmask = event & masked
     remask = event & remaskable
     x_new = jnp.where(unmask, proposal, jnp.where(remask, mask_id, x))
 
     confidence = state.confidence
-    if config.strategy == "conf":
-      confidence = jnp.where(unmask, token_probability(draw_logits / draw_temperature, proposal),
-                             confidence)
+    if config.strategy == "conf":   # p_theta (tempered, filtered) of the drawn tokens
+      drawn = categorical.at_positions(
+          lambda _, z, tokens: token_probability(draw_logits(z), tokens), unmask, logits,
+          proposal)
+      confidence = jnp.where(unmask, drawn, confidence)
 
     if config.noise_removal:
       # Unless a token changed since the model call, its logits are those of x_new.

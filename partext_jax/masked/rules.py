@@ -38,6 +38,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from partext_jax import ops
 from partext_jax.base import checked_choice, checked_float_fields
 
 PROXIES = ("max_prob", "margin", "neg_entropy", "sampled_prob")
@@ -120,9 +121,9 @@ def select_factor(conf, eligible, factor):
 def sample_x0(token_gumbel, logits, temperature: float):
   """Gumbel-max: ``argmax(logits / tau + g)`` ~ ``softmax(logits / tau)``; ``tau = 0``: argmax."""
   if temperature == 0.0:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return ops.argmax(logits)
   scaled = logits.astype(jnp.float32) / temperature
-  return jnp.argmax(scaled + token_gumbel, axis=-1).astype(jnp.int32)
+  return ops.argmax(scaled + token_gumbel)
 
 
 # --------------------------------------------------------------------------- rules

@@ -73,7 +73,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -160,8 +159,6 @@ def unmask_probability(config: TauLeapingConfig, t, s):
 def build_kernel(denoise_fn: DenoiseFn, config: TauLeapingConfig, vocab_size: int):
   """The pure ``step(rng_key, state) -> (state, info)`` for a fixed vocabulary size."""
   mask_id = config.mask_id
-  draw = functools.partial(categorical.unmask_draw, precision=config.precision,
-                           temperature=config.temperature)
 
   def step(rng_key, state: TauLeapingState):
     x = state.tokens
@@ -183,8 +180,9 @@ def build_kernel(denoise_fn: DenoiseFn, config: TauLeapingConfig, vocab_size: in
     nfe = need_call.astype(jnp.int32)
     fresh = cache_valid | need_call   # logits correspond to x
 
-    unmask, proposal = jax.vmap(lambda k, lg: draw(k, lg, p))(
-        driver.row_keys(rng_key, i, b), logits)
+    unmask, proposal = categorical.unmask_draw(
+        driver.row_keys(rng_key, i, b), logits, p, where=masked, precision=config.precision,
+        temperature=config.temperature)
     unmask = unmask & masked
     x_new = jnp.where(unmask, proposal, x)
     valid_after = fresh & ~jnp.any(unmask)

@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from partext_jax import ops
 from partext_jax.ar.speculative import trees as trees_lib
 
 RULES = ("iid", "without_replacement", "topk", "match", "block", "typical")
@@ -78,9 +79,9 @@ def _verify_row(key, tokens, parent, depth, valid, p, q, *, rule, greedy, max_de
   u = jax.random.uniform(k_u, (t,))
   if rule == "match":
     if greedy:
-      y = jnp.argmax(p, axis=-1).astype(jnp.int32)
+      y = ops.argmax(p)
     else:
-      y = jax.random.categorical(k_y, jnp.log(p), axis=-1).astype(jnp.int32)
+      y = ops.categorical(k_y, jnp.log(p))
 
   path0 = jnp.full((max_depth + 1,), -1, jnp.int32).at[0].set(0)
   init = (jnp.int32(0), p[0], q[0], path0)
