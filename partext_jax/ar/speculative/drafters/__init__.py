@@ -5,6 +5,8 @@
   :func:`~.lm.early_exit_drafter` -- the target's first layers.
 * :class:`~.prompt_lookup.PromptLookupDrafter` -- training-free n-gram lookup.
 * :class:`~.medusa.MedusaDrafter` -- Medusa heads (:mod:`partext_jax.models.medusa`).
+* :class:`~.mtp.MTPDrafter` -- multi-token prediction (Gloeckle heads, DeepSeek-V3 modules) of an
+  :class:`~partext_jax.models.mtp.MTPModel` target.
 
 A new drafter is one module here implementing :class:`~.base.Drafter` (usually a frozen
 dataclass deriving from :class:`~.base.BaseDrafter`), exported below.
@@ -14,7 +16,8 @@ from partext_jax.ar.speculative.drafters.base import (SIBLING_RULES, BaseDrafter
                                                       Draft, DraftContext, Drafter)
 from partext_jax.ar.speculative.drafters.lm import LMDrafter, early_exit_drafter
 from partext_jax.ar.speculative.drafters.medusa import MedusaDrafter
+from partext_jax.ar.speculative.drafters.mtp import MTPDrafter
 from partext_jax.ar.speculative.drafters.prompt_lookup import PromptLookupDrafter
 
 __all__ = ["SIBLING_RULES", "BaseDrafter", "CommitInfo", "Draft", "DraftContext", "Drafter",
-           "LMDrafter", "MedusaDrafter", "PromptLookupDrafter", "early_exit_drafter"]
+           "LMDrafter", "MTPDrafter", "MedusaDrafter", "PromptLookupDrafter", "early_exit_drafter"]
