@@ -11,14 +11,15 @@ whether the tokens equal AR's (they must). Predictors: the committed assets
 ``partext_jax/assets/mtp_smollm2_{gloeckle,deepseek}`` (``experiments/train_mtp.py``), used with
 their full depth and with depth 1.
 
-**SoT** (greedy; 20 questions, :data:`QUESTIONS`): per question, Skeleton-of-Thought (every
-question) and the routed form (:func:`partext_jax.ar.sot.route`) against plain AR (up to
-``--answer_tokens`` tokens, stopping at EOS): format compliance (at least ``min_points``
-points parsed), sequential target forwards, wall time (each configuration warmed up on the same
-shapes first), and generative perplexity of the answers under SmolLM2 itself
-(:mod:`partext_jax.evaluation`; lower is not better when answers get shorter or repetitive: the
-unigram entropy is printed beside it). Batch 1: the questions one at a time; batch 8: the first
-eight at once.
+**SoT** (greedy; 20 questions, :data:`QUESTIONS`): Skeleton-of-Thought on every question and
+the routed form (:func:`partext_jax.ar.sot.route`) against plain AR (up to ``--answer_tokens``
+tokens, stopping at EOS). Format compliance (at least ``min_points`` points parsed), each
+question's sequential target forwards and the generative perplexity of the answers under
+SmolLM2 itself (:mod:`partext_jax.evaluation`; lower is not better when answers get shorter or
+repetitive: the unigram entropy is printed beside it) come from one batched call over the 20
+questions per decoder (a greedy row does not depend on its batch). Wall clock: batch 1 over the
+first ``--timed_questions`` questions one at a time, batch 8 over the first eight at once (best
+of ``--reps`` calls that compiled nothing).
 """
 
 import dataclasses
@@ -41,7 +42,8 @@ from partext_jax.training import mtp as mt
 _NEW = flags.DEFINE_integer("new_tokens", 64, "MTP: tokens per generation.")
 _REPS = flags.DEFINE_integer("reps", 1, "Timed calls that compile nothing (best kept).")
 _PROMPTS_B1 = flags.DEFINE_integer("prompts_b1", 3, "MTP: prompts timed one at a time.")
-_ANSWER = flags.DEFINE_integer("answer_tokens", 256, "SoT: plain-AR answer budget.")
+_ANSWER = flags.DEFINE_integer("answer_tokens", 160, "SoT: plain-AR answer budget.")
+_TIMED = flags.DEFINE_integer("timed_questions", 4, "SoT: questions timed one at a time.")
 _SKIP = flags.DEFINE_list("skip", [], "Parts to skip: mtp, sot.")
 _OUT = flags.DEFINE_string("out", None, "Write the markdown report here too.")
 
@@ -109,12 +111,12 @@ def bench_mtp(bundle, reps: int, new_tokens: int, prompts_b1: int):
   notes = []
   for kind in mtp.MTP_KINDS:
     cfg, mparams, meta = mt.load_params(mt.asset_directory(kind))
-    valid = meta.get("valid") or {}
-    notes.append(f"{kind}: depth {cfg.depth}, {cfg.num_params / 1e6:.2f} M parameters "
-                 f"({4 * cfg.num_params / 2**20:.1f} MiB f32), validation top-1 of the drafts "
-                 + ", ".join(f"{valid.get(f'pred{k}_top1', float('nan')):.2f}"
-                             for k in range(1, cfg.depth + 1))
-                 + f", teacher-forced chain length {valid.get('chain_accept_len', float('nan')):.2f}")
+    valid = {k: f"{v:.2f}" for k, v in (meta.get("valid") or {}).items()}
+    notes.append(
+        f"{kind}: depth {cfg.depth} (trained with depth {meta.get('trained_depth', cfg.depth)}), "
+        f"{cfg.num_params / 1e6:.2f} M parameters stored in {meta.get('param_dtype', 'float32')}, "
+        "teacher-forced validation top-1 of the drafts (float32) "
+        + ", ".join(valid.get(f"pred{k}_top1", "?") for k in range(1, cfg.depth + 1)))
     for depth in sorted({cfg.depth, 1}, reverse=True):
       sub = {f"layers_{k}": mparams[f"layers_{k}"] for k in range(depth)}
       c = dataclasses.replace(cfg, depth=depth)
@@ -156,79 +158,73 @@ def bench_mtp(bundle, reps: int, new_tokens: int, prompts_b1: int):
   return text, notes
 
 
-def bench_sot(bundle, reps: int, answer_tokens: int):
+def bench_sot(bundle, reps: int, answer_tokens: int, timed: int):
   model, params, tok = bundle
   config = sot.SoTConfig(answer_tokens=answer_tokens)
   judge = evaluation.Judge.from_bundle(bundle)
-  stop = sot.stop_ids(tok)
+  jitted = ar._generate_jit  # pylint: disable=protected-access
 
   def plain(questions):
     ids = [tok.encode(tok.apply_chat_template([{"role": "user", "content": q}]))
            for q in questions]
     out, info = ar.generate(jax.random.key(0), model, params, ids, max_new_tokens=answer_tokens,
-                            eos_id=stop)
-    return [tok.decode(r) for r in ar.trim(out, info)], int(info.num_steps)
+                            eos_id=sot.stop_ids(tok))
+    return [tok.decode(r) for r in ar.trim(out, info)], np.asarray(info.lengths).tolist()
 
-  jitted = ar._generate_jit  # pylint: disable=protected-access
-  per_q = []
-  for q in QUESTIONS:
-    t_ar, (ar_text, ar_steps) = _time(lambda: plain([q]), reps, jitted)
-    t_sot, res = _time(lambda: sot.generate(bundle, [q], config=config), reps, jitted)
-    # The routed form runs exactly one of the two (greedy, same budgets): no separate run.
-    use_sot = sot.route(q)
-    per_q.append(dict(q=q, ar=ar_text[0], ar_steps=ar_steps, t_ar=t_ar, sot=res.answers[0],
-                      mode=res.modes[0], points=len(res.points[0]),
-                      sot_steps=res.info.forward_passes, seq_steps=res.info.sequential_fill_passes,
-                      t_sot=t_sot, routed_mode="sot" if use_sot else "ar",
-                      routed=res.answers[0] if use_sot else ar_text[0],
-                      routed_steps=res.info.forward_passes if use_sot else ar_steps,
-                      t_routed=t_sot if use_sot else t_ar))
-    print({k: v for k, v in per_q[-1].items() if k not in ("ar", "sot", "routed")}, flush=True)
-  # Batch 8: the first eight questions at once.
-  batch_q = QUESTIONS[:8]
-  t_ar8, (ar8, ar8_steps) = _time(lambda: plain(batch_q), reps, jitted)
-  t_sot8, res8 = _time(lambda: sot.generate(bundle, batch_q, config=config), reps, jitted)
+  # Quality, compliance and forward counts: all 20 questions in one batched call each (greedy
+  # rows do not depend on their batch: tests/test_sot.py).
+  ar_text, ar_len = plain(QUESTIONS)
+  res = sot.generate(bundle, QUESTIONS, config=config)
+  routed = [sot.route(q) for q in QUESTIONS]
+  fwd_sot = [res.info.question_forwards(i) for i in range(len(QUESTIONS))]
+  fwd_routed = [f if r else a for f, a, r in zip(fwd_sot, ar_len, routed)]
+  text_routed = [t if r else a for t, a, r in zip(res.answers, ar_text, routed)]
 
-  def ppl(texts):
+  def quality(texts):
     s = evaluation.generative_perplexity(texts, judge=judge)
     ent = evaluation.unigram_entropy([tok.encode(t) for t in texts if t])
-    return f"{s.ppl:.1f}", f"{ent:.2f}"
+    return (f"{s.ppl:.1f}", f"{ent:.2f}", f"{np.mean([len(tok.encode(t)) for t in texts]):.0f}")
 
-  compliant = [r for r in per_q if r["mode"] == "sot"]
-  routed_sot = [r for r in per_q if r["routed_mode"] == "sot"]
-  rows = []
-  for label, key, steps, secs, texts in (
-      ("AR (plain)", "ar", "ar_steps", "t_ar", [r["ar"] for r in per_q]),
-      ("SoT (every question)", "sot", "sot_steps", "t_sot", [r["sot"] for r in per_q]),
-      ("SoT-R (routed)", "routed", "routed_steps", "t_routed", [r["routed"] for r in per_q])):
-    del key
-    t = sum(r[secs] for r in per_q)
-    t_ar = sum(r["t_ar"] for r in per_q)
-    rows.append((1, label, f"{np.mean([r[steps] for r in per_q]):.0f}",
-                 f"{t / len(per_q):.2f}", f"{t_ar / t:.2f}x", *ppl(texts),
-                 f"{np.mean([len(tok.encode(x)) for x in texts]):.0f}"))
-  rows.append((8, "AR (plain)", ar8_steps, f"{t_ar8:.2f}", "1.00x", *ppl(ar8),
-               f"{np.mean([len(tok.encode(x)) for x in ar8]):.0f}"))
-  rows.append((8, "SoT (every question)", res8.info.forward_passes, f"{t_sot8:.2f}",
-               f"{t_ar8 / t_sot8:.2f}x", *ppl(res8.answers),
-               f"{np.mean([len(tok.encode(x)) for x in res8.answers]):.0f}"))
-  table = common.markdown_table(
-      ["batch", "decoder", "sequential target forwards", "seconds / call", "speed-up vs AR",
-       "gen-PPL (SmolLM2)", "unigram entropy", "answer tokens"], rows)
+  compliant = [m == "sot" for m in res.modes]
+  quality_rows = [
+      ("AR (plain)", "-", f"{np.mean(ar_len):.0f}", *quality(ar_text)),
+      ("SoT (every question)", f"{sum(compliant)}/{len(QUESTIONS)}", f"{np.mean(fwd_sot):.0f}",
+       *quality(res.answers)),
+      ("SoT-R (routed)", f"{sum(c and r for c, r in zip(compliant, routed))}/{sum(routed)}",
+       f"{np.mean(fwd_routed):.0f}", *quality(text_routed))]
+  quality_table = common.markdown_table(
+      ["decoder (20 questions)", "format compliance", "sequential forwards / question",
+       "gen-PPL (SmolLM2)", "unigram entropy", "answer tokens"], quality_rows)
   detail = common.markdown_table(
-      ["question", "router", "SoT path", "points", "forwards SoT / sequential fill / AR",
-       "seconds SoT / AR"],
-      [(r["q"], "SoT" if r["routed_mode"] == "sot" else "AR", r["mode"], r["points"],
-        f"{r['sot_steps']} / {r['seq_steps']} / {r['ar_steps']}",
-        f"{r['t_sot']:.1f} / {r['t_ar']:.1f}") for r in per_q])
+      ["question", "router", "SoT path", "points", "forwards SoT / sequential fill / AR"],
+      [(q, "SoT" if r else "AR", m, len(pts),
+        f"{f} / {(res.info.skeleton_lengths[i] or 0) + sum(res.info.point_lengths[i])} / {a}")
+       for i, (q, r, m, pts, f, a) in enumerate(zip(QUESTIONS, routed, res.modes, res.points,
+                                                     fwd_sot, ar_len))])
+
+  # Wall clock: the first ``timed`` questions one at a time, then the first eight at once.
+  rows = []
+  for batch, groups in ((1, [[q] for q in QUESTIONS[:timed]]), (8, [QUESTIONS[:8]])):
+    t_ar = t_sot = t_routed = 0.0
+    for group in groups:
+      a, _ = _time(lambda: plain(group), reps, jitted)
+      b, _ = _time(lambda: sot.generate(bundle, group, config=config), reps, jitted)
+      t_ar, t_sot = t_ar + a, t_sot + b
+      if batch == 1:  # greedy and the same budgets: the routed form runs one of the two
+        t_routed += b if sot.route(group[0]) else a
+    n = len(groups)
+    rows.append((batch, "AR (plain)", f"{t_ar / n:.2f}", "1.00x"))
+    rows.append((batch, "SoT (every question)", f"{t_sot / n:.2f}", f"{t_ar / t_sot:.2f}x"))
+    if batch == 1:
+      rows.append((batch, "SoT-R (routed)", f"{t_routed / n:.2f}", f"{t_ar / t_routed:.2f}x"))
+  time_table = common.markdown_table(["batch", "decoder", "seconds / call", "speed-up vs AR"],
+                                     rows)
   summary = (f"Format compliance (>= {config.min_points} numbered points parsed from the "
-             f"skeleton): {len(compliant)}/{len(per_q)} questions. The router sent "
-             f"{len(routed_sot)}/{len(per_q)} questions to SoT "
-             f"({sum(r['mode'] == 'sot' for r in routed_sot)} of them compliant); "
-             f"batch 8 (first eight questions): {res8.modes.count('sot')}/8 compliant, fill "
-             f"batch of {res8.info.batch_rows} rows.")
-  example = per_q[0]
-  return table, detail, summary, example
+             f"skeleton): {sum(compliant)}/{len(QUESTIONS)} questions; the others fell back to "
+             f"plain AR after their skeleton. The router sent {sum(routed)}/{len(QUESTIONS)} "
+             f"questions to SoT. Fill batch of the 20 questions: {res.info.batch_rows} rows.")
+  example = (QUESTIONS[0], res.answers[0])
+  return quality_table, time_table, detail, summary, example
 
 
 def main(argv):
@@ -246,12 +242,18 @@ def main(argv):
               f"{_PROMPTS_B1.value} prompts one at a time; batch 8: eight prompts at once. "
               "Predictors: " + "; ".join(notes) + ".", "", table, ""]
   if "sot" not in _SKIP.value:
-    table, detail, summary, example = bench_sot(bundle, _REPS.value, _ANSWER.value)
+    quality, timing, detail, summary, (q, answer) = bench_sot(bundle, _REPS.value, _ANSWER.value,
+                                                              _TIMED.value)
     parts += ["## Skeleton-of-Thought", "",
-              f"20 questions; plain AR answers up to {_ANSWER.value} tokens (EOS stop); SoT: "
-              "skeleton <= 48 tokens, up to 5 points of <= 48 tokens each. " + summary, "",
-              table, "", "Per question (batch 1):", "", detail, "",
-              f"Example ({example['q']}):", "", "```", example["sot"], "```", ""]
+              f"Greedy. Plain AR answers up to {_ANSWER.value} tokens (EOS stop); SoT: skeleton "
+              "<= 48 tokens, up to 5 points of <= 48 tokens each (EOS or line break). "
+              + summary, "",
+              "Quality and sequential target forwards (each question's count alone: skeleton + "
+              "longest point, or + its plain answer after a fallback), all 20 questions:", "",
+              quality, "",
+              f"Wall clock: batch 1 = mean over the first {_TIMED.value} questions one at a time; "
+              "batch 8 = the first eight at once.", "", timing, "", "Per question:", "", detail,
+              "", f"Example ({q}):", "", "```", answer, "```", ""]
   common.write_report("\n".join(parts), _OUT.value)
 
 

@@ -1,7 +1,7 @@
 r"""Trains MTP predictors (Gloeckle heads or DeepSeek-V3 modules) on a frozen trunk.
 
     python experiments/train_mtp.py --config=configs/mtp.py:deepseek --workdir=/tmp/mtp_ds \
-        --export_asset
+        --export_asset --asset_depth=1
     python experiments/train_mtp.py --config=configs/mtp.py:gloeckle --workdir=/tmp/mtp_gl \
         --export_asset
     python experiments/train_mtp.py --config=configs/mtp_markov.py --workdir=/tmp/mtp_markov
@@ -9,10 +9,14 @@ r"""Trains MTP predictors (Gloeckle heads or DeepSeek-V3 modules) on a frozen tr
 A thin launcher around ``partext_jax.training.mtp.train_and_evaluate``: the predictors (with
 their optimiser state: a rerun resumes) land in ``<workdir>/checkpoints``, the report in
 ``<workdir>/mtp_report.json``. ``--export_asset`` (SmolLM2 data only) also writes the predictors
-alone to ``partext_jax/assets/mtp_smollm2_<kind>`` (what ``bench_mtp_sot.py`` loads).
+alone to ``partext_jax/assets/mtp_smollm2_<kind>`` (what ``bench_mtp_sot.py`` loads), in
+bfloat16 and cut to the first ``--asset_depth`` predictors, so that each committed asset stays
+under 5 MB (the two commands above made the committed ones; see ``configs/mtp.py``). Rerunning a
+finished run resumes at its last step: it only evaluates and exports.
 """
 
 import json
+import sys
 
 from absl import app
 from absl import flags
@@ -26,6 +30,8 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_string("workdir", None, "Directory for the data cache, checkpoints and report.")
 flags.DEFINE_bool("export_asset", False, "Also save the predictors as the package's asset.")
+flags.DEFINE_integer("asset_depth", None, "Export only the first predictors (default: all).")
+flags.DEFINE_enum("asset_dtype", "bfloat16", mtp.PARAM_DTYPES, "Storage dtype of the asset.")
 config_flags.DEFINE_config_file(
     "config", None, "File path to the MTP training configuration.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
@@ -41,9 +47,10 @@ def main(argv):
     if FLAGS.config.data != "smollm2":
       raise app.UsageError("--export_asset exports SmolLM2 predictors (config.data='smollm2')")
     kind = FLAGS.config.kind
-    dest = mtp.export_params(report, mtp.asset_directory(kind), command=(
-        f"python experiments/train_mtp.py --config=configs/mtp.py:{kind} --workdir=<dir> "
-        "--export_asset"))
+    args = ["--workdir=<dir>" if a.startswith("--workdir") else a for a in sys.argv[1:]]
+    dest = mtp.export_params(report, mtp.asset_directory(kind),
+                             command=" ".join(["python experiments/train_mtp.py"] + args),
+                             depth=FLAGS.asset_depth, param_dtype=FLAGS.asset_dtype)
     print(f"exported the predictors to {dest}")
 
 

@@ -194,6 +194,51 @@ def test_configs_parse_and_checkpoint_round_trip(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, params, params2)
   with pytest.raises(checkpoint_lib.CheckpointError, match="no MTP checkpoint"):
     mt.load_params(str(tmp_path / "missing"))
+  with pytest.raises(mt.ConfigError, match="param_dtype"):
+    mt.save_params(str(tmp_path / "b"), params, cfg, param_dtype="int8")
+
+
+def test_bfloat16_export_of_the_first_predictors(tmp_path):
+  """``export_params`` keeps the first ``depth`` predictors in bfloat16 (loaded back as float32,
+  equal to the rounded originals) with their metrics; a depth outside ``1 .. D`` fails."""
+  cfg = mtp.MTPConfig.for_trunk(TINY, kind="deepseek", depth=3, mlp_dim=16)
+  params = _scaled(mtp.init_params(jax.random.key(0), cfg), 2.0)
+  mt.save_params(str(tmp_path / "run"), params, cfg)
+  valid = {"pred1_top1": 0.5, "pred2_top1": 0.25, "pred3_top1": 0.125, "chain_accept_len": 1.7}
+  report = {"checkpoint": str(tmp_path / "run" / "0"), "valid": valid}
+  mt.export_params(report, str(tmp_path / "asset"), command="cmd", depth=2)
+  cfg2, params2, meta = mt.load_params(str(tmp_path / "asset"))
+  assert cfg2 == dataclasses.replace(cfg, depth=2) and set(params2) == {"layers_0", "layers_1"}
+  assert meta["param_dtype"] == "bfloat16" and meta["command"] == "cmd"
+  assert meta["valid"] == {"pred1_top1": 0.5, "pred2_top1": 0.25} and meta["trained_depth"] == 3
+  got = jax.tree.leaves((params2["layers_0"], params2["layers_1"]))
+  orig = jax.tree.leaves((params["layers_0"], params["layers_1"]))
+  for a, b in zip(got, orig):
+    assert a.dtype == np.float32
+    np.testing.assert_array_equal(a, np.asarray(jnp.asarray(b, jnp.bfloat16), np.float32))
+  assert not all(np.array_equal(a, b) for a, b in zip(got, orig))  # stored rounded
+  mt.export_params(report, str(tmp_path / "all"), command="cmd")
+  assert mt.load_params(str(tmp_path / "all"))[2]["valid"] == valid
+  for bad in (0, 4):
+    with pytest.raises(mt.ConfigError, match="depth"):
+      mt.export_params(report, str(tmp_path / "x"), command="cmd", depth=bad)
+
+
+@pytest.mark.parametrize("kind", mtp.MTP_KINDS)
+def test_committed_assets_are_small_and_load(kind):
+  """Each committed SmolLM2 asset is under 5 MB, stored in bfloat16, records the command that
+  made it and loads as float32 predictors of SmolLM2's width."""
+  asset = pathlib.Path(mt.asset_directory(kind))
+  if not asset.is_dir():
+    pytest.skip(f"no committed {kind} asset")
+  size = sum(f.stat().st_size for f in asset.rglob("*") if f.is_file())
+  assert size < 5 * 2**20, size
+  cfg, params, meta = mt.load_params(str(asset))
+  assert cfg.kind == kind and cfg.hidden_size == 576 and cfg.vocab_size == 49152
+  assert meta["param_dtype"] == "bfloat16"
+  assert meta["command"].startswith("python experiments/train_mtp.py") and kind in meta["command"]
+  assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype(np.float32)}
+  assert sum(x.size for x in jax.tree.leaves(params)) == cfg.num_params
 
 
 def test_train_launcher_on_a_shrunk_markov_config(tmp_path):

@@ -93,6 +93,7 @@ def test_batched_points_equal_points_decoded_alone_and_latency_accounting(bundle
   assert info.forward_passes == info.skeleton_lengths[0] + max(info.point_lengths[0])
   assert info.sequential_fill_passes == info.skeleton_lengths[0] + sum(info.point_lengths[0])
   assert info.forward_passes < info.sequential_fill_passes
+  assert info.question_forwards(0) == info.forward_passes and info.answer_lengths == [None]
   assert info.batch_rows >= len(res.points[0])
   model, params, tok = bundle
   for j, want in enumerate(res.expansion_ids[0], start=1):
@@ -124,3 +125,6 @@ def test_fallback_and_router_take_plain_ar(bundle):
                           eos_id=sot.stop_ids(tok))
   assert res.answers == [tok.decode(r) for r in ar.trim(out, info)]
   assert int(np.asarray(info.num_steps)) == res.info.answer_steps
+  assert res.info.answer_lengths == np.asarray(info.lengths).tolist()
+  assert res.info.question_forwards(0) == res.info.skeleton_lengths[0] + res.info.answer_lengths[0]
+  assert res.info.question_forwards(1) == res.info.answer_lengths[1]

@@ -5,8 +5,9 @@ Ning et al. (2024), "Skeleton-of-Thought: Prompting LLMs for efficient parallel 
 
 1. **Skeleton.** A few-shot chat prompt asks for a numbered list of 3 to 5 short points (the
    instruction as the system message, two worked examples as earlier chat turns: a 135M model
-   copies a demonstrated format far more reliably than it follows an instruction). The assistant turn is pre-filled with ``"1."`` (as
-   the reference pre-fills it), and decoding stops at EOS or a blank line.
+   copies a demonstrated format far more reliably than it follows an instruction). The
+   assistant turn is pre-filled with ``"1."`` (as the reference pre-fills it), and decoding
+   stops at EOS or a blank line.
 2. **Parse** (:func:`parse_skeleton`) the numbered points, tolerant of what small models do:
    ``1.`` / ``1)`` / ``1:`` / ``Point 1:`` / bold ``**1.**`` numbering, bullets when nothing is
    numbered, several points on one line; it stops at a numbering restart or a repeated point
@@ -212,7 +213,8 @@ class SoTInfo(NamedTuple):
   """Latency accounting of :func:`generate` (sequential target forwards, host ints).
 
   ``forward_passes = skeleton_steps + expansion_steps + answer_steps``; for one question that
-  took the SoT path it is ``len(skeleton) + max_i len(point_i)``.
+  took the SoT path it is ``len(skeleton) + max_i len(point_i)``. :meth:`question_forwards` is
+  the count of question ``i`` alone (what it costs at batch 1).
   """
 
   skeleton_steps: int  # forwards of the skeleton batch (= the longest skeleton, in tokens)
@@ -222,7 +224,16 @@ class SoTInfo(NamedTuple):
   sequential_fill_passes: int  # skeleton_steps + the sum of every point's length (no batching)
   skeleton_lengths: list  # tokens per skeleton (None for questions routed to AR)
   point_lengths: list  # per question, tokens per point expansion
+  answer_lengths: list  # tokens of the plain AR answer (None for questions that took SoT)
   batch_rows: int  # rows of the fill batch (points, padded to a power of two)
+
+  def question_forwards(self, i: int) -> int:
+    """Sequential forwards of question ``i`` decoded alone: its skeleton (if any) plus its
+    longest point, or plus its plain answer (fallback / routed)."""
+    skel = self.skeleton_lengths[i] or 0
+    if self.answer_lengths[i] is not None:
+      return skel + self.answer_lengths[i]
+    return skel + max(self.point_lengths[i])
 
 
 class SoTResult(NamedTuple):
@@ -335,17 +346,20 @@ def generate(bundle, questions, *, config: SoTConfig = SoTConfig(),
       point_len[i].append(length)
   answers = [compose(points[i], expansions[i]) if modes[i] == "sot" else "" for i in range(n)]
   plain = [i for i in range(n) if modes[i] != "sot"]
+  answer_len: list = [None] * n
   if plain:
     prompts = [tok.apply_chat_template([{"role": "user", "content": questions[i]}])
                for i in plain]
-    out, _, ans_steps, _ = _batch_generate(
+    out, lengths, ans_steps, _ = _batch_generate(
         bundle, prompts, max_new_tokens=config.answer_tokens, stop=stop_ids(tok),
         processor=processor, rng_key=jax.random.fold_in(rng_key, 2))
-    for i, ids in zip(plain, out):
+    for i, ids, length in zip(plain, out, lengths):
       answers[i] = tok.decode(ids)
+      answer_len[i] = length
   info = SoTInfo(skeleton_steps=skel_steps, expansion_steps=exp_steps, answer_steps=ans_steps,
                  forward_passes=skel_steps + exp_steps + ans_steps,
                  sequential_fill_passes=skel_steps + sum(sum(p) for p in point_len),
-                 skeleton_lengths=skel_len, point_lengths=point_len, batch_rows=rows)
+                 skeleton_lengths=skel_len, point_lengths=point_len, answer_lengths=answer_len,
+                 batch_rows=rows)
   return SoTResult(answers, modes, skeletons, points, expansions, expansion_ids, info,
                    time.perf_counter() - start)

@@ -476,22 +476,31 @@ def train_predictors(data, trunk_params, trunk_config, cfg: MTPTrainConfig, *,
 # ------------------------------------------------------------------------------ checkpoints
 
 
+PARAM_DTYPES = ("float32", "bfloat16")
+
+
 def save_params(directory: str, params, config: mtp_lib.MTPConfig, *,
-                metadata: dict[str, Any] | None = None) -> str:
+                metadata: dict[str, Any] | None = None, param_dtype: str = "float32") -> str:
   """Exports the predictors' parameters alone (orbax, atomically) as step 0 of ``directory``
-  (replaced). Returns the step directory."""
+  (replaced), stored as ``param_dtype`` (``"bfloat16"`` halves the size of a committed asset;
+  :func:`load_params` casts back to float32). Returns the step directory. Raises
+  ``ConfigError`` for another ``param_dtype``."""
+  check_choice("param_dtype", param_dtype, PARAM_DTYPES)
   if os.path.isdir(directory):
     shutil.rmtree(directory)
+  params = jax.tree.map(lambda x: jnp.asarray(x, param_dtype), params)
   state = checkpoint_lib.TrainState(step=jnp.int32(0), params=params, ema_params={},
                                     opt_state={}, rng=jnp.zeros((2,), jnp.uint32))
   with checkpoint_lib.Checkpointer(directory, keep=1) as ckpt:
-    ckpt.save(state, metadata={"mtp_config": dataclasses.asdict(config), **(metadata or {})})
+    ckpt.save(state, metadata={"mtp_config": dataclasses.asdict(config),
+                               "param_dtype": param_dtype, **(metadata or {})})
     return ckpt.step_directory(0)
 
 
 def load_params(directory: str) -> tuple[mtp_lib.MTPConfig, Any, dict[str, Any]]:
   """``(config, params, metadata)`` of the latest checkpoint under ``directory`` (a training
-  run's ``checkpoints/`` or a :func:`save_params` export). Raises
+  run's ``checkpoints/`` or a :func:`save_params` export); ``params`` are float32 whatever
+  dtype they were stored in (metadata ``param_dtype``, float32 when absent). Raises
   :class:`~partext_jax.training.checkpoint.CheckpointError` naming the directory when it holds
   no valid checkpoint."""
   if not os.path.isdir(directory):
@@ -500,12 +509,16 @@ def load_params(directory: str) -> tuple[mtp_lib.MTPConfig, Any, dict[str, Any]]
     meta = ckpt.restore_metadata()
     try:
       config = mtp_lib.MTPConfig(**meta["mtp_config"])
+      check_choice("param_dtype", meta.get("param_dtype", "float32"), PARAM_DTYPES)
+      dtype = jnp.dtype(meta.get("param_dtype", "float32"))
     except (KeyError, TypeError, ValueError) as e:
       raise checkpoint_lib.CheckpointError(
-          f"checkpoint under {directory!r} has no valid mtp_config metadata: {e}") from e
-    params, meta = ckpt.restore_params(
-        jax.eval_shape(lambda: mtp_lib.init_params(jax.random.key(0), config)))
-  return config, params, meta
+          f"checkpoint under {directory!r} has no valid mtp_config / param_dtype metadata: {e}"
+      ) from e
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), jax.eval_shape(
+        lambda: mtp_lib.init_params(jax.random.key(0), config)))
+    params, meta = ckpt.restore_params(target)
+  return config, jax.tree.map(lambda x: x.astype(jnp.float32), params), meta
 
 
 def asset_directory(kind: str) -> str:
@@ -567,12 +580,25 @@ def train_and_evaluate(config: Any, workdir: str, *, bundle=None) -> dict[str, A
   return report
 
 
-def export_params(report: dict[str, Any], destination: str, *, command: str) -> str:
+def export_params(report: dict[str, Any], destination: str, *, command: str,
+                  depth: int | None = None, param_dtype: str = "bfloat16") -> str:
   """Exports the predictors of a finished run (:func:`train_and_evaluate`'s ``report``) alone to
-  ``destination`` with the train config, validation metrics and ``command`` as metadata."""
+  ``destination``: the first ``depth`` of them (default all; a DeepSeek module chain or a set of
+  Gloeckle heads stays valid when cut), stored as ``param_dtype``, with the train config, the
+  run's validation metrics of the kept predictors (measured in float32; ``chain_accept_len``
+  only when nothing is cut) and ``command`` as metadata. Raises ``ConfigError`` for ``depth``
+  outside ``1 .. D``."""
   config, params, meta = load_params(os.path.dirname(report["checkpoint"]))
-  save_params(destination, params, config, metadata={
-      "train_config": meta.get("train_config"), "valid": report["valid"], "command": command})
+  depth = config.depth if depth is None else depth
+  if not isinstance(depth, int) or not 1 <= depth <= config.depth:
+    raise ConfigError(f"depth={depth!r} must be an int in 1..{config.depth} (the run's depth)")
+  keep = [f"pred{k}_" for k in range(1, depth + 1)]
+  valid = {k: v for k, v in report["valid"].items()
+           if any(k.startswith(p) for p in keep) or depth == config.depth}
+  save_params(destination, {f"layers_{k}": params[f"layers_{k}"] for k in range(depth)},
+              dataclasses.replace(config, depth=depth), param_dtype=param_dtype, metadata={
+                  "train_config": meta.get("train_config"), "valid": valid, "command": command,
+                  "trained_depth": config.depth})
   return destination
 
 
