@@ -7,6 +7,8 @@
 * :class:`~.lookahead.LookaheadDrafter` -- lookahead decoding: a Jacobi window and an n-gram pool
   verified in the same forward.
 * :class:`~.medusa.MedusaDrafter` -- Medusa heads (:mod:`partext_jax.models.medusa`).
+* :class:`~.mtp.MTPDrafter` -- multi-token prediction (Gloeckle heads, DeepSeek-V3 modules) of an
+  :class:`~partext_jax.models.mtp.MTPModel` target.
 
 A new drafter is one module here implementing :class:`~.base.Drafter` (usually a frozen
 dataclass deriving from :class:`~.base.BaseDrafter`), exported below.
@@ -17,8 +19,9 @@ from partext_jax.ar.speculative.drafters.base import (SIBLING_RULES, BaseDrafter
 from partext_jax.ar.speculative.drafters.lm import LMDrafter, early_exit_drafter
 from partext_jax.ar.speculative.drafters.lookahead import LookaheadDrafter
 from partext_jax.ar.speculative.drafters.medusa import MedusaDrafter
+from partext_jax.ar.speculative.drafters.mtp import MTPDrafter
 from partext_jax.ar.speculative.drafters.prompt_lookup import PromptLookupDrafter
 
 __all__ = ["SIBLING_RULES", "BaseDrafter", "CommitInfo", "Draft", "DraftContext", "Drafter",
-           "LMDrafter", "LookaheadDrafter", "MedusaDrafter", "PromptLookupDrafter",
+           "LMDrafter", "LookaheadDrafter", "MTPDrafter", "MedusaDrafter", "PromptLookupDrafter",
            "early_exit_drafter"]

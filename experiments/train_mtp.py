@@ -1,0 +1,59 @@
+r"""Trains MTP predictors (Gloeckle heads or DeepSeek-V3 modules) on a frozen trunk.
+
+    python experiments/train_mtp.py --config=configs/mtp.py:deepseek --workdir=/tmp/mtp_ds \
+        --export_asset --asset_depth=1
+    python experiments/train_mtp.py --config=configs/mtp.py:gloeckle --workdir=/tmp/mtp_gl \
+        --export_asset
+    python experiments/train_mtp.py --config=configs/mtp_markov.py --workdir=/tmp/mtp_markov
+
+A thin launcher around ``partext_jax.training.mtp.train_and_evaluate``: the predictors (with
+their optimiser state: a rerun resumes) land in ``<workdir>/checkpoints``, the report in
+``<workdir>/mtp_report.json``. ``--export_asset`` (SmolLM2 data only) also writes the predictors
+alone to ``partext_jax/assets/mtp_smollm2_<kind>`` (what ``bench_mtp_sot.py`` loads), in
+bfloat16 and cut to the first ``--asset_depth`` predictors, so that each committed asset stays
+under 5 MB (the two commands above made the committed ones; see ``configs/mtp.py``). Rerunning a
+finished run resumes at its last step: it only evaluates and exports.
+"""
+
+import json
+import sys
+
+from absl import app
+from absl import flags
+import jax
+from ml_collections import config_flags
+
+import common
+from partext_jax.training import mtp
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("workdir", None, "Directory for the data cache, checkpoints and report.")
+flags.DEFINE_bool("export_asset", False, "Also save the predictors as the package's asset.")
+flags.DEFINE_integer("asset_depth", None, "Export only the first predictors (default: all).")
+flags.DEFINE_enum("asset_dtype", "bfloat16", mtp.PARAM_DTYPES, "Storage dtype of the asset.")
+config_flags.DEFINE_config_file(
+    "config", None, "File path to the MTP training configuration.", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  common.no_arguments(argv)
+  report = mtp.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  print(mtp.format_report(report))
+  print(json.dumps({k: report[k] for k in ("train_sequences", "seconds_data", "seconds_train",
+                                           "params", "checkpoint")}, indent=1))
+  if FLAGS.export_asset:
+    if FLAGS.config.data != "smollm2":
+      raise app.UsageError("--export_asset exports SmolLM2 predictors (config.data='smollm2')")
+    kind = FLAGS.config.kind
+    args = ["--workdir=<dir>" if a.startswith("--workdir") else a for a in sys.argv[1:]]
+    dest = mtp.export_params(report, mtp.asset_directory(kind),
+                             command=" ".join(["python experiments/train_mtp.py"] + args),
+                             depth=FLAGS.asset_depth, param_dtype=FLAGS.asset_dtype)
+    print(f"exported the predictors to {dest}")
+
+
+if __name__ == "__main__":
+  jax.config.config_with_absl()
+  app.run(main)
