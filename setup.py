@@ -29,6 +29,8 @@ EXTRAS = {
     "reference": ["torch", "transformers>=4.50", "accelerate"],
     "notebook": ["jupyter", "ipykernel", "nbformat", "nbclient"],
     "benchmark": ["psutil"],
+    # The API reference (docs/): `sphinx-build -W -b html docs build/docs` (test_docs_build.py).
+    "docs": ["sphinx>=8.1", "myst-parser>=4", "myst-nb>=1.2", "furo>=2024.8.6"],
 }
 
 setuptools.setup(
