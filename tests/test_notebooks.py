@@ -24,8 +24,8 @@ GENERATOR = runpy.run_path(str(NOTEBOOKS / "generate.py"))
 CASES = {
     "quickstart": ({"PARTEXT_NOTEBOOK_STEPS": "12"}, ["step   1:", "training 12 steps"], 1),
     "speculative": ({"PARTEXT_NOTEBOOK_NEW_TOKENS": "12",
-                     "PARTEXT_NOTEBOOK_DRAFTERS": "prompt_lookup,medusa"},
-                    ["tokens/forward", "every drafter returned exactly the plain greedy text",
+                     "PARTEXT_NOTEBOOK_METHODS": "prompt_lookup,medusa"},
+                    ["tokens/forward", "every method returned exactly the plain greedy text",
                      "accepted"], 2),
     "masked_samplers": ({"PARTEXT_NOTEBOOK_STEPS": "12", "PARTEXT_NOTEBOOK_SAMPLES": "2",
                          "PARTEXT_NOTEBOOK_SETTINGS": "1"},

@@ -21,6 +21,7 @@ default 3)."""),
 
 import jax
 import jax.numpy as jnp
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -126,7 +127,10 @@ for name, rows in results.items():
     print(f"{name:<26} setting {setting:<6} NFE {n:4d}  gen. PPL {stats.ppl:8.1f}")
   ax.plot(nfe, ppl, "o-", label=name, markersize=4)
 ax.set(xscale="log", yscale="log", xlabel="NFE (denoiser calls, whole batch)",
-       ylabel="generative perplexity (SmolLM2)", title="quality vs cost")
+       ylabel="generative perplexity (SmolLM2)", title="quality vs cost (lower left is better)")
+for axis in (ax.xaxis, ax.yaxis):
+  axis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+  axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 ax.legend(fontsize=7, loc="best")
 plt.tight_layout()
 plt.show()"""),

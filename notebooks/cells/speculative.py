@@ -12,7 +12,7 @@ when several drafted tokens are accepted per target forward. At the end, one dra
 is drawn with the path the target accepted.
 
 Environment variables shrink the run (CI uses them): `PARTEXT_NOTEBOOK_NEW_TOKENS` (default 64)
-and `PARTEXT_NOTEBOOK_DRAFTERS` (comma-separated names of the `DRAFTERS` table below; default
+and `PARTEXT_NOTEBOOK_METHODS` (comma-separated names of the `METHODS` table below; default
 all)."""),
     ("code", """import os, time
 
@@ -51,38 +51,42 @@ method produces the same number of tokens."""),
 plain = ar.sampling.trim(plain_tokens, plain_info)[0]
 print(f"plain AR: {plain_s * 1e3 / NEW_TOKENS:.1f} ms/token\\n{tok.decode(plain)!r}")"""),
     ("md", """## Drafters
-Each entry builds `(drafter, drafter_params)`. A drafter that lands in the package later (e.g.
-Jacobi / Lookahead) is one more entry."""),
-    ("code", """def medusa_drafter():
+Each entry of `METHODS` returns a call that generates greedily and returns `(tokens, info)` with
+`info.lengths` (tokens generated) and `info.target_calls` (target forwards). A method that lands
+in the package later is one more line: a drafter through `speculative(drafter, drafter_params)`,
+or its own generation function (e.g. Jacobi decoding)."""),
+    ("code", """def speculative(drafter, drafter_params=None):
+  return lambda: decode.generate(
+      jax.random.key(0), model, params, [prompt_ids], drafter=drafter,
+      drafter_params=drafter_params, max_new_tokens=NEW_TOKENS, temperature=0.0, eos_id=None)
+
+
+def medusa_drafter():
   mcfg, heads, _ = medusa_training.load_heads(medusa_training.asset_directory())   # shipped heads
   return (medusa.MedusaDrafter(mcfg, model.config, choices=medusa.DEFAULT_CHOICES),
           medusa.drafter_params(heads, params, base_config=model.config))
 
 
-DRAFTERS = {
-    "prompt_lookup": lambda: (drafters.PromptLookupDrafter(gamma=8, max_ngram=3), None),
-    "medusa": medusa_drafter,
-    "early_exit": lambda: drafters.early_exit_drafter(model, params, num_layers=6, mode="chain",
-                                                      gamma=3),
+METHODS = {
+    "prompt_lookup": lambda: speculative(drafters.PromptLookupDrafter(gamma=8, max_ngram=3)),
+    "medusa": lambda: speculative(*medusa_drafter()),
+    "early_exit": lambda: speculative(*drafters.early_exit_drafter(
+        model, params, num_layers=6, mode="chain", gamma=3)),
 }
-chosen = [d for d in os.environ.get("PARTEXT_NOTEBOOK_DRAFTERS", ",".join(DRAFTERS)).split(",")
-          if d]
+chosen = [m for m in os.environ.get("PARTEXT_NOTEBOOK_METHODS", ",".join(METHODS)).split(",") if m]
 results = {}
 for name in chosen:
-  drafter, drafter_params = DRAFTERS[name]()
-  (tokens, info), seconds = best_time(lambda: decode.generate(
-      jax.random.key(0), model, params, [prompt_ids], drafter=drafter,
-      drafter_params=drafter_params, max_new_tokens=NEW_TOKENS, temperature=0.0, eos_id=None))
+  (tokens, info), seconds = best_time(METHODS[name]())
   out = np.asarray(tokens)[0, :int(info.lengths[0])].tolist()
-  assert out == plain, f"{name}: speculative output differs from plain decoding (not lossless)"
-  results[name] = dict(per_forward=float(info.accepted_per_call[0]), speedup=plain_s / seconds,
-                       ms_per_token=seconds * 1e3 / NEW_TOKENS)
+  assert out == plain, f"{name}: output differs from plain greedy decoding (not lossless)"
+  results[name] = dict(per_forward=int(info.lengths[0]) / max(int(info.target_calls[0]), 1),
+                       speedup=plain_s / seconds, ms_per_token=seconds * 1e3 / NEW_TOKENS)
 
 print(f"{'method':<15} {'tokens/forward':>14} {'ms/token':>9} {'speed-up':>9}")
 print(f"{'plain AR':<15} {1.0:>14.2f} {plain_s * 1e3 / NEW_TOKENS:>9.1f} {1.0:>8.2f}x")
 for name, r in results.items():
   print(f"{name:<15} {r['per_forward']:>14.2f} {r['ms_per_token']:>9.1f} {r['speedup']:>8.2f}x")
-print("every drafter returned exactly the plain greedy text:", tok.decode(plain)[:80], "...")"""),
+print("every method returned exactly the plain greedy text:", tok.decode(plain)[:80], "...")"""),
     ("code", """fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3))
 names = ["plain AR", *results]
 ax0.bar(names, [1.0] + [r["per_forward"] for r in results.values()], color="#3b6fb6")
