@@ -44,7 +44,7 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_format = "short"
 # Each object is documented once, in the module that defines it ("ignore-module-all": a package's
-# re-exports in __all__ are not repeated); see _skip_member for the module constants.
+# re-exports in __all__ are not repeated); _resolve_alias resolves references to the re-exports.
 autodoc_default_options = {"members": True, "show-inheritance": True, "ignore-module-all": True}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -115,13 +115,10 @@ class FamilyDirective(Directive):
 
 
 def _skip_member(app, what, name, obj, skip, options):  # pylint: disable=unused-argument
-  """Documents public module constants (``SAMPLERS``, ``RULES``: they are cross-referenced) and
-  leaves out NamedTuple fields' generated "Alias for field number N" entries (the class
-  docstrings' "Attributes:" sections describe the fields)."""
+  """Leaves out NamedTuple fields' generated "Alias for field number N" entries: the class
+  docstrings' "Attributes:" sections describe the fields (documenting both is a duplicate)."""
   if (getattr(obj, "__doc__", None) or "").startswith("Alias for field number"):
     return True
-  if what == "module" and name.isupper() and not callable(obj):
-    return False
   return None
 
 
