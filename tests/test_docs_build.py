@@ -20,16 +20,20 @@ import sys
 import pytest
 
 import partext_jax
+import partext_jax.kernels
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
 
 def _public_modules() -> list[str]:
-  names = ["partext_jax"]
-  for m in pkgutil.walk_packages(partext_jax.__path__, "partext_jax."):
-    if not any(part.startswith("_") for part in m.name.split(".")):
-      names.append(m.name)
+  """The package, its public submodules and the kernels (installed from the top-level folder
+  ``kernels/``, so not under ``partext_jax.__path__``)."""
+  names = ["partext_jax", "partext_jax.kernels"]
+  for package in (partext_jax, partext_jax.kernels):
+    for m in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+      if not any(part.startswith("_") for part in m.name.split(".")) and m.name not in names:
+        names.append(m.name)
   return names
 
 
@@ -52,14 +56,16 @@ def html(tmp_path_factory):
 def test_docs_build_without_warnings_and_list_every_public_module(html):
   pages = "".join(p.read_text(encoding="utf-8") for p in (html / "api").glob("*.html"))
   missing = [m for m in _public_modules() if f'id="module-{m}"' not in pages]
-  assert not missing, f"public modules on no page of docs/api/: {missing}"
+  assert not missing, (f"public modules on no page of docs/api/: {missing}; add a family page "
+                       "(docs/api/<family>.rst with `.. family:: <package>`) to docs/index.md")
 
 
 def test_docs_render_every_notebook_benchmark_table_and_the_algorithms(html):
   for nb in (ROOT / "notebooks").glob("*.ipynb"):
-    assert (html / "notebooks" / f"{nb.stem}.html").exists(), nb.name
+    assert (html / "notebooks" / f"{nb.stem}.html").exists(), f"{nb.name} was not rendered"
   benchmarks = (DOCS / "benchmarks.md").read_text(encoding="utf-8")
   for table in (ROOT / "experiments" / "results").rglob("*.md"):
-    assert f"../{table.relative_to(ROOT).as_posix()}" in benchmarks, table
+    assert f"../{table.relative_to(ROOT).as_posix()}" in benchmarks, \
+        f"{table.relative_to(ROOT)} is not included in docs/benchmarks.md: add an include block"
   algorithms = (html / "algorithms.html").read_text(encoding="utf-8")
   assert 'id="tau-leaping"' in algorithms and 'id="speculative-decoding"' in algorithms

@@ -32,6 +32,7 @@ import re
 import textwrap
 
 import partext_jax
+import partext_jax.kernels
 from partext_jax import masked
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -52,8 +53,12 @@ def _public(name: str) -> bool:
 
 
 def public_modules():
-  names = ["partext_jax"] + [m.name for m in pkgutil.walk_packages(partext_jax.__path__,
-                                                                   "partext_jax.")]
+  """The package, its public submodules and the kernels (installed from the top-level folder
+  ``kernels/``, so not under ``partext_jax.__path__``)."""
+  names = ["partext_jax", "partext_jax.kernels"]
+  for package in (partext_jax, partext_jax.kernels):
+    names += [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")
+              if m.name not in names]
   return [importlib.import_module(n) for n in names if _public(n)]
 
 
