@@ -28,8 +28,8 @@ from partext_jax.training import medusa as medusa_training
 
 NEW_TOKENS = int(os.environ.get("PARTEXT_NOTEBOOK_NEW_TOKENS", "64"))
 model, params, tok = pretrained.load_bundle()          # float32 weights, ~3 s
-PROMPT = ("Repeat this sentence exactly, then explain it in one line: the quick brown fox jumps "
-          "over the lazy dog while the lazy dog sleeps.")
+PROMPT = ("Fix the typo and print the corrected code:\\n\\ndef add(a, b):\\n    retrun a + b\\n\\n"
+          "def sub(a, b):\\n    return a - b")
 prompt_ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": PROMPT}]))
 print(f"{len(prompt_ids)} prompt tokens, {NEW_TOKENS} new tokens, {model.config.num_layers} layers")
 
@@ -44,12 +44,13 @@ def best_time(fn, repeats=2):
     times.append(time.perf_counter() - start)
   return out, min(times)"""),
     ("md", """## Plain autoregressive decoding (the baseline)
-One prefill, then one target forward per token in a `lax.while_loop`. No EOS stop, so every
-method produces the same number of tokens."""),
+One prefill, then one target forward per token in a `lax.while_loop`, until the end-of-turn token
+or `NEW_TOKENS`."""),
     ("code", """(plain_tokens, plain_info), plain_s = best_time(lambda: ar.generate(
-    jax.random.key(0), model, params, [prompt_ids], max_new_tokens=NEW_TOKENS, eos_id=None))
+    jax.random.key(0), model, params, [prompt_ids], max_new_tokens=NEW_TOKENS))
 plain = ar.sampling.trim(plain_tokens, plain_info)[0]
-print(f"plain AR: {plain_s * 1e3 / NEW_TOKENS:.1f} ms/token\\n{tok.decode(plain)!r}")"""),
+N = len(plain)
+print(f"plain AR: {N} tokens, {plain_s * 1e3 / N:.1f} ms/token\\n{tok.decode(plain)}")"""),
     ("md", """## Drafters
 Each entry of `METHODS` returns a call that generates greedily and returns `(tokens, info)` with
 `info.lengths` (tokens generated) and `info.target_calls` (target forwards). A method that lands
@@ -58,7 +59,7 @@ or its own generation function (e.g. Jacobi decoding)."""),
     ("code", """def speculative(drafter, drafter_params=None):
   return lambda: decode.generate(
       jax.random.key(0), model, params, [prompt_ids], drafter=drafter,
-      drafter_params=drafter_params, max_new_tokens=NEW_TOKENS, temperature=0.0, eos_id=None)
+      drafter_params=drafter_params, max_new_tokens=NEW_TOKENS, temperature=0.0)
 
 
 def medusa_drafter():
@@ -80,13 +81,13 @@ for name in chosen:
   out = np.asarray(tokens)[0, :int(info.lengths[0])].tolist()
   assert out == plain, f"{name}: output differs from plain greedy decoding (not lossless)"
   results[name] = dict(per_forward=int(info.lengths[0]) / max(int(info.target_calls[0]), 1),
-                       speedup=plain_s / seconds, ms_per_token=seconds * 1e3 / NEW_TOKENS)
+                       speedup=plain_s / seconds, ms_per_token=seconds * 1e3 / N)
 
 print(f"{'method':<15} {'tokens/forward':>14} {'ms/token':>9} {'speed-up':>9}")
-print(f"{'plain AR':<15} {1.0:>14.2f} {plain_s * 1e3 / NEW_TOKENS:>9.1f} {1.0:>8.2f}x")
+print(f"{'plain AR':<15} {1.0:>14.2f} {plain_s * 1e3 / N:>9.1f} {1.0:>8.2f}x")
 for name, r in results.items():
   print(f"{name:<15} {r['per_forward']:>14.2f} {r['ms_per_token']:>9.1f} {r['speedup']:>8.2f}x")
-print("every method returned exactly the plain greedy text:", tok.decode(plain)[:80], "...")"""),
+print("every method returned exactly the plain greedy text")"""),
     ("code", """fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3))
 names = ["plain AR", *results]
 ax0.bar(names, [1.0] + [r["per_forward"] for r in results.values()], color="#3b6fb6")
@@ -99,31 +100,44 @@ for ax in (ax0, ax1):
 plt.tight_layout()
 plt.show()"""),
     ("md", """## One drafted tree, and the path the target accepted
-Medusa heads read the target's final hidden state at the last prompt token and fill a static tree
-(`medusa.DEFAULT_CHOICES`: wide near the root, one deeper path). Under greedy decoding the
-verifier accepts, from the root down, the child equal to the target's own next token
-(docs/algorithms.md, "Speculative decoding"): the accepted path is the longest path of the tree
-that agrees with plain decoding."""),
+At every step Medusa heads read the target's final hidden state and fill a static tree
+(`medusa.DEFAULT_CHOICES`: wide near the root, one deeper path). Under greedy decoding the verifier
+accepts, from the root down, the child equal to the target's own next token (docs/algorithms.md,
+"Speculative decoding"): the accepted path is the longest path of the tree that agrees with
+plain decoding. One causal forward over prompt + answer gives the hidden state at every answer
+token at once, hence the tree the drafter proposes when that token is the root; we draw the one
+with the longest accepted path."""),
     ("code", """mcfg, heads, _ = medusa_training.load_heads(medusa_training.asset_directory())
 spec = medusa.MedusaDrafter(mcfg, model.config).spec
-ids = jnp.asarray([prompt_ids], jnp.int32)
-out = model(params, ids, jnp.arange(ids.shape[1])[None], None, None, None, return_hidden=True)
-root = jnp.argmax(out.logits[:, -1], axis=-1)               # the target's next token = node 0
-logits = medusa.head_logits(heads, out.hidden[:, -1], params, config=mcfg,
-                            base_config=model.config)       # [heads, 1, V]
-tree_tokens = np.asarray(medusa.draft_tree_tokens(logits, root, spec=spec))[0]
 parent = np.asarray(spec.parent)
+ids = jnp.asarray([prompt_ids + plain], jnp.int32)
+out = model(params, ids, jnp.arange(ids.shape[1])[None], None, None, None, return_hidden=True)
+P = len(prompt_ids)
+# Root plain[k]: the target's token from the hidden state at position P - 1 + k.
+hidden = out.hidden[0, P - 1:P - 1 + N]                                        # [N, E]
+logits = medusa.head_logits(heads, hidden, params, config=mcfg, base_config=model.config)
+trees = np.asarray(medusa.draft_tree_tokens(logits, jnp.asarray(plain), spec=spec))   # [N, T]
 
-path = [0]                                                  # greedy verification, node by node
-for depth in range(1, spec.max_depth + 1):
-  child = [i for i in range(len(parent))
-           if parent[i] == path[-1] and tree_tokens[i] == plain[depth]]
-  if not child:
-    break
-  path.append(child[0])
-assert tree_tokens[0] == plain[0]
-labels = [repr(tok.decode([int(t)]))[1:-1] for t in tree_tokens]
-ax = plotting.draw_token_tree(tree_tokens, parent, accepted=path, labels=labels)
+
+def accepted_path(k):
+  \"\"\"Greedy verification of the tree rooted at plain[k]: node indices, root first.\"\"\"
+  path = [0]
+  for depth in range(1, min(spec.max_depth, N - 1 - k) + 1):
+    child = [i for i in range(len(parent))
+             if parent[i] == path[-1] and trees[k, i] == plain[k + depth]]
+    if not child:
+      break
+    path.append(child[0])
+  return path
+
+
+paths = [accepted_path(k) for k in range(N)]
+k = int(np.argmax([len(p) for p in paths]))
+labels = [repr(tok.decode([int(t)])) for t in trees[k]]
+ax = plotting.draw_token_tree(trees[k], parent, accepted=paths[k], labels=labels,
+                              title=f"Medusa tree rooted at answer token {k + 1} of {N}: "
+                                    f"{len(paths[k]) - 1} drafted tokens accepted (green)")
 plt.show()
-print(f"accepted {len(path) - 1} drafted tokens + the root: {tok.decode(plain[:len(path)])!r}")"""),
+print(f"drafted tokens accepted, per root position: {[len(p) - 1 for p in paths]}")
+print(f"root {k + 1} and its accepted path: {tok.decode(plain[k:k + len(paths[k])])!r}")"""),
 ]
