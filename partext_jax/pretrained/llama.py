@@ -25,7 +25,8 @@ from partext_jax.pretrained.gguf import (SUPPORTED_ARCHITECTURES, GGUFError, deq
 
 
 def config_from_metadata(meta: dict[str, Any], *, path: str = "<gguf>") -> LlamaConfig:
-  """Builds a :class:`LlamaConfig` from GGUF metadata (raises :class:`GGUFError` on gaps)."""
+  """Builds a :class:`LlamaConfig` from GGUF metadata ``meta`` (:func:`read_metadata`) of the
+  file ``path`` (named in errors); raises :class:`GGUFError` on gaps."""
   arch = meta.get("general.architecture")
   if arch not in SUPPORTED_ARCHITECTURES:
     raise GGUFError(
@@ -146,12 +147,13 @@ def load_gguf(path: str, dtype=jnp.float32) -> tuple[LlamaConfig, dict]:
 
 
 def load_smollm2(dtype=jnp.float32) -> tuple[LlamaConfig, dict]:
-  """:func:`load_gguf` on the embedded SmolLM2-135M-Instruct file."""
+  """:func:`load_gguf` on the embedded SmolLM2-135M-Instruct file, parameters in ``dtype``."""
   return load_gguf(smollm2_path(), dtype=dtype)
 
 
 def load_bundle(path: str | None = None, dtype=jnp.float32):
-  """``ModelBundle(model, params, tokenizer)`` from a GGUF (default: the embedded SmolLM2)."""
+  """``ModelBundle(model, params, tokenizer)`` from the GGUF file ``path`` (default: the embedded
+  SmolLM2), parameters in ``dtype`` (float32 by default)."""
   path = smollm2_path() if path is None else path
   config, params = load_gguf(path, dtype=dtype)
   return ModelBundle(LlamaLM(config), params, tokenizer_lib.load_tokenizer(path))
