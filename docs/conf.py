@@ -5,7 +5,8 @@ Build (what ``tests/test_docs_build.py`` runs, warnings are errors)::
     pip install -e ".[docs]" && sphinx-build -W -b html docs build/docs
 
 Pages: ``index.md`` (the map), ``readme.md`` (the README), ``algorithms.md`` (the math every
-docstring cites), ``benchmarks.md`` (``experiments/results``), ``notebooks/`` (a link to the
+docstring cites), ``benchmarks.md`` (every table under ``experiments/results``, added at build
+time), ``notebooks/`` (a link to the
 repository's ``notebooks/``, rendered without executing them) and one page per family under
 ``api/``. A family page is a title, a paragraph and one ``.. family::`` directive (defined below)
 that documents the package and every public submodule it holds, so a new module appears without
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import pathlib
 import pkgutil
 
 from docutils.parsers.rst import Directive, directives
@@ -170,8 +172,21 @@ def _resolve_alias(app, env, node, contnode):
   return None
 
 
+RESULTS = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "results"
+
+
+def _add_benchmark_tables(app, docname, source):  # pylint: disable=unused-argument
+  """Appends to ``benchmarks.md`` one section per ``experiments/results/**/*.md`` table."""
+  if docname != "benchmarks":
+    return
+  for table in sorted(RESULTS.rglob("*.md")):
+    rel = table.relative_to(RESULTS.parent.parent).as_posix()
+    source[0] += f"\n## `{rel}`\n\n```{{include}} ../{rel}\n:heading-offset: 2\n```\n"
+
+
 def setup(app):
   app.add_directive("family", FamilyDirective)
   app.connect("autodoc-skip-member", _skip_member)
   app.connect("missing-reference", _resolve_alias)
+  app.connect("source-read", _add_benchmark_tables)
   return {"parallel_read_safe": True}
