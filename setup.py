@@ -32,6 +32,8 @@ EXTRAS = {
     "notebook": ["jupyter", "ipykernel", "nbformat", "nbclient"],
     # Benchmark peers: llama.cpp (builds from source, ~4 min) for experiments/bench_ar.py.
     "benchmark": ["psutil", "llama-cpp-python"],
+    # The API reference (docs/): `sphinx-build -W -b html docs build/docs` (test_docs_build.py).
+    "docs": ["sphinx>=8.1", "myst-parser>=4", "myst-nb>=1.2", "furo>=2024.8.6"],
 }
 
 setuptools.setup(

@@ -1,8 +1,8 @@
 r"""Block cached attention: ``Q`` queries over (prefix cache) ∪ (the block) ∪ (suffix cache).
 
-The one kernel behind every diffusion-LM cache (``docs/algorithms.md#block-caches``,
-``docs/algorithms.md#attention-kernels``). For every batch row ``b``, block query ``i`` and
-query head ``h`` (KV head ``g = h // (H / G)``)::
+The one kernel behind every diffusion-LM cache (Fast-dLLM's prefix / dual caches, Wu et al. 2025;
+``docs/algorithms.md#block-caches``, ``docs/algorithms.md#attention-kernels``). For every batch
+row ``b``, block query ``i`` and query head ``h`` (KV head ``g = h // (H / G)``)::
 
     keys(b, i) = { cache slot s : prefix_start[b] <= s < prefix_start[b] + prefix_len[b] }
                ∪ { cache slot s : suffix_start[b] <= s < suffix_start[b] + suffix_len[b] }
@@ -59,7 +59,8 @@ __all__ = ["BlockSizes", "block_attention", "block_attention_reference", "block_
 
 
 def block_causal_mask(q_len: int, causal_block_size: int | None):
-  """``bool[Q, Q]``: ``True`` everywhere (``None``) or ``j // c <= i // c``."""
+  """``bool[Q, Q]`` with ``Q = q_len``: ``True`` everywhere (``causal_block_size`` ``None``) or
+  ``j // c <= i // c`` with ``c = causal_block_size``."""
   if causal_block_size is None:
     return jnp.ones((q_len, q_len), bool)
   idx = jnp.arange(q_len) // causal_block_size
@@ -89,7 +90,12 @@ def _check(q, k_cache, v_cache, k_block, v_block, causal_block_size):
 def block_attention_reference(q, k_cache, v_cache, k_block, v_block, prefix_start, prefix_len,
                               suffix_start=None, suffix_len=None, *, causal_block_size=None,
                               scale=None):
-  """Dense f32 oracle of :func:`block_attention` (builds the ``[B, Q, S + Q]`` mask)."""
+  """Dense f32 oracle of :func:`block_attention` (builds the ``[B, Q, S + Q]`` mask).
+
+  Takes the same ``q``, ``k_cache``, ``v_cache``, ``k_block``, ``v_block``, ``prefix_start``,
+  ``prefix_len``, ``suffix_start``, ``suffix_len``, ``causal_block_size`` and ``scale`` as
+  :func:`block_attention`; returns ``float32[B, Q, H, D]``.
+  """
   b, ql = q.shape[:2]
   s_len = k_cache.shape[2]
   scale = _common.default_scale(q.shape[-1], scale)

@@ -21,9 +21,10 @@ Gradients. ``jax.grad`` works through a ``custom_vjp`` whose backward pass diffe
 :func:`tree_attention_reference` (dense, ``O(T S)`` memory). The kernel is an inference fast
 path; training through it is correct but not faster.
 
-The kernel takes the tree as a mask: usually the ancestor mask of the draft tree
-(:func:`partext_jax.ar.speculative.trees.ancestor_mask`, node ``i`` sees itself and its
-ancestors), but any ``bool[B, T, T]`` works (``docs/algorithms.md#attention-kernels``).
+The kernel takes the tree as a mask (tree attention as in SpecInfer, Miao et al. 2024): usually
+the ancestor mask of the draft tree (:func:`partext_jax.ar.speculative.trees.ancestor_mask`,
+node ``i`` sees itself and its ancestors), but any ``bool[B, T, T]`` works
+(``docs/algorithms.md#attention-kernels``).
 
 Usage::
 
@@ -65,7 +66,12 @@ def _check(q, k_cache, v_cache, k_tree, v_tree, tree_mask):
 
 def tree_attention_reference(q, k_cache, v_cache, k_tree, v_tree, tree_mask, start, prefix_len,
                              *, scale=None):
-  """Dense f32 oracle of :func:`tree_attention` (builds the ``[B, T, S + T]`` mask)."""
+  """Dense f32 oracle of :func:`tree_attention` (builds the ``[B, T, S + T]`` mask).
+
+  Takes the same ``q``, ``k_cache``, ``v_cache``, ``k_tree``, ``v_tree``, ``tree_mask``,
+  ``start``, ``prefix_len`` and ``scale`` as :func:`tree_attention`; returns
+  ``float32[B, T, H, D]``.
+  """
   b, t = q.shape[:2]
   s_len = k_cache.shape[2]
   scale = _common.default_scale(q.shape[-1], scale)

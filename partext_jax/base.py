@@ -175,6 +175,11 @@ def checked_hashable(name: str, value):
 
 
 def checked_callable(name: str, value):
+  """Returns ``value`` if it is callable.
+
+  Raises:
+    TypeError: naming ``name`` (the argument), if ``value`` is not callable.
+  """
   if not callable(value):
     raise TypeError(f"{name} must be callable, got {value!r}")
   return value

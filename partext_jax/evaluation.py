@@ -1,8 +1,8 @@
 """Sample-quality metrics: generative perplexity under a real causal LM and unigram entropy.
 
-Generative perplexity (MDLM, SEDD, ReMDM all report it) scores generated *text* with an
-independent pretrained causal LM: each sample is re-tokenised with that model's tokenizer, framed
-as a document ``[B] w_1 ... w_n [E]`` and
+Generative perplexity (MDLM, Sahoo et al. 2024; SEDD, Lou et al. 2024; ReMDM all report it)
+scores generated *text* with an independent pretrained causal LM: each sample is re-tokenised
+with that model's tokenizer, framed as a document ``[B] w_1 ... w_n [E]`` and
 
     gen_ppl = exp( sum_i sum_j -log p(w_ij | [B] w_i<j)  /  sum_i (n_i + 1) )
 

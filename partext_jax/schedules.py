@@ -4,13 +4,13 @@ Masking schedule (``docs/algorithms.md#masking-schedules-and-the-elbo``). ``alph
 probability that a token of the clean sequence is still unmasked at time ``t in [0, 1]``,
 decreasing from ``alpha(0) = 1`` to ``alpha(1) = 0``:
 
-=============  ==========================  =============================
-kind           alpha(t)                    alpha'(t)
-=============  ==========================  =============================
-``linear``     ``1 - t``                   ``-1``
-``cosine``     ``1 - cos(pi/2 (1 - t))``   ``-pi/2 sin(pi/2 (1 - t))``
-``polynomial`` ``1 - t**k``                ``-k t**(k-1)``
-=============  ==========================  =============================
+==============  ==========================  =============================
+kind            alpha(t)                    alpha'(t)
+==============  ==========================  =============================
+``linear``      ``1 - t``                   ``-1``
+``cosine``      ``1 - cos(pi/2 (1 - t))``   ``-pi/2 sin(pi/2 (1 - t))``
+``polynomial``  ``1 - t**k``                ``-k t**(k-1)``
+==============  ==========================  =============================
 
 With ``eps > 0`` the schedule is shifted as in MD4 (Shi et al. 2024),
 ``alpha_eps(t) = (1 - 2 eps) alpha(t) + eps``, which keeps ``alpha`` inside ``[eps, 1 - eps]``
@@ -107,7 +107,8 @@ class MaskingSchedule:
 
 
 def get_schedule(kind: str = "linear", **kwargs) -> MaskingSchedule:
-  """Builds a schedule by name; unknown names list the valid ones."""
+  """Builds a schedule by name ``kind``; ``kwargs`` are the :class:`MaskingSchedule` fields
+  (``exponent``, ``eps``); unknown names list the valid ones."""
   return MaskingSchedule(kind, **kwargs)
 
 

@@ -123,22 +123,41 @@ def is_greedy(processor) -> bool:
 
 
 def temperature(t: float) -> Temperature:
+  """``Temperature(t)``: divides the logits by ``t`` (a float > 0; unitless).
+
+  Raises:
+    ValueError: if ``t <= 0`` (use :func:`greedy` for deterministic decoding).
+  """
   return Temperature(float(t))
 
 
 def top_k(k: int) -> TopK:
+  """``TopK(k)``: keeps the ``k`` largest logits of each row (ties at the threshold kept), after Fan
+  et al. 2018.
+
+  Raises:
+    ValueError: if ``k`` is not an int >= 1.
+  """
   return TopK(k)
 
 
 def top_p(p: float) -> TopP:
+  """``TopP(p)``: the nucleus filter of Holtzman et al. 2020 (keeps the tokens whose preceding mass
+  is ``< p``; ``p`` a probability in (0, 1], 1 keeps everything).
+
+  Raises:
+    ValueError: if ``p`` is outside (0, 1].
+  """
   return TopP(float(p))
 
 
 def greedy() -> Greedy:
+  """``Greedy()``: keeps only each row's argmax (first on ties): deterministic decoding."""
   return Greedy()
 
 
 def identity() -> Identity:
+  """``Identity()``: leaves the logits unchanged (plain sampling from ``softmax(logits)``)."""
   return Identity()
 
 

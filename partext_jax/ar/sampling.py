@@ -1,6 +1,6 @@
 """Autoregressive sampling with a KV cache: one jit-compiled prefill + ``lax.while_loop`` decode.
 
-The model is injected (the sampler imports no model): any :class:`partext_jax.base.CausalLM`,
+The model is injected (the sampler imports no model): any :class:`partext_jax.base.CausalLM`::
 
     model(params, tokens int[B, T], positions int[B, T], attn_mask bool[B, T, S], cache,
           write_slots int[B], *, logits_at=None) -> LMOutput(logits float[B, T or K, V], cache, _)
@@ -316,6 +316,9 @@ def generate_text(model_bundle, prompts, *, rng_key=None, max_new_tokens: int = 
     max_new_tokens, padding, stream_callback: as :func:`generate`.
   Returns:
     :class:`GeneratedText` (texts without special tokens, ids with EOS, info, wall seconds).
+  Raises:
+    TypeError: ``prompts`` is not a str or a non-empty list of str.
+    ValueError: no ``rng_key`` with ``temperature > 0``, or :func:`generate`'s bad arguments.
   """
   model, params, tok = model_bundle
   if isinstance(prompts, str):

@@ -47,13 +47,18 @@ def stable_hash(text: str) -> int:
 
 
 def is_validation(path: str, *, validation_fraction: float) -> bool:
-  """Whether the file at relative ``path`` belongs to the validation split."""
+  """Whether the file at relative ``path`` belongs to the validation split: a stable hash of the
+  path below ``validation_fraction`` (in [0, 1]), so the split does not depend on file order."""
   return stable_hash("split:" + path) / 2.0**64 < validation_fraction
 
 
 def split_documents(docs: Sequence[Document], *, validation_fraction: float
                     ) -> tuple[list[Document], list[Document]]:
-  """``(train, validation)`` by :func:`is_validation` of each document's path."""
+  """``(train, validation)`` lists of ``docs`` by :func:`is_validation` of each document's path.
+
+  Raises:
+    ValueError: if ``validation_fraction`` is not in (0, 1).
+  """
   if not 0.0 < validation_fraction < 1.0:
     raise ValueError(f"validation_fraction={validation_fraction} must be in (0, 1)")
   train, valid = [], []
@@ -92,13 +97,19 @@ def _collect(root: str, rel_paths: Sequence[str], *, max_bytes: int, what: str) 
 
 
 def stdlib_root() -> str:
+  """The directory of this interpreter's Python standard library (the always-present corpus)."""
   return sysconfig.get_paths()["stdlib"]
 
 
 def load_stdlib(*, max_bytes: int, root: str | None = None) -> list[Document]:
   """The standard library's ``.py`` files (no tests / idlelib / site-packages), capped in bytes.
 
-  ``max_bytes <= 0`` means no cap.
+  ``max_bytes`` is the cap in bytes of text (``<= 0``: no cap); ``root`` the library directory
+  (default :func:`stdlib_root`).
+
+  Raises:
+    FileNotFoundError: if ``root`` is not a directory.
+    ValueError: if it holds no matching file, or only empty ones.
   """
   root = stdlib_root() if root is None else root
   if not os.path.isdir(root):
@@ -115,7 +126,12 @@ def load_stdlib(*, max_bytes: int, root: str | None = None) -> list[Document]:
 def load_text_files(path: str, *, glob: str, max_bytes: int) -> list[Document]:
   """Files under directory ``path`` matching ``glob`` (e.g. ``**/*.txt``), capped in bytes.
 
-  ``path`` may also name a single file. Errors name the path.
+  ``path`` may also name a single file; ``max_bytes`` is the cap in bytes of text (``<= 0``: no
+  cap).
+
+  Raises:
+    ValueError: an empty ``path``, no matching file, or only empty ones.
+    PermissionError, FileNotFoundError: an unreadable or missing ``path`` (named).
   """
   if not path:
     raise ValueError("data.path is empty: name a directory (or file) of text files")
@@ -134,7 +150,14 @@ def load_text_files(path: str, *, glob: str, max_bytes: int) -> list[Document]:
 
 
 def pack(token_docs: Sequence[np.ndarray], *, seq_len: int, separator_id: int) -> np.ndarray:
-  """Concatenates ``doc SEP doc SEP ...`` and cuts int32 rows of ``seq_len`` (rest dropped)."""
+  """Concatenates ``doc SEP doc SEP ...`` and cuts int32 rows of ``seq_len`` (rest dropped).
+
+  ``token_docs`` are int id arrays, one per document; ``separator_id`` the SEP token. Returns
+  ``int32[N, seq_len]``.
+
+  Raises:
+    ValueError: if ``seq_len < 1``.
+  """
   if seq_len < 1:
     raise ValueError(f"seq_len={seq_len} must be >= 1")
   pieces = []
@@ -162,13 +185,18 @@ def batch_indices(num_examples: int, *, step: int, batch_size: int, seed: int) -
 
 
 def batch_at(examples: np.ndarray, *, step: int, batch_size: int, seed: int) -> np.ndarray:
-  """Batch number ``step`` of the shuffled stream over ``examples`` (``[batch_size, L]``)."""
+  """Batch number ``step`` of the shuffled stream over ``examples`` (``[batch_size, L]``).
+
+  ``examples`` is ``int32[N, L]``; the stream visits a fresh permutation of the ``N`` rows per
+  epoch, drawn from ``seed``, so the batch depends only on ``(seed, step)`` (exact resume).
+  """
   return examples[batch_indices(len(examples), step=step, batch_size=batch_size, seed=seed)]
 
 
 def iterate_batches(examples: np.ndarray, *, batch_size: int, seed: int, start_step: int = 0
                     ) -> Iterator[np.ndarray]:
-  """Endless iterator of :func:`batch_at` from ``start_step`` on (resume = pass the step)."""
+  """Endless iterator of :func:`batch_at` (``examples``, ``batch_size``, ``seed``) from
+  ``start_step`` on (resume = pass the step)."""
   step = start_step
   while True:
     yield batch_at(examples, step=step, batch_size=batch_size, seed=seed)
@@ -177,11 +205,15 @@ def iterate_batches(examples: np.ndarray, *, batch_size: int, seed: int, start_s
 
 def eval_batches(examples: np.ndarray, *, batch_size: int, max_batches: int, seed: int = 0
                  ) -> list[np.ndarray]:
-  """Up to ``max_batches`` full batches drawn without replacement from ``examples``.
+  """Up to ``max_batches`` full batches (``int32[batch_size, L]`` each) drawn without replacement
+  from ``examples`` (``int32[N, L]``).
 
-  The examples are taken in a fixed seeded permutation, so a budget smaller than the split still
-  covers all of its files rather than the first few. When there are fewer examples than one
-  batch, they are tiled to fill one batch.
+  The examples are taken in a fixed permutation drawn from ``seed``, so a budget smaller than the
+  split still covers all of its files rather than the first few. When there are fewer examples
+  than one batch, they are tiled to fill one batch.
+
+  Raises:
+    ValueError: if ``examples`` is empty.
   """
   if len(examples) == 0:
     raise ValueError("validation split is empty: lower seq_len or raise the corpus size")
@@ -207,7 +239,8 @@ class TokenizedSplit:
 
 
 def tokenize_split(docs: Sequence[Document], tokenizer, *, seq_len: int) -> TokenizedSplit:
-  """Encodes and packs ``docs`` with ``tokenizer`` (a ``partext_jax.data.tokenizer.Tokenizer``)."""
+  """Encodes and packs ``docs`` with ``tokenizer`` (a ``partext_jax.data.tokenizer.Tokenizer``)
+  into rows of ``seq_len`` tokens (:func:`pack`), with the split's character and token counts."""
   token_docs = tokenizer.encode_batch([d.text for d in docs])
   examples = pack(token_docs, seq_len=seq_len, separator_id=tokenizer.separator_id)
   counts = np.zeros(tokenizer.vocab_size, np.int64)

@@ -123,7 +123,13 @@ def _bpe_tokenizer(texts: Iterable[str], *, vocab_size: int) -> tokenizers.Token
 
 
 def train_tokenizer(texts: Sequence[str], *, kind: str, vocab_size: int) -> Tokenizer:
-  """Builds a tokenizer of ``kind`` from ``texts`` with at most ``vocab_size`` ids."""
+  """Builds a tokenizer of ``kind`` (one of :data:`TOKENIZER_KINDS`) from ``texts`` with at most
+  ``vocab_size`` ids.
+
+  Raises:
+    ValueError: an unknown ``kind``, or a ``vocab_size`` too small for it (char: 3, byte-level
+      BPE: 257).
+  """
   if kind not in TOKENIZER_KINDS:
     raise ValueError(f"tokenizer kind={kind!r} is not one of {TOKENIZER_KINDS}")
   if kind == "char":
@@ -141,12 +147,15 @@ def _kind_of(hf: tokenizers.Tokenizer) -> str:
 
 
 def tokenizer_from_json(text: str) -> Tokenizer:
+  """A :class:`Tokenizer` from the JSON ``text`` of a saved HF ``tokenizers`` tokenizer (its kind
+  inferred from the model type).
+  """
   hf = tokenizers.Tokenizer.from_str(text)
   return Tokenizer(hf, kind=_kind_of(hf))
 
 
 def load_tokenizer(path: str) -> Tokenizer:
-  """Loads a tokenizer saved by :meth:`Tokenizer.save`; errors name the path."""
+  """Loads a tokenizer saved by :meth:`Tokenizer.save`; a ``ValueError`` names the path."""
   try:
     with open(path, encoding="utf-8") as f:
       text = f.read()

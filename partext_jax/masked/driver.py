@@ -1,7 +1,8 @@
 """The shared driver of the masked-diffusion samplers: assembly, input checks, loops, keys.
 
-What every sampler of :mod:`partext_jax.masked` shares (``docs/algorithms.md``,
-``#notation-and-model-protocols`` and ``#correctness-properties``): the per-row keys
+What every sampler of :mod:`partext_jax.masked` shares
+(``docs/algorithms.md#notation-and-model-protocols``,
+``docs/algorithms.md#correctness-properties``): the per-row keys
 (:func:`row_keys`), the time grid (:func:`time_grid`, :func:`step_times`), MDLM's final noise
 removal (:func:`noise_removal`), the whole-trajectory loops (:func:`scan_sample` for a fixed
 number of steps, :func:`run_blockwise_loop` until the window has no MASK) and the assembly of

@@ -1,7 +1,7 @@
 r"""P2 path planning for masked diffusion (``docs/algorithms.md#p2-path-planning``).
 
-Reference: ``pengzhangzhi/Path-Planning: src/path_planning/p2.py`` (Peng et al., "Path Planning
-for Masked Diffusion Model Sampling"). Read to learn; the code here is ours.
+Reference: ``pengzhangzhi/Path-Planning: src/path_planning/p2.py`` (Peng et al. 2025, "Path
+Planning for Masked Diffusion Model Sampling"). Read to learn; the code here is ours.
 
 Let ``F`` be the set of free positions of a row (MASK in ``x_init``; the others are the prompt),
 ``N_free = |F|``, and ``kappa`` a non-decreasing schedule with ``kappa(0) = 0``, ``kappa(1) = 1``.

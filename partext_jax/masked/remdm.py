@@ -1,6 +1,6 @@
 r"""ReMDM: remasking sampling for masked diffusion (``docs/algorithms.md#remdm-remasking``).
 
-Reference: ``kuleshov-group/remdm: diffusion.py _ddpm_caching_update`` (Wang et al., "Remasking
+Reference: ``kuleshov-group/remdm: diffusion.py _ddpm_caching_update`` (Wang et al. 2025, "Remasking
 Discrete Diffusion Models with Inference-Time Scaling"). Read to learn; the code here is ours.
 
 Kernel. A step goes from time ``t`` to ``s < t`` (``alpha_t = alpha(t) < alpha_s = alpha(s)``)

@@ -184,6 +184,7 @@ def register(name: str, fn: AttentionFn, *, structured: bool = False) -> None:
 
 
 def available() -> tuple[str, ...]:
+  """The names of the attention implementations :func:`attention` accepts (``impl=``), sorted."""
   return tuple(sorted(_IMPLS))
 
 

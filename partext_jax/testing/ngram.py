@@ -45,7 +45,9 @@ class NGramTable:
 
 def random_ngram(seed: int, *, vocab_size: int, order: int = 2, concentration: float = 1.0,
                  zero_tokens=()) -> NGramTable:
-  """A Dirichlet-random table; ``zero_tokens`` get probability 0 (logit -inf) everywhere."""
+  """A Dirichlet-random n-gram table: ``order`` (2 = bigram) over ``vocab_size`` tokens, each
+  next-token row ``~ Dirichlet(concentration * 1)``, deterministic in ``seed``; ``zero_tokens``
+  get probability 0 (logit -inf) everywhere."""
   rng = np.random.default_rng(seed)
   probs = rng.dirichlet(np.full(vocab_size, concentration), size=(vocab_size,) * (order - 1))
   logits = np.log(np.maximum(probs, 1e-30))
@@ -55,11 +57,18 @@ def random_ngram(seed: int, *, vocab_size: int, order: int = 2, concentration: f
 
 
 def ngram_lm(table: NGramTable, **kw) -> FunctionLM:
+  """The n-gram ``table`` as a :class:`~partext_jax.testing.FunctionLM` (a causal LM of the
+  :class:`~partext_jax.base.CausalLM` protocol); ``kw`` go to ``FunctionLM`` (e.g. ``eos_id``).
+  """
   return FunctionLM(table, vocab_size=table.vocab_size, **kw)
 
 
 def exact_continuation_probs(logits_fn, prompt, *, num_tokens: int, processor) -> np.ndarray:
-  """Exact ``P(x_1..x_K | prompt)`` under ``softmax(processor(logits))``, shape ``(V,) * K``."""
+  """Exact ``P(x_1..x_K | prompt)`` under ``softmax(processor(logits))``, shape ``(V,) * K``.
+
+  ``logits_fn(tokens int32[1, T]) -> logits [1, T, V]`` is the model (e.g. an
+  :class:`NGramTable`); ``K = num_tokens`` continuation tokens are enumerated exhaustively.
+  """
   prompt = [int(t) for t in prompt]
   out = None
   v = None

@@ -48,10 +48,12 @@ def _check_joint(probs) -> np.ndarray:
 
 def random_joint(seed: int, *, vocab_size: int = 3, length: int = 3,
                  concentration: float = 0.5) -> np.ndarray:
-  """A random joint ``p ~ Dirichlet(concentration * 1)`` over the ``V**L`` sequences.
+  """A random joint ``p ~ Dirichlet(concentration * 1)`` over the ``V**L`` sequences
+  (``V = vocab_size``, ``L = length``; ``float64[(V,) * L]``, deterministic in ``seed``).
 
   A small ``concentration`` gives strongly correlated positions (far from the product of its
-  marginals), which makes the joint-vs-product tests powerful.
+  marginals), which makes the joint-vs-product tests powerful. Raises ``ValueError`` when
+  ``V**L`` exceeds ``MAX_OUTCOMES``.
   """
   if vocab_size ** length > MAX_OUTCOMES:
     raise ValueError(f"vocab_size**length={vocab_size ** length} exceeds {MAX_OUTCOMES}")
@@ -64,7 +66,8 @@ def random_joint(seed: int, *, vocab_size: int = 3, length: int = 3,
 
 
 def random_markov_chain(seed: int, *, vocab_size: int = 3, concentration: float = 0.5):
-  """``(initial float64[V], transition float64[V, V])`` with Dirichlet rows."""
+  """``(initial float64[V], transition float64[V, V])`` over ``V = vocab_size`` states, rows
+  ``~ Dirichlet(concentration * 1)``, deterministic in ``seed``."""
   rng = np.random.default_rng(seed)
   initial = rng.dirichlet(np.full(vocab_size, concentration))
   transition = rng.dirichlet(np.full(vocab_size, concentration), size=vocab_size)
@@ -72,7 +75,8 @@ def random_markov_chain(seed: int, *, vocab_size: int = 3, concentration: float 
 
 
 def markov_chain_joint(initial, transition, *, length: int) -> np.ndarray:
-  """Exact joint ``p(x) = initial[x_0] prod_i transition[x_i, x_{i+1}]``, shape ``(V,) * L``."""
+  """Exact joint ``p(x) = initial[x_0] prod_i transition[x_i, x_{i+1}]``, shape ``(V,) * L``
+  with ``L = length``; a ``ValueError`` if ``transition`` is not ``[V, V]``."""
   initial = np.asarray(initial, np.float64)
   transition = np.asarray(transition, np.float64)
   v = initial.shape[0]
@@ -85,7 +89,7 @@ def markov_chain_joint(initial, transition, *, length: int) -> np.ndarray:
 
 
 def marginals(probs) -> np.ndarray:
-  """``float64[L, V]``: the one-position marginals of a joint."""
+  """``float64[L, V]``: the one-position marginals of the joint ``probs`` (``[(V,) * L]``)."""
   probs = _check_joint(probs)
   length = probs.ndim
   return np.stack([probs.sum(axis=tuple(j for j in range(length) if j != i))
@@ -93,7 +97,8 @@ def marginals(probs) -> np.ndarray:
 
 
 def product_of_marginals(probs) -> np.ndarray:
-  """The joint with the same marginals and independent positions (what ONE step samples)."""
+  """The joint with the marginals of ``probs`` and independent positions (what ONE step
+  samples)."""
   out = np.ones(())
   for m in marginals(probs):
     out = out[..., None] * m
@@ -101,7 +106,8 @@ def product_of_marginals(probs) -> np.ndarray:
 
 
 def all_sequences(vocab_size: int, length: int) -> np.ndarray:
-  """``int32[V**L, L]`` in the row-major order of ``probs.reshape(-1)``."""
+  """``int32[V**L, L]``: every sequence of ``length`` tokens over ``vocab_size`` ids, in the
+  row-major order of ``probs.reshape(-1)``."""
   return np.array(list(itertools.product(range(vocab_size), repeat=length)), np.int32)
 
 
@@ -109,7 +115,11 @@ def exact_denoiser(probs, *, mask_id: int):
   """``denoise_fn(tokens int32[B, L], t float32[B]) -> logits float32[B, L, V]``: exact posterior.
 
   Logits are ``log p(x_0[i] = v | unmasked positions of tokens)`` (``-inf`` for impossible
-  values). ``t`` is ignored (time-independent). Jit-able; ``O(B * V**L * L)`` work.
+  values) under the joint ``probs`` (``float[(V,) * L]``); ``mask_id`` (``>= V``) marks masked
+  positions. ``t`` is ignored (time-independent). Jit-able; ``O(B * V**L * L)`` work.
+
+  Raises:
+    ValueError: ``mask_id < V``; at call time, ``tokens`` not of shape ``[B, L]``.
   """
   probs = _check_joint(probs)
   vocab_size, length = probs.shape[0], probs.ndim
@@ -147,7 +157,8 @@ def _mixing_apply(params, tokens, t):
 
 
 def mixing_denoiser(vocab_size: int, length: int, seed: int = 0):
-  """A context-dependent, time-independent toy model over ``V`` tokens and ``MASK = V``.
+  """A context-dependent, time-independent toy model over ``V = vocab_size`` tokens, ``L = length``
+  positions and ``MASK = V``.
 
   ``denoise_fn(tokens int32[B, L], t) -> logits float32[B, L, V]`` with
   ``logits[b, i] = bias[i] + sum_j W[i, j, tokens[b, j]]``, ``W ~ 1.5 N(0, 1)`` of shape
@@ -161,18 +172,20 @@ def mixing_denoiser(vocab_size: int, length: int, seed: int = 0):
 
 
 def mixing_model(vocab_size: int, length: int, seed: int = 0) -> jax.tree_util.Partial:
-  """:func:`mixing_denoiser` as ``jax.tree_util.Partial(apply, params)``, the way real models are
-  passed: samplers trace its parameters, so new parameters of the same shapes (e.g.
-  ``Partial(model.func, new_params)``) reuse the compiled sampler. ``model.args[0]`` is the
+  """:func:`mixing_denoiser` (``vocab_size``, ``length``, ``seed``) as
+  ``jax.tree_util.Partial(apply, params)``, the way real models are passed: samplers trace its
+  parameters, so new parameters of the same shapes (e.g. ``Partial(model.func, new_params)``)
+  reuse the compiled sampler. ``model.args[0]`` is the
   parameter dict ``{"w", "bias"}``."""
   return jax.tree_util.Partial(_mixing_apply, _mixing_params(vocab_size, length, seed))
 
 
 def random_prompts(rng_key, batch: int, length: int, vocab_size: int, mask_id: int, *,
                    keep: float = 0.3, prefix: int = 0):
-  """``int32[batch, length]`` initial sequences: each position independently holds a uniform
-  token with probability ``keep`` (a prompt / infilling constraint), else ``mask_id``; the first
-  ``prefix`` positions always hold a token (a left prompt)."""
+  """``int32[batch, length]`` initial sequences drawn from ``rng_key``: each position
+  independently holds a uniform token of ``[0, vocab_size)`` with probability ``keep`` (a
+  prompt / infilling constraint), else ``mask_id``; the first ``prefix`` positions always hold
+  a token (a left prompt)."""
   k_tokens, k_keep = jax.random.split(rng_key)
   tokens = jax.random.randint(k_tokens, (batch, length), 0, vocab_size)
   kept = (jax.random.uniform(k_keep, (batch, length)) < keep) | (jnp.arange(length) < prefix)
@@ -192,10 +205,10 @@ def constant_denoiser(logits):
 
 
 def empirical_distribution(samples, *, vocab_size: int) -> np.ndarray:
-  """Empirical joint ``float64[(V,) * L]`` of ``samples int[n, L]``.
+  """Empirical joint ``float64[(V,) * L]`` of ``samples int[n, L]`` (``V = vocab_size``).
 
-  Raises if any sample holds a value outside ``[0, V)`` (e.g. a leftover MASK), instead of
-  silently dropping it.
+  Raises a ``ValueError`` if ``samples`` is not ``[n, L]`` or holds a value outside ``[0, V)``
+  (e.g. a leftover MASK), instead of silently dropping it.
   """
   samples = np.asarray(samples)
   if samples.ndim != 2:
@@ -210,7 +223,7 @@ def empirical_distribution(samples, *, vocab_size: int) -> np.ndarray:
 
 
 def total_variation(p, q) -> float:
-  """``TV(p, q) = 1/2 sum |p - q|`` over all outcomes."""
+  """``TV(p, q) = 1/2 sum |p - q|`` over all outcomes; a ``ValueError`` if the shapes differ."""
   p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
   if p.shape != q.shape:
     raise ValueError(f"shapes differ: {p.shape} vs {q.shape}")
@@ -221,7 +234,7 @@ def tv_tolerance(num_samples: int, num_outcomes: int, *,
                  failure_probability: float = 1e-6) -> float:
   """Distribution-free bound ``b`` with ``P(TV(empirical_n, q) > b) <= failure_probability``.
 
-  For ``n`` i.i.d. samples of any ``q`` over ``K`` outcomes:
+  For ``n = num_samples`` i.i.d. samples of any ``q`` over ``K = num_outcomes`` outcomes:
 
   * mean: ``E|q_hat_k - q_k| <= sd = sqrt(q_k (1 - q_k) / n)`` (Jensen), and by Cauchy-Schwarz
     ``sum_k sqrt(q_k (1 - q_k)) <= sqrt(K (1 - sum q_k^2)) <= sqrt(K - 1)``, so

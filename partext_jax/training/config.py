@@ -397,7 +397,8 @@ _SECTION_TYPES = {f.name: f.default.__class__ for f in dataclasses.fields(Experi
 
 
 def parse_config(config: Any) -> ExperimentConfig:
-  """Converts a ConfigDict (or nested mapping, e.g. a saved JSON) to :class:`ExperimentConfig`.
+  """Converts ``config`` -- a ConfigDict or nested mapping (e.g. a saved JSON) -- to
+  :class:`ExperimentConfig`.
 
   Sections or fields left out take the dataclass defaults; an ``ExperimentConfig`` is returned
   unchanged.

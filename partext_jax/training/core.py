@@ -97,7 +97,8 @@ def make_optimizer(cfg: OptimizerConfig, num_steps: int, *,
                    decay_mask: Callable[[Any], Any] = weight_decay_mask
                    ) -> optax.GradientTransformation:
   """``clip_by_global_norm(cfg.grad_clip_norm)`` (none if 0), then AdamW on
-  :func:`learning_rate_schedule`; ``decay_mask(params)`` selects the decayed leaves."""
+  :func:`learning_rate_schedule` over ``num_steps`` steps; ``decay_mask(params)`` selects the
+  decayed leaves."""
   clip = (optax.clip_by_global_norm(cfg.grad_clip_norm) if cfg.grad_clip_norm > 0
           else optax.identity())  # The same (empty) state either way.
   return optax.chain(

@@ -57,6 +57,9 @@ def _tokenizer(cfg: DataConfig, train_docs, workdir: str | None, tokenizer_json:
 
 
 def load_markov_chain(cfg: DataConfig) -> synthetic.MarkovChain:
+  """The random Markov chain of the data config ``cfg`` (its ``seed``, ``num_states`` and
+  ``concentration``).
+  """
   return synthetic.MarkovChain.random(seed=cfg.seed, num_states=cfg.num_states,
                                       concentration=cfg.concentration)
 

@@ -257,8 +257,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     ``eval/*`` values, ``step``, ``unigram_entropy_bits``, ``true_entropy_bits`` (Markov data,
     else ``None``) and ``samples`` (decoded texts).
   Raises:
-    ConfigError: an invalid config; ValueError: data too small for the batch or sequence length,
-    or batch sizes that do not split over the mesh; CheckpointError: an unreadable checkpoint.
+    ConfigError: an invalid config.
+    ValueError: data too small for the batch or sequence length, or batch sizes that do not
+      split over the mesh.
+    CheckpointError: an unreadable checkpoint.
   """
   cfg: ExperimentConfig = parse_config(config)
   tcfg = cfg.train

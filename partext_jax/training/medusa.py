@@ -197,6 +197,9 @@ def build_prompts(num_prompts: int) -> list[str]:
 
 
 def is_validation_prompt(prompt: str, *, validation_fraction: float) -> bool:
+  """Whether ``prompt`` is held out: a stable hash of the text below ``validation_fraction`` (in
+  [0, 1]), so the split does not depend on the prompt list's order.
+  """
   return corpus.stable_hash("medusa-split:" + prompt) / 2.0**64 < validation_fraction
 
 

@@ -135,7 +135,7 @@ def load_dllm(path: str, *, dtype: str = "float32", mesh=None, rules=parallel.DE
 
   Raises:
     FileNotFoundError: ``path`` does not exist.
-    DLLMError (a ``ValueError``): naming the field -- a causal model (a Llama GGUF,
+    DLLMError: a ``ValueError`` naming the field -- a causal model (a Llama GGUF,
       ``attention.causal = true``), an unknown architecture, a missing ``mask_token_id``, a
       tokenizer larger than the model's vocabulary, a missing tensor, a shape mismatch.
   """

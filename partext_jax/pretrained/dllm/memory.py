@@ -51,7 +51,8 @@ def memory_plan(spec: DLLMSpec, mesh_sizes: tuple[int, int, int], *, batch: int 
                 length: int = 1024, label: str | None = None,
                 rules=parallel.DEFAULT_RULES) -> MemoryPlan:
   """The :class:`MemoryPlan` of ``spec`` (its ``config.dtype``) on a ``(data, fsdp, tensor)``
-  mesh for ``int32[batch, length]`` tokens. Raises ``ValueError`` for bad mesh sizes."""
+  mesh of sizes ``mesh_sizes`` for ``int32[batch, length]`` tokens, parameters placed by
+  ``rules``; ``label`` names the row. Raises ``ValueError`` for bad mesh sizes."""
   mesh = AbstractMesh(tuple(int(s) for s in mesh_sizes), parallel.AXIS_NAMES)
   config = spec.config
   dtype = config.compute_dtype
@@ -74,7 +75,8 @@ def memory_plan(spec: DLLMSpec, mesh_sizes: tuple[int, int, int], *, batch: int 
 
 
 def format_memory_plan(plans, *, title: str) -> str:
-  """A markdown table (GiB per device) of :class:`MemoryPlan` rows."""
+  """A markdown table (GiB per device) of the :class:`MemoryPlan` rows ``plans``, under the
+  heading text ``title``."""
   lines = [title, "", "| mesh | parameters | KV cache | logits (f32) | attention scores (1 layer)"
            " | total |", "|---|---|---|---|---|---|"]
   for p in plans:
@@ -85,7 +87,8 @@ def format_memory_plan(plans, *, title: str) -> str:
 
 
 def plan_8_devices(spec: DLLMSpec, *, batch: int = 1, length: int = 1024) -> list[MemoryPlan]:
-  """The plans of ``spec`` on the ``(8,)`` and ``(4, 2)`` meshes (:data:`MESHES_8`)."""
+  """The plans of ``spec`` on the ``(8,)`` and ``(4, 2)`` meshes (:data:`MESHES_8`) for
+  ``int32[batch, length]`` tokens (:func:`memory_plan`)."""
   describe = lambda sizes: parallel.describe(AbstractMesh(sizes, parallel.AXIS_NAMES))
   return [memory_plan(spec, sizes, batch=batch, length=length,
                       label=f"{label}: {describe(sizes)}") for label, sizes in MESHES_8.items()]

@@ -193,11 +193,12 @@ class CachedDiffusionLM:
 
 
 def denoise_fn(model: DiffusionLM, params) -> jax.tree_util.Partial:
-  """``denoise_fn(tokens, t) -> logits`` over ``params`` (traced by the samplers' jit)."""
+  """``denoise_fn(tokens, t) -> logits`` of ``model`` over ``params`` (traced by the samplers'
+  jit)."""
   return jax.tree_util.Partial(model, params)
 
 
 def kv_denoise_fn(model: DiffusionLM, params) -> jax.tree_util.Partial:
   """The cached ``kv_denoise_fn(tokens, t, positions, context) -> (logits, ContextCache)`` of
-  :mod:`partext_jax.masked.block_cache`, over ``params``."""
+  :mod:`partext_jax.masked.block_cache`, of ``model`` over ``params``."""
   return jax.tree_util.Partial(CachedDiffusionLM(model), params)

@@ -4,14 +4,14 @@ A diffusion LM of either family is the Llama block stack of
 :class:`partext_jax.models.llama.Llama` with ``causal=False`` (bidirectional attention), plus
 the facts the samplers need (``docs/algorithms.md#real-diffusion-lms-llada-dream``):
 
-==============  =======================================  =========================================
-field           LLaDA (Nie et al. 2025)                   Dream (Ye et al. 2025)
-==============  =======================================  =========================================
-blocks          Llama, no biases (OLMo names)             Qwen2: q/k/v biases
-``mask_id``     ``mask_token_id`` (126336, in the vocab)  ``mask_token_id`` (151666, in the vocab)
-shift           none: logits at ``i`` predict ``i``       logits at ``i`` predict ``i + 1``
-GGUF Q/K        llama.cpp permutation (undone)            stored as is (NEOX RoPE in llama.cpp)
-==============  =======================================  =========================================
+==============  ==========================================  =========================================
+field           LLaDA (Nie et al. 2025)                     Dream (Ye et al. 2025)
+==============  ==========================================  =========================================
+blocks          Llama, no biases (OLMo names)               Qwen2: q/k/v biases
+``mask_id``     ``mask_token_id`` (126336, in the vocab)    ``mask_token_id`` (151666, in the vocab)
+shift           none: logits at ``i`` predict ``i``         logits at ``i`` predict ``i + 1``
+GGUF Q/K        llama.cpp permutation (undone)              stored as is (NEOX RoPE in llama.cpp)
+==============  ==========================================  =========================================
 
 The GGUF keys are llama.cpp's (``general.architecture`` = ``llada`` / ``dream``,
 ``tokenizer.ggml.mask_token_id``, ``diffusion.shift_logits``, ``{arch}.attention.causal``); the
@@ -221,7 +221,7 @@ def spec_from_hf_config(cfg: Mapping[str, Any], *, path: str,
 
 def llada_8b(dtype: str = "bfloat16") -> DLLMSpec:
   """LLaDA-8B (Base / Instruct) as published (``GSAI-ML/LLaDA-8B-*`` config.json): for memory
-  plans and shape checks; the weights are not shipped."""
+  plans and shape checks, in ``dtype``; the weights are not shipped."""
   config = LlamaConfig(vocab_size=126464, hidden_size=4096, intermediate_size=12288,
                        num_layers=32, num_heads=32, num_kv_heads=32, head_dim=128,
                        rope_theta=500000.0, rms_eps=1e-5, context_length=4096,
@@ -230,7 +230,8 @@ def llada_8b(dtype: str = "bfloat16") -> DLLMSpec:
 
 
 def dream_7b(dtype: str = "bfloat16") -> DLLMSpec:
-  """Dream-v0-7B (Qwen2.5-7B sizes) as published (``Dream-org/Dream-v0-*-7B`` config.json)."""
+  """Dream-v0-7B (Qwen2.5-7B sizes) as published (``Dream-org/Dream-v0-*-7B`` config.json), in
+  ``dtype``."""
   config = LlamaConfig(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
                        num_layers=28, num_heads=28, num_kv_heads=4, head_dim=128,
                        rope_theta=1000000.0, rms_eps=1e-6, context_length=131072,

@@ -226,7 +226,8 @@ def write_gguf(path: str, arch: str, state: dict[str, np.ndarray], *,
 def write_tiny_checkpoint(path: str, *, arch: str = "llada", fmt: str = "hf", seed: int = 0,
                           shards: int = 1) -> str:
   """A tiny random ``arch`` checkpoint at ``path`` in ``fmt`` (``"hf"``: a directory,
-  ``"gguf"``: a file). Returns ``path``."""
+  ``"gguf"``: a file), weights drawn from ``seed``, ``shards`` safetensors files (HF only).
+  Returns ``path``; a ``ValueError`` names an unknown ``fmt``."""
   state = random_state_dict(arch, seed=seed)
   if fmt == "gguf":
     return write_gguf(path, arch, state)

@@ -1,7 +1,7 @@
 """The drafter protocol of draft-and-verify decoding (``docs/algorithms.md#drafters``).
 
 The protocol (stable: the drafters of this package and user drafters plug into it)
----------------------------------------------------------------------------------
+----------------------------------------------------------------------------------
 A drafter is a **hashable** object (a frozen dataclass: it is a ``static_argnames`` value of the
 jitted decode loop) with these attributes and pure methods::
 

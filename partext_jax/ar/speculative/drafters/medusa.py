@@ -110,7 +110,8 @@ class MedusaDrafter(BaseDrafter):
   leave a single finite logit).
 
   Raises ``ValueError`` for a config that is not a ``MedusaConfig``, a width other than the
-  base model's, bad ``choices`` (:meth:`TreeSpec.from_choices`) or a tree deeper than
+  base model's, bad ``choices``
+  (:meth:`~partext_jax.ar.speculative.trees.TreeSpec.from_choices`) or a tree deeper than
   ``num_heads``.
 
   Usage::

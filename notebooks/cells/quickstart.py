@@ -1,12 +1,6 @@
-"""Writes notebooks/quickstart.ipynb (outputs stripped). Edit the cells here, then run:
+"""Cells of notebooks/quickstart.ipynb (``python notebooks/generate.py quickstart``)."""
 
-    python notebooks/make_quickstart.py
-"""
-
-import pathlib
-
-import nbformat
-from nbformat import v4
+NEEDS_SMOLLM2 = False
 
 CELLS = [
     ("md", """# partext-jax quickstart
@@ -16,14 +10,7 @@ machine), sample from it with tau-leaping, and watch a denoising trajectory.
 
 Runs on a CPU in about a minute. `PARTEXT_NOTEBOOK_STEPS` (environment) shrinks it further; CI
 executes this notebook with a handful of steps."""),
-    ("code", """# Colab / fresh runtime: install partext-jax (skipped where it is already installed).
-import importlib.util, subprocess, sys
-if importlib.util.find_spec("partext_jax") is None:
-  REPO_URL = "https://github.com/YOUR-FORK/partext-jax"  # <- the clone you work from
-  subprocess.check_call(["git", "clone", "-q", REPO_URL, "partext-jax"])
-  subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-e", "partext-jax"])
-  sys.path.insert(0, "partext-jax")"""),
-    ("code", """import os, pathlib, runpy, tempfile
+    ("code", """import os, tempfile
 
 import jax
 import jax.numpy as jnp
@@ -31,17 +18,20 @@ import matplotlib.pyplot as plt
 from IPython.display import Image, display
 import numpy as np
 
-import partext_jax
+from partext_jax import training
 from partext_jax.models import denoiser
 from partext_jax.masked.tau_leaping import tau_leaping
 from partext_jax.training import mdm, runs
 
-REPO = pathlib.Path(partext_jax.__file__).resolve().parent.parent
 STEPS = int(os.environ.get("PARTEXT_NOTEBOOK_STEPS", "400"))
-config = runpy.run_path(str(REPO / "configs" / "tiny.py"))["get_config"]()
-config.model.d_model, config.model.num_layers, config.model.num_heads = 64, 2, 4
-config.model.mlp_dim = 192
-config.data.seq_len = 64
+config = training.default_config()          # configs/default.py's fields; the sizes of tiny.py
+config.data.update(max_bytes=300_000, validation_fraction=0.1, tokenizer="char", vocab_size=128,
+                   seq_len=64)
+config.model.update(d_model=64, num_layers=2, num_heads=4, mlp_dim=192)
+config.train.update(batch_size=8, learning_rate=3e-3, ema_decay=0.99, log_every=5,
+                    eval_every=10, eval_batch_size=8, eval_batches=2, eval_time_samples=2,
+                    checkpoint_every=10, progress_bar=False)
+config.sample.update(num_samples=2, num_steps=8)
 config.train.num_steps = STEPS
 config.train.warmup_steps = min(50, STEPS // 4)
 workdir = tempfile.mkdtemp(prefix="partext_quickstart_")
@@ -73,9 +63,10 @@ for i in (0, steps // 4, steps // 2, 3 * steps // 4, steps - 1):
 fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3))
 ax0.imshow(traj != mask_id, aspect="auto", cmap="Greys", interpolation="nearest")
 ax0.set(xlabel="position", ylabel="step", title="decoded positions (black) per step")
-ax1.plot(np.arange(1, steps + 1), (np.asarray(info.tokens) == mask_id).mean(axis=(1, 2)), label="sampled")
-ax1.plot(np.arange(1, steps + 1), 1 - np.asarray(run.config.diffusion.masking_schedule().alpha(info.s)),
-         "--", label="1 - alpha(s)")
+masked_fraction = (np.asarray(info.tokens) == mask_id).mean(axis=(1, 2))
+alpha = np.asarray(run.config.diffusion.masking_schedule().alpha(info.s))
+ax1.plot(np.arange(1, steps + 1), masked_fraction, label="sampled")
+ax1.plot(np.arange(1, steps + 1), 1 - alpha, "--", label="1 - alpha(s)")
 ax1.set(xlabel="step", ylabel="masked fraction", title="masked fraction vs schedule")
 ax1.legend()
 plt.tight_layout()
@@ -84,18 +75,3 @@ fig.savefig(png, dpi=100)
 plt.close(fig)
 display(Image(filename=png))  # explicit, so the figure shows under any matplotlib backend"""),
 ]
-
-
-def main():
-  nb = v4.new_notebook()
-  nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-  nb.metadata["colab"] = {"provenance": []}
-  nb.cells = [v4.new_markdown_cell(src) if kind == "md" else v4.new_code_cell(src)
-              for kind, src in CELLS]
-  out = pathlib.Path(__file__).with_name("quickstart.ipynb")
-  nbformat.write(nb, str(out))
-  print("wrote", out)
-
-
-if __name__ == "__main__":
-  main()
