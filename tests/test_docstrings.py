@@ -43,7 +43,9 @@ ALGORITHM_MODULES = ("partext_jax.masked", "partext_jax.ar", "partext_jax.kernel
 NO_PAPER = {"partext_jax.masked.driver", "partext_jax.ar.processors", "partext_jax.ar",
             "partext_jax.ar.sampling", "partext_jax.parallel", "partext_jax.parallel.mesh",
             "partext_jax.parallel.runs", "partext_jax.masked.categorical",
-            "partext_jax.ar.speculative.drafters.base"}
+            "partext_jax.ar.speculative.drafters.base", "partext_jax.nat.ar_baseline",
+            "partext_jax.nat.config", "partext_jax.nat.protocols", "partext_jax.nat.tasks",
+            "partext_jax.nat.trainer"}
 PAPER = re.compile(r"[A-Z][\w-]+(?: et al\.?| and [A-Z][\w-]+)?,? \(?(?:19|20)\d\d")
 ANCHOR = re.compile(r"docs/algorithms\.md#([a-z0-9-]+)")
 

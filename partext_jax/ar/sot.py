@@ -161,6 +161,11 @@ def skeleton_prompt(tokenizer, question: str) -> str:
 
 
 def format_skeleton(points: Sequence[str]) -> str:
+  """The skeleton as the model is shown it: ``points`` (strings, in order) as lines ``"1. ..."``.
+
+  Args:
+    points: the point texts, without their numbers.
+  """
   return "\n".join(f"{i}. {p}" for i, p in enumerate(points, start=1))
 
 

@@ -13,6 +13,8 @@ Usage::
                           num_heads=4, num_layers=4, mlp_dim=256)
     loss, aux = ar_loss(params, batch, rng, config=config)
     output, forwards = decode(params, Source(src, src_len), config=config, max_target_len=16)
+
+Compared in ``docs/algorithms.md#one-shot-nat-with-ctc-and-glancing``.
 """
 
 from __future__ import annotations

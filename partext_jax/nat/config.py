@@ -7,6 +7,9 @@ keys, wrong types and invalid values raise ``ConfigError`` naming the key and th
     config.task   -> TaskConfig    copy / reverse / sort (lengths, V) or distill (SmolLM2 data)
     config.model  -> ModelConfig   ctc / glat / levenshtein / ar, and the network's size
     config.train  -> TrainConfig   optimiser and loop (the trainer core's), batch, glancing, eval
+
+The models it configures: ``docs/algorithms.md#one-shot-nat-with-ctc-and-glancing``,
+``docs/algorithms.md#levenshtein-transformer``.
 """
 
 from __future__ import annotations

@@ -296,4 +296,9 @@ def make_levenshtein_fns(cfg: NATConfig, params):
 
 
 def count_params(params) -> int:
+  """The number of scalars in the pytree ``params`` (every leaf's ``size``, summed).
+
+  Args:
+    params: a pytree of arrays.
+  """
   return sum(x.size for x in jax.tree_util.tree_leaves(params))

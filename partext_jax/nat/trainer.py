@@ -14,6 +14,9 @@ Usage::
     result = train_and_evaluate(parse_config(get_config()), workdir="/tmp/nat_copy")
     result.metrics["exact_match"], result.metrics["forwards_per_sequence"]
     output, forwards = decode_all(result.family, result.params, result.data.valid)
+
+The losses it trains: ``docs/algorithms.md#one-shot-nat-with-ctc-and-glancing``,
+``docs/algorithms.md#levenshtein-transformer``.
 """
 
 from __future__ import annotations

@@ -210,6 +210,12 @@ def markov_trunk(chain: MarkovChain) -> tuple[OneHotMarkovLM, dict]:
 
 
 def markov_chain(cfg: MTPTrainConfig) -> MarkovChain:
+  """The random Markov chain of the toy MTP task (exact entropy known), from ``cfg``'s
+  ``markov_seed``, ``num_states`` and ``concentration``.
+
+  Args:
+    cfg: the training configuration.
+  """
   return MarkovChain.random(seed=cfg.markov_seed, num_states=cfg.num_states,
                             concentration=cfg.concentration)
 
