@@ -19,6 +19,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from partext_jax.models.llama import LlamaConfig, LlamaLM, ModelBundle
+from partext_jax.pretrained import quantize as quantize_lib
 from partext_jax.pretrained import tokenizer as tokenizer_lib
 from partext_jax.pretrained.gguf import (SUPPORTED_ARCHITECTURES, GGUFError, dequantize, open_gguf,
                                          read_metadata, smollm2_path, unpermute_qk)
@@ -75,19 +76,25 @@ def config_from_metadata(meta: dict[str, Any], *, path: str = "<gguf>") -> Llama
   )
 
 
-def load_gguf(path: str, dtype=jnp.float32) -> tuple[LlamaConfig, dict]:
+def load_gguf(path: str, dtype=jnp.float32, *, quantization: str | None = None
+              ) -> tuple[LlamaConfig, dict]:
   """Reads ``path`` into ``(config, params)`` for :class:`~partext_jax.models.llama.Llama`.
 
   Args:
     path: a GGUF file (e.g. :func:`smollm2_path`).
     dtype: parameter dtype (``jnp.float32``; ``jnp.bfloat16`` halves memory but XLA:CPU bf16
       matmuls are much slower). ``config.dtype`` is set to match.
+    quantization: ``None`` or ``"int8"``: weight-only int8 decoder-layer kernels
+      (:func:`partext_jax.pretrained.quantize.quantize_params`, dequantised inside the model's
+      forward; ``docs/algorithms.md#weight-only-quantization``).
   Returns:
     ``config``, and ``params`` (plain arrays, no logical-axis boxes; see
     :func:`~partext_jax.models.llama.param_logical_axes`).
   Raises:
-    FileNotFoundError, or :class:`GGUFError` naming the file and the problem.
+    FileNotFoundError, or :class:`GGUFError` naming the file and the problem; ``ValueError``
+    for an unknown ``quantization``.
   """
+  quantize_lib.check_scheme(quantization)
   path = os.fspath(path)
   reader = open_gguf(path)
   meta = read_metadata(reader)
@@ -142,7 +149,7 @@ def load_gguf(path: str, dtype=jnp.float32) -> tuple[LlamaConfig, dict]:
   if not tied:
     params["lm_head"] = {"kernel": cast(check("output.weight", get("output.weight"),
                                               (c.vocab_size, e)).T)}
-  return config, params
+  return config, quantize_lib.quantize_params(params, quantization)
 
 
 def load_smollm2(dtype=jnp.float32) -> tuple[LlamaConfig, dict]:
@@ -150,8 +157,9 @@ def load_smollm2(dtype=jnp.float32) -> tuple[LlamaConfig, dict]:
   return load_gguf(smollm2_path(), dtype=dtype)
 
 
-def load_bundle(path: str | None = None, dtype=jnp.float32):
-  """``ModelBundle(model, params, tokenizer)`` from a GGUF (default: the embedded SmolLM2)."""
+def load_bundle(path: str | None = None, dtype=jnp.float32, *, quantization: str | None = None):
+  """``ModelBundle(model, params, tokenizer)`` from a GGUF (default: the embedded SmolLM2);
+  ``quantization`` as :func:`load_gguf`."""
   path = smollm2_path() if path is None else path
-  config, params = load_gguf(path, dtype=dtype)
+  config, params = load_gguf(path, dtype=dtype, quantization=quantization)
   return ModelBundle(LlamaLM(config), params, tokenizer_lib.load_tokenizer(path))

@@ -5,6 +5,7 @@
   :func:`~.lm.early_exit_drafter` -- the target's first layers.
 * :class:`~.prompt_lookup.PromptLookupDrafter` -- training-free n-gram lookup.
 * :class:`~.medusa.MedusaDrafter` -- Medusa heads (:mod:`partext_jax.models.medusa`).
+* :class:`~.eagle.EagleDrafter` -- EAGLE feature drafter (:mod:`partext_jax.models.eagle`).
 
 A new drafter is one module here implementing :class:`~.base.Drafter` (usually a frozen
 dataclass deriving from :class:`~.base.BaseDrafter`), exported below.
@@ -12,9 +13,11 @@ dataclass deriving from :class:`~.base.BaseDrafter`), exported below.
 
 from partext_jax.ar.speculative.drafters.base import (SIBLING_RULES, BaseDrafter, CommitInfo,
                                                       Draft, DraftContext, Drafter)
+from partext_jax.ar.speculative.drafters.eagle import EagleDrafter
 from partext_jax.ar.speculative.drafters.lm import LMDrafter, early_exit_drafter
 from partext_jax.ar.speculative.drafters.medusa import MedusaDrafter
 from partext_jax.ar.speculative.drafters.prompt_lookup import PromptLookupDrafter
 
 __all__ = ["SIBLING_RULES", "BaseDrafter", "CommitInfo", "Draft", "DraftContext", "Drafter",
-           "LMDrafter", "MedusaDrafter", "PromptLookupDrafter", "early_exit_drafter"]
+           "EagleDrafter", "LMDrafter", "MedusaDrafter", "PromptLookupDrafter",
+           "early_exit_drafter"]
