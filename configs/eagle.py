@@ -1,10 +1,10 @@
-"""EAGLE feature head for SmolLM2-135M-Instruct, trained on a shared 2-core CPU (budget ~30 min).
+"""EAGLE feature head for SmolLM2-135M-Instruct, trained on a shared 2-core CPU (~26 min).
 
     python experiments/train_eagle.py --config=configs/eagle.py --workdir=/tmp/eagle
 
-The first run greedily answers ``num_prompts`` chat prompts with the frozen model (the Medusa
-heads' prompts and answers: the same data budget), adds ``corpus_rows`` chunks of the standard
-library, and caches the target's features and greedy labels in the workdir
+The first run greedily answers ``num_prompts`` chat prompts with the frozen model (the first of
+the Medusa heads' prompts: a subset of their data, 64 x 96 against 128 x 128 tokens), adds
+``corpus_rows`` chunks of the standard library, and caches the target's features and greedy labels in the workdir
 (``eagle_data_<hash>.npz``); later runs reuse them, and a rerun resumes training from the last
 checkpoint. Fields are ``partext_jax.training.eagle.EagleTrainConfig``'s (unknown keys fail
 loudly); override any on the command line, e.g. ``--config.num_steps=120``.

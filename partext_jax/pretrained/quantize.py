@@ -7,15 +7,15 @@
     Q[a, o] = clip(round(W[a, o] / s_o), -127, 127)
     W~ = Q s_o                                     (|W - W~| <= s_o / 2 entrywise)
 
-as LLM.int8's vector-wise weight quantization without the outlier split (Dettmers et al. 2022)
-and the per-channel weight-only recipe of llama.cpp's ``Q8_0`` with one block per channel (Q8_0
-uses blocks of 32 along the input axis). Activations stay float32. The decoder layers' matrices
+as LLM.int8's vector-wise weight quantization without the outlier split (Dettmers et al. 2022);
+llama.cpp's ``Q8_0`` is the same rounding with one scale per block of 32 inputs. Activations stay float32. The decoder layers' matrices
 (``q, k, v, o, gate, up, down``) are quantized; norms and the (tied) embedding / LM head stay
-float32 (quantizing the ``[V, E]`` table would need a dequantise-after-dot LM head). The model
-dequantises ``Q s`` at the top of its forward, inside the jitted decode step: XLA:CPU emits the
-convert-and-scale per matrix right before its dot, so the weights stream from memory as int8
-(a quarter of the bytes). Grouped int4 was measured first and left out: XLA:CPU ran an int4
-matrix-vector product ~10x slower than float32 here (``experiments/results/bench_eagle_cpu.md``).
+float32 (quantizing the ``[V, E]`` table would need a dequantise-after-dot LM head). The model dequantises ``Q s`` at the top of its
+forward, inside the caller's jit, so any backend that fuses a convert into its matmul reads int8
+weights. Measured on XLA:CPU (jax 0.10.2, ``experiments/results/bench_eagle_cpu.md``): it does
+not -- the dequantised matrix feeds a slower dot than a float32 weight, so int8 decode is
+*slower* than float32 there (the gain on this machine is memory: 2.4x smaller weights). Grouped
+int4 (``jnp.int4``) was slower still and is not offered.
 
 Usage::
 
