@@ -142,7 +142,8 @@ def bench_spec(bundle, n_new, num):
         if lp.is_greedy(processor):
           same = bool(np.array_equal(np.asarray(out), np.asarray(ref)))
           identical[(label, name)] = identical.get((label, name), True) and same
-      print(label, i, t_ar[-1], {k: v[-1] for k, v in t_sp.items()}, flush=True)
+      print(label, i, f"AR {t_ar[-1]:.2f} s", {k: (f"{v[-1]:.2f} s", f"{acc[k][-1]:.2f} tok/fwd")
+                                                for k, v in t_sp.items()}, flush=True)
     rows.append((label, "AR (plain)", "1.00", "1.00", f"{batch * n_new / np.mean(t_ar):.1f}",
                  "-", "-"))
     for name in names:
@@ -273,13 +274,13 @@ def main(argv):
           f"no EOS stop, one timed call per prompt after a warm-up (compilation excluded). The "
           "machine is shared with other jobs: absolute times are noisy, ratios are measured "
           "side by side.", ""]
-  if "spec" in _PARTS.value:
-    table, notes = bench_spec(bundle, n_new, num)
-    text += ["## Speculative decoding", "", table, ""] + [f"- {n}" for n in notes] + [""]
-  if "quant" in _PARTS.value:
-    table, notes = bench_quant(bundle, n_new, num)
-    text += ["## Weight-only int8 decode", "", table, ""] + [f"- {n}" for n in notes] + [""]
-  common.write_report("\n".join(text), _OUT.value)
+  parts = {"spec": ("## Speculative decoding", bench_spec),
+           "quant": ("## Weight-only int8 decode", bench_quant)}
+  for name in _PARTS.value:
+    title, fn = parts[name]
+    table, notes = fn(bundle, n_new, num)
+    text += [title, "", table, ""] + [f"- {n}" for n in notes] + [""]
+    common.write_report("\n".join(text), _OUT.value)  # after every part: partial results stay
 
 
 if __name__ == "__main__":
