@@ -337,7 +337,15 @@ class Llama(nn.Module):
 
 def forward(params, tokens, positions, attn_mask=None, cache=None, write_slots=None, *,
             config: LlamaConfig, logits_at=None, return_hidden=False):
-  """Pure-function form of :class:`Llama` (``params`` is the unboxed ``"params"`` collection)."""
+  """Pure-function form of :class:`Llama` (``params`` is the unboxed ``"params"`` collection).
+
+  Weight-only quantized kernels (leaves with a ``dequantize()`` method, e.g.
+  :class:`partext_jax.pretrained.quantize.QuantizedTensor`) are dequantised here, inside the
+  caller's jit (``docs/algorithms.md#weight-only-quantization``).
+  """
+  is_quantized = lambda x: hasattr(x, "dequantize")  # noqa: E731
+  params = jax.tree_util.tree_map(lambda x: x.dequantize() if is_quantized(x) else x, params,
+                                  is_leaf=is_quantized)
   return Llama(config).apply({"params": params}, tokens, positions, attn_mask, cache, write_slots,
                              logits_at=logits_at, return_hidden=return_hidden)
 

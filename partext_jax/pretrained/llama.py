@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from partext_jax.models.llama import LlamaConfig, LlamaLM, ModelBundle
+from partext_jax.pretrained import quantize as quantize_lib
 from partext_jax.pretrained import tokenizer as tokenizer_lib
 from partext_jax.pretrained.gguf import (SUPPORTED_ARCHITECTURES, GGUFError, dequantize, open_gguf,
                                          read_metadata, smollm2_path, unpermute_qk)
@@ -87,7 +88,8 @@ def config_from_metadata(meta: dict[str, Any], *, path: str = "<gguf>",
   )
 
 
-def load_gguf(path: str, dtype=jnp.float32, *, scan_layers: bool = True
+def load_gguf(path: str, dtype=jnp.float32, *, scan_layers: bool = True,
+              quantization: str | None = None
               ) -> tuple[LlamaConfig, dict]:
   """Reads ``path`` into ``(config, params)`` for :class:`~partext_jax.models.llama.Llama`.
 
@@ -98,12 +100,17 @@ def load_gguf(path: str, dtype=jnp.float32, *, scan_layers: bool = True
     scan_layers: the layer layout, set in ``config`` too: stacked for a scan (default, a short
       compilation) or per layer (``params["layers"][str(i)]``, the fastest CPU decode; see
       :func:`~partext_jax.models.llama.layer_stack`).
+    quantization: ``None`` or ``"int8"``: weight-only int8 decoder-layer kernels
+      (:func:`partext_jax.pretrained.quantize.quantize_params`, dequantised inside the model's
+      forward; ``docs/algorithms.md#weight-only-quantization``).
   Returns:
     ``config``, and ``params`` (plain arrays, no logical-axis boxes; see
     :func:`~partext_jax.models.llama.param_logical_axes`).
   Raises:
-    FileNotFoundError, or :class:`GGUFError` naming the file and the problem.
+    FileNotFoundError, or :class:`GGUFError` naming the file and the problem; ``ValueError``
+    for an unknown ``quantization``.
   """
+  quantize_lib.check_scheme(quantization)
   path = os.fspath(path)
   reader = open_gguf(path)
   meta = read_metadata(reader)
@@ -163,7 +170,7 @@ def load_gguf(path: str, dtype=jnp.float32, *, scan_layers: bool = True
   if not tied:
     params["lm_head"] = {"kernel": cast(check("output.weight", get("output.weight"),
                                               (c.vocab_size, e)).T)}
-  return config, params
+  return config, quantize_lib.quantize_params(params, quantization)
 
 
 def load_smollm2(dtype=jnp.float32, *, scan_layers: bool = True) -> tuple[LlamaConfig, dict]:
@@ -172,9 +179,12 @@ def load_smollm2(dtype=jnp.float32, *, scan_layers: bool = True) -> tuple[LlamaC
   return load_gguf(smollm2_path(), dtype=dtype, scan_layers=scan_layers)
 
 
-def load_bundle(path: str | None = None, dtype=jnp.float32, *, scan_layers: bool = True):
+def load_bundle(path: str | None = None, dtype=jnp.float32, *, scan_layers: bool = True,
+                quantization: str | None = None):
   """``ModelBundle(model, params, tokenizer)`` from the GGUF file ``path`` (default: the embedded
-  SmolLM2), parameters in ``dtype`` (float32 by default); ``scan_layers`` as :func:`load_gguf`."""
+  SmolLM2), parameters in ``dtype`` (float32 by default); ``scan_layers`` and ``quantization``
+  as :func:`load_gguf`."""
   path = smollm2_path() if path is None else path
-  config, params = load_gguf(path, dtype=dtype, scan_layers=scan_layers)
+  config, params = load_gguf(path, dtype=dtype, scan_layers=scan_layers,
+                             quantization=quantization)
   return ModelBundle(LlamaLM(config), params, tokenizer_lib.load_tokenizer(path))

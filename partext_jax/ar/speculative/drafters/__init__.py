@@ -9,6 +9,7 @@
 * :class:`~.medusa.MedusaDrafter` -- Medusa heads (:mod:`partext_jax.models.medusa`).
 * :class:`~.mtp.MTPDrafter` -- multi-token prediction (Gloeckle heads, DeepSeek-V3 modules) of an
   :class:`~partext_jax.models.mtp.MTPModel` target.
+* :class:`~.eagle.EagleDrafter` -- EAGLE feature drafter (:mod:`partext_jax.models.eagle`).
 
 A new drafter is one module here implementing :class:`~.base.Drafter` (usually a frozen
 dataclass deriving from :class:`~.base.BaseDrafter`), exported below.
@@ -16,6 +17,7 @@ dataclass deriving from :class:`~.base.BaseDrafter`), exported below.
 
 from partext_jax.ar.speculative.drafters.base import (SIBLING_RULES, BaseDrafter, CommitInfo,
                                                       Draft, DraftContext, Drafter)
+from partext_jax.ar.speculative.drafters.eagle import EagleDrafter
 from partext_jax.ar.speculative.drafters.lm import LMDrafter, early_exit_drafter
 from partext_jax.ar.speculative.drafters.lookahead import LookaheadDrafter
 from partext_jax.ar.speculative.drafters.medusa import MedusaDrafter
@@ -23,5 +25,5 @@ from partext_jax.ar.speculative.drafters.mtp import MTPDrafter
 from partext_jax.ar.speculative.drafters.prompt_lookup import PromptLookupDrafter
 
 __all__ = ["SIBLING_RULES", "BaseDrafter", "CommitInfo", "Draft", "DraftContext", "Drafter",
-           "LMDrafter", "LookaheadDrafter", "MTPDrafter", "MedusaDrafter", "PromptLookupDrafter",
-           "early_exit_drafter"]
+           "EagleDrafter", "LMDrafter", "LookaheadDrafter", "MTPDrafter", "MedusaDrafter",
+           "PromptLookupDrafter", "early_exit_drafter"]

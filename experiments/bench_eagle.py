@@ -1,0 +1,287 @@
+r"""EAGLE feature drafter vs Medusa vs our AR decode, and weight-only int8 decode, in one run.
+
+    python experiments/bench_eagle.py --out experiments/results/bench_eagle_cpu.md
+    python experiments/bench_eagle.py --head /tmp/eagle/checkpoints --num_prompts 8
+
+Speculative part (SmolLM2-135M-Instruct f32 target, no EOS stop, ``--new_tokens`` tokens): on
+``--num_prompts`` open-ended chat prompts that are not training prompts, every decoder generates
+the same tokens once after a warm-up call per shape (compilation excluded, prefill included);
+per prompt we record the wall time, the tokens committed per target forward and whether greedy
+output equals AR's. Reported: mean accepted tokens / forward and the per-prompt speed-up
+``t_AR / t_decoder`` as mean +- standard error over prompts, and the ratio of total times.
+Batch 1 greedy (EAGLE tree and chain, Medusa's default tree), batch 4 greedy, batch 1 at
+temperature 0.7.
+
+Quantized part: AR decode with int8 weight-only kernels vs f32 on the first 5 prompts (batch 1,
+greedy): ms/token ratio, tokens until the first divergence from f32; gen-PPL of the int8 model's
+own samples (temperature 1) vs the f32 model's own samples, both judged by the f32 model; and
+llama.cpp (``llama-cpp-python``, optional: skipped when absent) on the Q8_0 / Q4_1 files when
+available.
+"""
+
+import os
+import sys
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import common
+from partext_jax import pretrained
+from partext_jax.ar import processors as lp
+from partext_jax.ar import sampling as ar
+from partext_jax.ar.speculative import decode
+from partext_jax.ar.speculative.drafters import eagle as eagle_drafter
+from partext_jax.ar.speculative.drafters import medusa as medusa_drafter
+from partext_jax.pretrained import quantize
+from partext_jax.training import eagle as te
+from partext_jax.training import medusa as mt
+
+_HEAD = flags.DEFINE_string("head", None, "EAGLE checkpoint directory (default: the asset).")
+_NEW = flags.DEFINE_integer("new_tokens", 64, "Tokens per generation.")
+_NUM = flags.DEFINE_integer("num_prompts", 20, "Open-ended prompts (<= 20).")
+_PARTS = flags.DEFINE_list("parts", ["spec", "quant"], "Parts to run: spec, quant.")
+_OUT = flags.DEFINE_string("out", None, "Write the markdown report here too.")
+
+# Open-ended requests; none is built by the training templates of training/medusa.py (those are
+# "What is {topic}?"-style questions on a fixed topic list and stdlib questions).
+PROMPTS = (
+    "Describe a walk through a busy fish market early in the morning.",
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "What would you pack for a week-long hiking trip in the mountains?",
+    "Write a letter to a friend describing your new apartment.",
+    "Describe the smell and sound of a summer thunderstorm.",
+    "Give advice to someone starting their first job as a nurse.",
+    "Write a product description for a handmade wooden chair.",
+    "Tell me about a day in the life of a medieval blacksmith.",
+    "Write a short speech for a friend's wedding.",
+    "Describe how a city changes between winter and spring.",
+    "Write a review of an imaginary Italian restaurant.",
+    "What are some ways to make a small garden more colorful?",
+    "Write a dialogue between a cat and a dog about breakfast.",
+    "Describe the view from the top of a tall mountain at sunrise.",
+    "Write a poem about an old train station.",
+    "Plan a relaxing weekend in a seaside town.",
+    "Describe a festival in a village you have never visited.",
+    "Write the opening paragraph of a detective novel set in a rainy city.",
+    "Explain how you would teach a child to ride a bicycle.",
+    "Write a diary entry of an astronaut on her first day in orbit.",
+)
+
+
+def _mean_se(xs):
+  xs = np.asarray(xs, np.float64)
+  return float(xs.mean()), float(xs.std(ddof=1) / np.sqrt(len(xs))) if len(xs) > 1 else 0.0
+
+
+def _fmt(xs, digits=2):
+  m, s = _mean_se(xs)
+  return f"{m:.{digits}f} +- {s:.{digits}f}"
+
+
+_WARM: set = set()
+
+
+def _timed(key, fn):
+  """``(seconds, output)`` of one call of ``fn``; the first call per ``key`` (a compiled shape)
+  runs once untimed before."""
+  if key not in _WARM:
+    jax.block_until_ready(fn())
+    _WARM.add(key)
+  start = time.perf_counter()
+  out = jax.block_until_ready(fn())
+  return time.perf_counter() - start, out
+
+
+def _shape(name, chunk):
+  return name, len(chunk), ar.bucket_length(max(len(p) for p in chunk))
+
+
+def _prompt_ids(tok, n):
+  return [tok.encode(tok.apply_chat_template([{"role": "user", "content": p}]))
+          for p in PROMPTS[:n]]
+
+
+def bench_spec(bundle, n_new, num):
+  """Rows of the speculative table and the notes (sizes, identity checks)."""
+  model, params, tok = bundle
+  head_dir = _HEAD.value or te.asset_directory()
+  ecfg, head, vocab_ids, emeta = te.load_head(head_dir)
+  edp = eagle_drafter.drafter_params(head, params, vocab_ids, base_config=model.config)
+  mcfg, heads, _ = mt.load_heads(mt.asset_directory())
+  mdp = medusa_drafter.drafter_params(heads, params, base_config=model.config)
+  drafters = {
+      "EAGLE tree (D=5, k=4, 12 nodes)": (eagle_drafter.EagleDrafter(
+          ecfg, model, mode="eagle", gamma=5, top_k=4, num_nodes=11), edp),
+      "EAGLE chain (D=4)": (eagle_drafter.EagleDrafter(ecfg, model, mode="chain", gamma=4), edp),
+      "Medusa default tree (16 nodes)": (medusa_drafter.MedusaDrafter(mcfg, model.config), mdp),
+  }
+  ids = _prompt_ids(tok, num)
+  rows, identical = [], {}
+
+  def run_setting(label, batch, processor, names):
+    t_ar, t_sp = [], {k: [] for k in names}
+    acc = {k: [] for k in names}
+    for i in range(0, len(ids), batch):
+      chunk = ids[i:i + batch]
+      if len(chunk) < batch:
+        break
+      key = jax.random.key(i)
+      t, (ref, _) = _timed(_shape(("AR", label), chunk), lambda: ar.generate(
+          key, model, params, chunk, max_new_tokens=n_new, processor=processor, eos_id=None))
+      t_ar.append(t)
+      for name in names:
+        drafter, dp = drafters[name]
+        t, (out, info) = _timed(_shape((name, label), chunk), lambda: decode.generate(
+            key, model, params, chunk, drafter=drafter, drafter_params=dp, processor=processor,
+            max_new_tokens=n_new, eos_id=None))
+        t_sp[name].append(t)
+        acc[name].append(float(np.mean(info.accepted_per_call)))
+        if lp.is_greedy(processor):
+          same = bool(np.array_equal(np.asarray(out), np.asarray(ref)))
+          identical[(label, name)] = identical.get((label, name), True) and same
+      print(label, i, f"AR {t_ar[-1]:.2f} s", {k: (f"{v[-1]:.2f} s", f"{acc[k][-1]:.2f} tok/fwd")
+                                                for k, v in t_sp.items()}, flush=True)
+    rows.append((label, "AR (plain)", "1.00", "1.00", f"{batch * n_new / np.mean(t_ar):.1f}",
+                 "-", "-"))
+    for name in names:
+      ratio = np.asarray(t_ar) / np.asarray(t_sp[name])
+      rows.append((label, name, _fmt(acc[name]), _fmt(ratio),
+                   f"{batch * n_new / np.mean(t_sp[name]):.1f}",
+                   f"{np.sum(t_ar) / np.sum(t_sp[name]):.2f}x",
+                   identical.get((label, name), "n/a (sampling)")))
+
+  eagle_tree = next(iter(drafters))
+  run_setting("batch 1, greedy", 1, lp.greedy(), list(drafters))
+  run_setting("batch 4, greedy", 4, lp.greedy(), [eagle_tree])
+  run_setting("batch 1, temperature 0.7", 1, lp.build(temperature=0.7), [eagle_tree])
+  cache = ecfg.init_cache(1, 1)
+  per_slot = cache.nbytes
+  notes = [
+      f"EAGLE head `{os.path.relpath(head_dir)}`: {ecfg.num_params / 1e6:.2f} M parameters "
+      f"({ecfg.num_params * 4 / 2**20:.1f} MiB f32 in memory; asset stored in "
+      f"{emeta.get('param_dtype', 'float32')}), draft vocabulary {len(vocab_ids)} tokens (LM-head "
+      f"rows copied: {len(vocab_ids) * model.config.hidden_size * 4 / 2**20:.1f} MiB), KV cache "
+      f"{per_slot} bytes per slot and row, plus {model.config.hidden_size * 4} bytes per slot of "
+      "stored features. Training: "
+      f"{emeta.get('seconds_data', float('nan')):.0f} s data (self-distillation + target "
+      f"features), {emeta.get('seconds_train', float('nan')):.0f} s optimisation; validation "
+      f"{emeta.get('valid', {})}.",
+      f"Medusa heads (committed asset, trained on 128 prompts x 128 tokens, a superset of the "
+      f"EAGLE head's data): {mcfg.num_params / 1e6:.2f} M parameters "
+      f"({mcfg.num_params * 4 / 2**20:.1f} MiB).",
+  ]
+  table = common.markdown_table(
+      ["setting", "decoder", "tokens / target forward", "speed-up per prompt (mean +- se)",
+       "tokens/s", "total-time ratio", "identical to AR"], rows)
+  return table, notes
+
+
+def _judge_nll(model, params, prompts, samples):
+  """Mean NLL per token of every sample under ``params`` (float64[N]; one right-padded batch)."""
+  length = max(len(p) + len(x) for p, x in zip(prompts, samples))
+  toks = np.zeros((len(prompts), length), np.int32)
+  for i, (p, x) in enumerate(zip(prompts, samples)):
+    toks[i, :len(p) + len(x)] = list(p) + list(x)
+  pos = jnp.broadcast_to(jnp.arange(length), toks.shape)
+  logp = np.asarray(jax.nn.log_softmax(
+      model(params, jnp.asarray(toks), pos, None, None, None).logits, axis=-1))
+  out = []
+  for i, (p, x) in enumerate(zip(prompts, samples)):
+    idx = np.arange(len(p) - 1, len(p) - 1 + len(x))
+    out.append(-float(np.mean(logp[i, idx, np.asarray(x)])))
+  return np.asarray(out)
+
+
+def _llama_cpp_rows(ids, n_new):
+  try:
+    import llama_cpp  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return [("llama.cpp Q8_0 / Q4_1", "not run: llama-cpp-python is not installed (optional)",
+             "-", "-")]
+  rows = []
+  path = pretrained.gguf.smollm2_path()  # the embedded file is Q4_1
+  llm = llama_cpp.Llama(model_path=path, n_ctx=512, n_threads=2, verbose=False)
+  times = []
+  for p in ids:
+    llm.reset()
+    start = time.perf_counter()
+    n = 0
+    for tok in llm.generate(p, top_k=1, temp=0.0):
+      n += 1
+      if n >= n_new:
+        break
+    times.append((time.perf_counter() - start) / n_new * 1e3)
+  rows.append(("llama.cpp Q4_1 (embedded file), 2 threads", f"{np.mean(times):.1f}", "-", "-"))
+  rows.append(("llama.cpp Q8_0", "not run: no Q8_0 file of SmolLM2 offline", "-", "-"))
+  return rows
+
+
+def bench_quant(bundle, n_new, num):
+  model, params, tok = bundle
+  qparams = quantize.quantize_params(params, "int8")
+  err = quantize.quantization_error(params, qparams)
+  ids = _prompt_ids(tok, num)
+  t32, t8, diverge = [], [], []
+  for p in ids[:5]:
+    t, (ref, _) = _timed(_shape("f32", [p]), lambda: ar.generate(
+        jax.random.key(0), model, params, [p], max_new_tokens=n_new, eos_id=None))
+    t32.append(t / n_new * 1e3)
+    t, (out, _) = _timed(_shape("int8", [p]), lambda: ar.generate(
+        jax.random.key(0), model, qparams, [p], max_new_tokens=n_new, eos_id=None))
+    t8.append(t / n_new * 1e3)
+    d = np.nonzero(np.asarray(out[0]) != np.asarray(ref[0]))[0]
+    diverge.append(int(d[0]) if d.size else n_new)
+  samples = {}
+  for name, prm in (("f32", params), ("int8", qparams)):
+    out, info = ar.generate(jax.random.key(1), model, prm, ids, max_new_tokens=n_new,
+                            processor=lp.identity(), eos_id=None)
+    samples[name] = [list(map(int, r)) for r in np.asarray(out)]
+  nll = {k: _judge_nll(model, params, ids, v) for k, v in samples.items()}
+  ppl = {k: float(np.exp(v.mean())) for k, v in nll.items()}
+  ratio = np.asarray(t8) / np.asarray(t32)
+  rows = [("partext-jax f32", f"{np.mean(t32):.1f}", "1.00", f"{n_new} (reference)"),
+          ("partext-jax int8 weight-only", f"{np.mean(t8):.1f}", _fmt(ratio),
+           f"{np.mean(diverge):.1f} (per prompt: {diverge})")]
+  rows += _llama_cpp_rows(ids[:5], n_new)
+  table = common.markdown_table(["decoder (batch 1, greedy)", "ms / token",
+                                 "int8 / f32 time (mean +- se)",
+                                 "tokens until first divergence from f32"], rows)
+  diff = nll["int8"] - nll["f32"]
+  notes = [
+      f"Quantization error (relative Frobenius, {err['num_tensors']} decoder kernels): mean "
+      f"{err['mean_rel_error']:.4f}, max {err['max_rel_error']:.4f}, all "
+      f"{err['total_rel_error']:.4f}; weights {err['bytes_before'] / 2**20:.0f} MiB -> "
+      f"{err['bytes_after'] / 2**20:.0f} MiB (embedding / LM head kept f32).",
+      f"Gen-PPL under the f32 judge of each model's own samples ({len(ids)} prompts x {n_new} "
+      f"tokens, temperature 1, same keys): f32 {ppl['f32']:.2f}, int8 {ppl['int8']:.2f} "
+      f"({100 * (ppl['int8'] / ppl['f32'] - 1):+.1f}%; per-prompt NLL difference "
+      f"{_fmt(diff, 3)} nats, i.e. a PPL ratio of exp(mean) with that standard error).",
+  ]
+  return table, notes
+
+
+def main(argv):
+  common.no_arguments(argv)
+  n_new, num = _NEW.value, min(_NUM.value, len(PROMPTS))
+  bundle = pretrained.load_bundle()
+  text = [f"# EAGLE / Medusa speculative decoding and int8 weight-only decode "
+          f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
+          "Command: `python experiments/bench_eagle.py " + " ".join(sys.argv[1:]) + "`", "",
+          f"Machine: {common.machine()}. Target SmolLM2-135M-Instruct (f32), {n_new} new tokens, "
+          f"no EOS stop, one timed call per prompt after a warm-up (compilation excluded). The "
+          "machine is shared with other jobs: absolute times are noisy, ratios are measured "
+          "side by side.", ""]
+  parts = {"spec": ("## Speculative decoding", bench_spec),
+           "quant": ("## Weight-only int8 decode", bench_quant)}
+  for name in _PARTS.value:
+    title, fn = parts[name]
+    table, notes = fn(bundle, n_new, num)
+    text += [title, "", table, ""] + [f"- {n}" for n in notes] + [""]
+    common.write_report("\n".join(text), _OUT.value)  # after every part: partial results stay
+
+
+if __name__ == "__main__":
+  app.run(main)
