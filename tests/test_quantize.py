@@ -33,18 +33,26 @@ def test_int8_rounding_bound_and_zero_channels():
   np.testing.assert_array_equal(np.asarray(q.values)[:, 2, 4], 0)
 
 
-def test_only_decoder_kernels_are_quantized(params):
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_only_decoder_kernels_are_quantized(params, scan_layers):
+  # Both layer layouts of models/llama.py: stacked [L, ...] leaves (scan) or one tree per layer.
+  params = params if scan_layers else llama.unstack_layers(params)
   qp = quantize.quantize_params(params, "int8")
   leaves = jax.tree_util.tree_leaves_with_path(qp, is_leaf=lambda x: isinstance(
       x, quantize.QuantizedTensor))
   names = sorted({jax.tree_util.keystr(p).split("'")[-4] for p, x in leaves
                   if isinstance(x, quantize.QuantizedTensor)})
   assert names == ["down", "gate", "k", "o", "q", "up", "v"]
-  assert sum(isinstance(x, quantize.QuantizedTensor) for _, x in leaves) == 7 * CFG.num_layers
+  per_layer = 1 if scan_layers else CFG.num_layers
+  assert sum(isinstance(x, quantize.QuantizedTensor) for _, x in leaves) == 7 * per_layer
   np.testing.assert_array_equal(qp["embed"]["embedding"], params["embed"]["embedding"])
   np.testing.assert_array_equal(qp["lm_head"]["kernel"], params["lm_head"]["kernel"])
-  # o contracts over (heads, head_dim): one scale per output feature.
-  assert qp["layers_0"]["attn"]["o"]["kernel"].scale.shape == (1, 1, CFG.hidden_size)
+  # o contracts over (heads, head_dim): one scale per output feature (and per layer).
+  if scan_layers:
+    assert qp["layers"]["attn"]["o"]["kernel"].scale.shape == (CFG.num_layers, 1, 1,
+                                                                CFG.hidden_size)
+  else:
+    assert qp["layers"]["0"]["attn"]["o"]["kernel"].scale.shape == (1, 1, CFG.hidden_size)
   assert quantize.quantize_params(params, None) is params
   with pytest.raises(ValueError, match="quantization='int4'"):
     quantize.quantize_params(params, "int4")
@@ -62,7 +70,7 @@ def test_quantized_forward_equals_dense_dequantised_forward(params):
   # Close to the float32 model: logit error well below the logits' spread.
   assert float(jnp.abs(got - ref).max()) < 0.05 * float(ref.std()), (got - ref)
   err = quantize.quantization_error(params, qp)
-  assert err["num_tensors"] == 7 * CFG.num_layers
+  assert err["num_tensors"] == 7 * (1 if CFG.scan_layers else CFG.num_layers)   # stacked: 7
   assert 0 < err["total_rel_error"] < 0.02 and err["max_rel_error"] >= err["mean_rel_error"]
   assert err["bytes_after"] < 0.5 * err["bytes_before"] + 4 * CFG.vocab_size * CFG.hidden_size * 2
 

@@ -89,7 +89,9 @@ def quantize_params(params, scheme: str | None):
       return x
     if not str(keys[0]).startswith("layers"):
       return x
-    stacked = int(keys[0] == "layers")  # layers stacked under a scan: a leading layer axis
+    # Layers stacked under a scan (params["layers"][...]: a leading layer axis) or one tree per
+    # layer (params["layers"]["0"], params["layers_0"]).
+    stacked = int(keys[0] == "layers" and not str(keys[1]).isdigit())
     return quantize_int8(x, tuple(a + stacked for a in _CONTRACTION_AXES[keys[-2]]))
 
   return jax.tree_util.tree_map_with_path(visit, params)
