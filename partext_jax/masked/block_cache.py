@@ -266,10 +266,13 @@ def make_cached_sampler(kv_denoise_fn, config: DecodeConfig, *, cache: str) -> M
     del vocab_size
     config.layout(l)
     for leaf in jax.tree.leaves(_kv_shape(kv_denoise_fn, b, l)):
-      if leaf.ndim < 4 or leaf.shape[1] != b or leaf.shape[-2] != l:
-        raise ValueError(f"kv_denoise_fn's kv leaves must be [layers, B={b}, ..., T={l}, D] "
-                         f"(positions on the second-to-last axis, the KVCache layout); got a "
-                         f"leaf of shape {leaf.shape}")
+      # The sampler stores kv and hands it back untouched: only its per-row, per-position
+      # shape is checked (KVCache [layers, B, heads, T, D]; adapters may add e.g. tokens
+      # [1, B, T]).
+      if leaf.ndim < 3 or leaf.shape[1] != b or l not in leaf.shape[2:]:
+        raise ValueError(f"kv_denoise_fn's kv leaves must be [layers, B={b}, ...] with a "
+                         f"T={l} position axis (the KVCache layout is [layers, B, heads, T, "
+                         f"D]); got a leaf of shape {leaf.shape}")
 
   @functools.lru_cache(maxsize=None)
   def jitted_kernel(model, vocab_size):

@@ -310,6 +310,8 @@ class Llama(nn.Module):
       if attn_mask is None and c.causal:
         attn_mask = causal_cache_mask(write_slots[:, None] + jnp.arange(t)[None], 0,
                                       cache.max_len)
+      elif attn_mask is None:   # bidirectional (causal=False): every slot of the cache
+        attn_mask = jnp.ones((1, t, cache.max_len), bool)
       # Expanded once here (not in every layer) when the implementation takes dense masks.
       attn_mask = attention_lib.resolve_mask(attn_mask, impl=c.attention_impl,
                                              max_len=cache.max_len, write_slots=write_slots)

@@ -89,12 +89,12 @@ class NATConfig:
 
   @property
   def decoder_len(self) -> int:
-    """CTC decoder positions of a full-length source: ``upsampling * max_source_len``."""
+    """The number of CTC decoder positions for a full-length source, ``upsampling * max_source_len``."""
     return self.upsampling * self.max_source_len
 
   @property
   def canvas_size(self) -> int:
-    """Levenshtein canvas positions: ``max_target_len + 2`` (BOS and EOS)."""
+    """The number of Levenshtein canvas positions, ``max_target_len + 2`` (BOS and EOS)."""
     return self.max_target_len + 2
 
   @property
@@ -223,6 +223,7 @@ class LevenshteinTransformer(nn.Module):
   cfg: NATConfig
 
   def setup(self):
+    """Builds the encoder, the canvas embedding, the decoder and the three classifier heads."""
     cfg = self.cfg
     self.encoder = _Encoder(cfg)
     self.canvas_embed = _embed(cfg.canvas_ids.num_embeddings, cfg.d_model, "canvas_embed")

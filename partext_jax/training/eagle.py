@@ -204,7 +204,7 @@ def load_or_build_data(bundle, cfg: EagleTrainConfig, workdir: str) -> dict[str,
 
 
 def draft_vocab(data: dict[str, np.ndarray], vocab_size: int, size: int) -> np.ndarray:
-  """The ``size`` most frequent training tokens and labels (:func:`select_draft_vocab`)."""
+  """The ``size`` most frequent training tokens and labels (:func:`partext_jax.models.eagle.select_draft_vocab`)."""
   m = data["train_mask"]
   counts = np.bincount(np.concatenate([data["train_tokens"][m], data["train_labels"][m]]),
                        minlength=vocab_size)

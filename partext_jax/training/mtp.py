@@ -19,9 +19,9 @@ Data sources (``data``):
   prompts greedily; sequences are prompt + answer, targets the answer tokens (the model's own
   greedy tokens, so top-1 accuracy is the greedy acceptance probability). Cached in the workdir
   as ``mtp_data_<hash>.npz``.
-* ``"markov"``: sequences of a seeded random Markov chain (:class:`~partext_jax.data.synthetic.
-  MarkovChain`, transition matrix ``P``) under the exact one-hot trunk :class:`OneHotMarkovLM`
-  (``h_t = onehot(x_t)``, next-token law ``P[x_t]``). The Bayes-optimal Gloeckle head ``k + 1``
+* ``"markov"``: sequences of a seeded random Markov chain
+  (:class:`~partext_jax.data.synthetic.MarkovChain`, transition matrix ``P``) under the exact
+  one-hot trunk :class:`OneHotMarkovLM` (``h_t = onehot(x_t)``, next-token law ``P[x_t]``). The Bayes-optimal Gloeckle head ``k + 1``
   is ``P^{k+1}[x_t]`` and every DeepSeek module is ``P[x_t]``; :func:`markov_kl` measures the
   learned conditionals against them.
 

@@ -147,7 +147,8 @@ class LookaheadDrafter(BaseDrafter):
 
   @property
   def max_depth(self) -> int:
-    """Verified depth: a candidate has ``N - 1`` tokens (window nodes are never accepted)."""
+    """The deepest verified node, ``N - 1``: a candidate has ``N - 1`` tokens (window nodes are never
+    accepted)."""
     return self.ngram - 1
 
   def _window_node(self, row: int, col: int) -> int:
