@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common
 from partext_jax import diffusion, evaluation
 from partext_jax.models.denoiser import make_denoise_fn
 from partext_jax.masked.adaptive import confidence
@@ -266,4 +267,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)
