@@ -31,6 +31,7 @@ import jax
 from ml_collections import config_flags
 
 from partext_jax import parallel
+from partext_jax.training.checkpoint import CheckpointError
 
 FLAGS = flags.FLAGS
 
@@ -68,13 +69,24 @@ def run(main: Callable[[list[str]], Any]) -> None:
   * Logging: WARNING and above unless ``--verbosity`` is given (``--verbosity=0`` for INFO, the
     library's progress lines and orbax's); the package itself never configures logging.
   * jax's backend-probe messages ("Unable to initialize backend 'tpu'") are dropped.
+  * User errors (:class:`CheckpointError`, ``ValueError`` from the library's input checks) end
+    the run with one line ``<launcher>: error: ...`` and exit status 1; with ``--verbosity``
+    given, they show their traceback instead.
   """
 
   def main_with_defaults(argv):
-    if not FLAGS["verbosity"].present:
+    verbose = FLAGS["verbosity"].present
+    if not verbose:
       logging.set_verbosity(logging.WARNING)
     std_logging.getLogger("jax._src.xla_bridge").addFilter(_DropBackendProbe())
-    return main(argv)
+    try:
+      return main(argv)
+    except (CheckpointError, ValueError) as e:
+      if verbose:
+        raise
+      message = " ".join(str(e).split())
+      print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr, flush=True)
+      sys.exit(1)
 
   app.run(main_with_defaults, flags_parser=parse_flags)
 

@@ -319,7 +319,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                     reference_lines=((data.unigram_entropy_bits, "unigram entropy"),
                                      (data.true_entropy_bits, "true entropy")),
                     ylabel="bits / token")
-  print(_summary(cfg, data, result.last_eval, final_step), flush=True)
 
   tokens, _ = generate(jax.random.PRNGKey(cfg.sample.seed), result.state.ema_params, model_cfg,
                        sample_cfg=cfg.sample, schedule=schedule, seq_len=cfg.data.seq_len,
@@ -334,6 +333,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         f.write(f"\n===== sample {i} =====\n{text}\n")
   for i, text in enumerate(samples):
     print(f"===== sample {i} =====\n{text}", flush=True)
+  print(_summary(cfg, data, result.last_eval, final_step), flush=True)  # The closing block.
 
   return {"step": final_step, **result.last_train, **result.last_eval,
           "unigram_entropy_bits": data.unigram_entropy_bits,
