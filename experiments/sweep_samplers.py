@@ -9,7 +9,7 @@ the MDM's own tokens; low values expose repetition) and the wall-clock seconds p
 target the samplers aim at.
 
     python experiments/train.py --config=configs/default.py --workdir=workdir/default
-    python experiments/sweep_samplers.py --workdir=workdir/default    # -> workdir/default/sweep_samplers
+    python experiments/sweep_samplers.py --workdir=workdir/default  # -> <workdir>/sweep_samplers
 
 Cells are cached in ``<out_dir>/cells.jsonl`` (default ``<workdir>/sweep_samplers``), each keyed
 by everything it depends on (:func:`run_key`: the checkpoint directory and step, the run's config,

@@ -35,7 +35,8 @@ def main(readme: str, report: str) -> None:
     out = io.StringIO()
     try:
       with contextlib.redirect_stdout(out):
-        exec(compile(block, f"README.md[python block {i}]", "exec"), scope)  # pylint: disable=exec-used
+        code = compile(block, f"README.md[python block {i}]", "exec")
+        exec(code, scope)  # pylint: disable=exec-used
       error = None
     except Exception as e:  # noqa: BLE001 - every failure is reported, then the next block runs.
       error = f"{type(e).__name__}: {e}".splitlines()[0][:500]

@@ -311,8 +311,13 @@ def check_finite_logits(denoise_fn: DenoiseFn, x_init) -> None:
   One model call per :meth:`sample` call, checked on the host before the sampling loop: NaN
   logits would otherwise be sampled as id 0 everywhere, a plausible-looking wrong result.
   (``-inf`` is allowed: it is how a model rules tokens out.) The loop itself carries no check.
+  Skipped under tracing (``sample`` called inside ``jit``, e.g. :func:`partext_jax.parallel.sample`,
+  whose host-side ``init`` checks run first).
   """
-  if bool(_nonfinite_logits(jnp.asarray(x_init, jnp.int32), denoise_fn=denoise_fn)):
+  if isinstance(x_init, jax.core.Tracer):
+    return
+  bad = _nonfinite_logits(jnp.asarray(x_init, jnp.int32), denoise_fn=denoise_fn)
+  if not isinstance(bad, jax.core.Tracer) and bool(bad):
     raise FloatingPointError(
         "denoise_fn returned non-finite logits (NaN or +inf) on x_init at t=1: the model or its "
         "parameters are broken (e.g. a diverged or corrupt checkpoint); nothing was sampled")
