@@ -205,8 +205,8 @@ def assemble_sampler(model: Callable, mask_id: int, *,
   ``jax_enable_x64`` on (now and at every call: ``RuntimeError`` naming ``name``); then per call
   ``x_init`` dtype/rank/values, the key, ``mask_id`` against the output width ``V``
   (:func:`check_mask_width`), the optional ``check_shape(B, L, V)`` (once per shape) and
-  ``check_input(x_init, V)``; ``sample`` also rejects a model whose logits on ``x_init`` at
-  ``t = 1`` are not finite (:func:`check_finite_logits`).
+  ``check_input(x_init, V)``; ``sample`` also rejects a plain ``denoise_fn`` whose logits on
+  ``x_init`` at ``t = 1`` are not finite (:func:`check_finite_logits`; not a cached model).
   """
   checked_callable("kv_denoise_fn" if as_denoise_fn else "denoise_fn", model)
   categorical.require_precision(precision, name)
@@ -242,7 +242,8 @@ def assemble_sampler(model: Callable, mask_id: int, *,
   def sample_fn(rng_key, x_init):
     validate_key(rng_key)
     vocab_size = checked_vocab_size(x_init)
-    check_finite_logits(denoise_fn, x_init)
+    if as_denoise_fn is None:  # A cached kv_denoise_fn is not checked (its view needs a cache).
+      check_finite_logits(denoise_fn, x_init)
     return sample(rng_key, x_init, model_for(vocab_size), vocab_size)
 
   return MaskedSampler(init=init_fn, step=step_fn, sample=sample_fn)
