@@ -2,6 +2,8 @@
 
 import glob
 import os
+import subprocess
+import sys
 import types
 
 import jax
@@ -145,3 +147,19 @@ def test_summary_per_character_figures_are_consistent():
   line = next(l for l in text.splitlines() if "per character" in l)
   assert f"{8.4776 / 2.681:.4f} bits/char (validation, 2.681 chars/token)" in line
   assert f"{8.6204 / 2.726:.4f} bits/char (training, 2.726 chars/token)" in line
+
+
+# Case 9: the library never configures global logging (launchers choose the level).
+def test_importing_the_package_leaves_logging_alone():
+  # orbax's import adds a root handler itself (absl's basicConfig on its first log line): it is
+  # imported before the baseline, so only this package's own side effects are measured.
+  code = ("import logging, absl.logging as al, orbax.checkpoint\n"
+          "before = (logging.root.level, len(logging.root.handlers), al.get_verbosity())\n"
+          "import partext_jax, partext_jax.training.mdm, partext_jax.training.runs\n"
+          "import partext_jax.pretrained, partext_jax.masked, partext_jax.ar.sampling\n"
+          "after = (logging.root.level, len(logging.root.handlers), al.get_verbosity())\n"
+          "assert before == after, (before, after)\n")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
