@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common
 from partext_jax import evaluation
 from partext_jax.models import denoiser
 from partext_jax.masked.block_cache import block_cache
@@ -178,4 +179,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common
 from partext_jax.models.denoiser import make_denoise_fn
 from partext_jax.masked.adaptive import confidence
 from partext_jax.masked.tau_leaping import tau_leaping
@@ -112,4 +113,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

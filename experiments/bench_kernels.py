@@ -153,4 +153,4 @@ def main(argv):
        "Pallas GB/s", "XLA dense GB/s", "max abs diff"], table), _OUT.value)
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -157,4 +157,4 @@ def main(argv):
   common.write_report(section, FLAGS.out)
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -148,4 +148,4 @@ def main(argv):
        "same tokens (tau-leaping, AR)"], table), FLAGS.out)
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -18,6 +18,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
+import common
 from partext_jax import pretrained
 from partext_jax.ar import sampling as ar
 from partext_jax.ar.speculative import decode, drafters
@@ -146,4 +147,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

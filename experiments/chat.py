@@ -14,6 +14,7 @@ import time
 from absl import app, flags
 import jax
 
+import common
 from partext_jax import pretrained
 from partext_jax.ar import sampling as ar
 
@@ -27,6 +28,11 @@ _SYSTEM = flags.DEFINE_string("system", None, "Optional system message (with --c
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 _GGUF = flags.DEFINE_string("gguf", None, "GGUF file (default: the embedded SmolLM2-135M).")
 _STREAM = flags.DEFINE_bool("stream", True, "Print tokens while they are generated.")
+# Checked while flags are parsed, before the model loads.
+common.check_flag("temperature", lambda t: 0 <= t < float("inf"), "must be finite and >= 0")
+common.check_flag("top_p", lambda p: 0 < p <= 1, "must lie in (0, 1] (1.0 = off)")
+common.check_flag("top_k", lambda k: k >= 0, "must be >= 0 (0 = off)")
+common.check_flag("max_new_tokens", lambda n: n >= 1, "must be >= 1")
 
 
 def main(argv):
@@ -65,4 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -3,6 +3,8 @@
 Imported as ``import common`` (Python puts a script's own directory first on ``sys.path``); the
 package itself is the installed ``partext_jax``.
 
+* Launcher start: :func:`run` (``app.run`` with one-line flag errors, WARNING-level logging by
+  default and backend-probe noise silenced).
 * Launcher flags: :func:`define_trained_run_flags` (``--workdir`` / ``--config`` of a trained
   run), :func:`define_distributed_flags` + :func:`initialize_distributed` (multi-host start),
   :func:`mesh_from_flag` (``--mesh=DATA,FSDP,TENSOR``).
@@ -14,20 +16,86 @@ package itself is the installed ``partext_jax``.
 from __future__ import annotations
 
 import datetime
+import logging as std_logging
 import os
 import platform
 import statistics
+import sys
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 from ml_collections import config_flags
 
 from partext_jax import parallel
+from partext_jax.training.checkpoint import CheckpointError
 
 FLAGS = flags.FLAGS
+
+
+# --------------------------------------------------------------------------------------------
+# Launcher start.
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """``FLAGS(argv)``; a bad flag (unknown, malformed, failing its validator) exits with status 2
+  after one line on stderr: ``<launcher>: error: <what is wrong> (--helpshort lists the flags)``.
+
+  Flag validators run here, before ``main``: a bad value never waits for a model to load.
+  """
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    message = " ".join(str(e).split())  # One line, whatever the validator wrote.
+    print(f"{os.path.basename(argv[0])}: error: {message} (--helpshort lists the flags)",
+          file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+class _DropBackendProbe(std_logging.Filter):
+  """Drops jax's "Unable to initialize backend 'tpu'" (a probe for a plugin that is absent)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Unable to initialize backend")
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+  """``app.run(main)`` with the launchers' conventions.
+
+  * Flag errors: one line and exit status 2 (:func:`parse_flags`).
+  * Logging: WARNING and above unless ``--verbosity`` is given (``--verbosity=0`` for INFO, the
+    library's progress lines and orbax's); the package itself never configures logging.
+  * jax's backend-probe messages ("Unable to initialize backend 'tpu'") are dropped.
+  * User errors (:class:`CheckpointError`, ``ValueError`` from the library's input checks) end
+    the run with one line ``<launcher>: error: ...`` and exit status 1; with ``--verbosity``
+    given, they show their traceback instead.
+  """
+
+  def main_with_defaults(argv):
+    verbose = FLAGS["verbosity"].present
+    if not verbose:
+      logging.set_verbosity(logging.WARNING)
+    std_logging.getLogger("jax._src.xla_bridge").addFilter(_DropBackendProbe())
+    try:
+      return main(argv)
+    except (CheckpointError, ValueError) as e:
+      if verbose:
+        raise
+      message = " ".join(str(e).split())
+      print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr, flush=True)
+      sys.exit(1)
+
+  app.run(main_with_defaults, flags_parser=parse_flags)
+
+
+def check_flag(name: str, predicate: Callable[[Any], bool], message: str) -> None:
+  """Registers a validator of ``--name`` (run while flags are parsed, before ``main``); a value
+  failing ``predicate`` (``None`` skips it) is reported as ``flag --name=value: message``."""
+  flags.register_validator(name, lambda v: v is None or predicate(v),
+                           message=message)
 
 
 # --------------------------------------------------------------------------------------------

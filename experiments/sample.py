@@ -30,6 +30,8 @@ flags.DEFINE_string("prompt", None, "Optional text kept fixed at the start of ev
 flags.DEFINE_list("mesh", None, "Sample on a DATA,FSDP,TENSOR device mesh, e.g. 2,2,2 (-1: the "
                   "devices left); default: one device.")
 common.define_distributed_flags()
+common.check_flag("num_samples", lambda n: n >= 1, "must be >= 1")
+common.check_flag("num_steps", lambda n: n >= 1, "must be >= 1")
 
 
 def main(argv):
@@ -48,4 +50,4 @@ def main(argv):
 
 if __name__ == "__main__":
   jax.config.config_with_absl()
-  app.run(main)
+  common.run(main)

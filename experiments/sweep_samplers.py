@@ -9,11 +9,14 @@ the MDM's own tokens; low values expose repetition) and the wall-clock seconds p
 target the samplers aim at.
 
     python experiments/train.py --config=configs/default.py --workdir=workdir/default
-    python experiments/sweep_samplers.py --workdir=workdir/default \
-        --out_dir=experiments/results/sweep_samplers
+    python experiments/sweep_samplers.py --workdir=workdir/default  # -> <workdir>/sweep_samplers
 
-Cells are cached in ``<out_dir>/cells.jsonl`` (a rerun only computes missing cells; ``--only``
-is a regex on sampler names) and rendered to ``table.md`` and ``quality_vs_nfe.png``.
+Cells are cached in ``<out_dir>/cells.jsonl`` (default ``<workdir>/sweep_samplers``), each keyed
+by everything it depends on (:func:`run_key`: the checkpoint directory and step, the run's config,
+the planner's, the number of samples, the seed), so a rerun only computes its own missing cells
+(``--only`` is a regex on sampler names) and never reuses another model's; the table
+(``table.md``) and ``quality_vs_nfe.png`` show only the current run's cells. A progress bar
+counts the cells left.
 
 Sampling temperature is 1 everywhere except the row marked greedy, so the rows differ only in
 *which* positions are decoded and *how many* per step (ReMDM rows: also remasking, with the
@@ -24,6 +27,7 @@ Adaptive rules (threshold, factor, EB) choose their own NFE: their knob is swept
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -35,7 +39,9 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
+import common
 from partext_jax import diffusion, evaluation
 from partext_jax.models.denoiser import make_denoise_fn
 from partext_jax.masked.adaptive import confidence
@@ -43,13 +49,16 @@ from partext_jax.masked.adaptive import eb_sampler
 from partext_jax.masked.p2 import p2
 from partext_jax.masked.remdm import remdm
 from partext_jax.masked.tau_leaping import tau_leaping
+from partext_jax.training import checkpoint as checkpoint_lib
 from partext_jax.training import datasets
+from partext_jax.training import planner as planner_lib
 from partext_jax.training.runs import load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained MDM run (experiments/train.py).",
                                required=True)
-_OUT_DIR = flags.DEFINE_string("out_dir", "experiments/results/sweep_samplers",
-                               "Where cells.jsonl, table.md and quality_vs_nfe.png go.")
+_OUT_DIR = flags.DEFINE_string("out_dir", None,
+                               "Where cells.jsonl, table.md and quality_vs_nfe.png go (default: "
+                               "<workdir>/sweep_samplers).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "Samples per cell (one batch).")
 _NFE = flags.DEFINE_list("nfe", ["16", "32", "64", "128"], "Step budgets for fixed-NFE samplers.")
 _REMDM_NFE = flags.DEFINE_list("remdm_nfe", ["32", "64", "128", "256"],
@@ -119,12 +128,30 @@ def _run_cell(sampler, rng, x_init, repeats):
   return np.asarray(tokens), int(np.asarray(info.nfe).sum()), min(times)
 
 
-def _read_cells(path):
+def run_key(run, *, workdir, num_samples, seed, planner=None) -> str:
+  """A digest of everything a cell depends on besides (sampler, knob): the run's checkpoint
+  directory, step and config, the planner's checkpoint (directory and latest step), the number
+  of samples and the seed."""
+  what = {"checkpoints": os.path.abspath(os.path.join(workdir, "checkpoints")), "step": run.step,
+          "config": run.config.to_dict(), "num_samples": num_samples, "seed": seed,
+          "planner": planner}
+  return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _planner_checkpoint(workdir):
+  """``(directory, latest step)`` of a planner run (part of the cells' key)."""
+  directory = os.path.abspath(os.path.join(workdir, planner_lib.CHECKPOINT_DIR))
+  with checkpoint_lib.Checkpointer(directory, keep=1_000_000) as ckpt:
+    return directory, ckpt.latest_step()
+
+
+def _read_cells(path, key):
+  """The cached cells of run ``key`` (rows of other runs, or without a key, are ignored)."""
   if not os.path.exists(path):
     return {}
   with open(path, encoding="utf-8") as f:
     rows = [json.loads(line) for line in f if line.strip()]
-  return {(r["sampler"], r["knob"]): r for r in rows}
+  return {(r["sampler"], r["knob"]): r for r in rows if r.get("run") == key}
 
 
 def _fmt_knob(name, knob):
@@ -199,16 +226,18 @@ def _last_eval(path):
 
 def main(argv):
   del argv
-  os.makedirs(_OUT_DIR.value, exist_ok=True)
-  cells_path = os.path.join(_OUT_DIR.value, "cells.jsonl")
-  cells = _read_cells(cells_path)
+  out_dir = _OUT_DIR.value or os.path.join(_WORKDIR.value, "sweep_samplers")
+  os.makedirs(out_dir, exist_ok=True)
+  cells_path = os.path.join(out_dir, "cells.jsonl")
   run = load_run(_WORKDIR.value)
   mask_id, seq = run.model_config.mask_id, run.config.data.seq_len
   denoise_fn = make_denoise_fn(run.model_config, run.state.ema_params)
   planner = None
   if _PLANNER.value:
-    from partext_jax.training import planner as planner_lib  # pylint: disable=g-import-not-at-top
     planner = planner_lib.load_planner(_PLANNER.value, run)
+  key = run_key(run, workdir=_WORKDIR.value, num_samples=_NUM_SAMPLES.value, seed=_SEED.value,
+                planner=_PLANNER.value and _planner_checkpoint(_PLANNER.value))
+  cells = _read_cells(cells_path, key)
   judge = evaluation.Judge.load()
   n = _NUM_SAMPLES.value
   x_init = jnp.full((n, seq), mask_id, jnp.int32)
@@ -216,6 +245,7 @@ def main(argv):
   only = re.compile(_ONLY.value) if _ONLY.value else None
 
   def record(row):
+    row = {**row, "run": key}
     cells[(row["sampler"], row["knob"])] = row
     with open(cells_path, "a", encoding="utf-8") as f:
       f.write(json.dumps(row) + "\n")
@@ -235,9 +265,9 @@ def main(argv):
   todo = catalog(denoise_fn, mask_id, run.config.diffusion.masking_schedule(), nfe, remdm_nfe,
                  planner)
   order = {name: i for i, name in enumerate(dict.fromkeys(c[0] for c in todo))}
-  for name, knob, sampler in todo:
-    if (name, knob) in cells or (only and not only.search(name)):
-      continue
+  missing = [(name, knob, sampler) for name, knob, sampler in todo
+             if (name, knob) not in cells and not (only and not only.search(name))]
+  for name, knob, sampler in tqdm.tqdm(missing, desc="sweep cells", unit="cell"):
     tokens, used, secs = _run_cell(sampler, rng, x_init, _REPEATS.value)
     record(dict(sampler=name, knob=knob, order=order[name], nfe=used,
                 secs_per_sample=secs / n,
@@ -248,8 +278,8 @@ def main(argv):
         _, _, secs = _run_cell(sampler, rng, x_init, _REPEATS.value)
         cells[(name, knob)]["secs_per_sample"] = secs / n
         print(f"retimed {name} {knob}: {secs / n * 1e3:.1f} ms / sample", flush=True)
-    with open(cells_path, "w", encoding="utf-8") as f:
-      f.writelines(json.dumps(row) + "\n" for row in cells.values())
+    for row in cells.values():  # Appended: the newest row of a cell wins when read back.
+      record(row)
   for key in cells:  # Row order follows the catalog even for cells computed by earlier runs.
     cells[key]["order"] = order.get(key[0], -1)
   bound = _last_eval(os.path.join(_WORKDIR.value, "metrics.jsonl"))
@@ -262,8 +292,8 @@ def main(argv):
                 f" The MDM's own validation bound: {bound['eval/bits_per_token']:.2f} bits/token"
                 f" (perplexity <= {bound['eval/perplexity_bound']:.0f} in its own tokens)."
                 if bound else ""))
-  print(render(cells, _OUT_DIR.value, header))
+  print(render(cells, out_dir, header))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -2,19 +2,35 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(script, *args):
+def _launch(script, *args):
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
              JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, os.path.join(REPO, "experiments", script), *args],
+  return subprocess.run([sys.executable, os.path.join(REPO, "experiments", script), *args],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _run(script, *args):
+  proc = _launch(script, *args)
   assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+  # Launchers log at WARNING by default (common.run): no absl/orbax INFO lines, no backend probe.
+  assert not re.search(r"^(I\d{4} |INFO)", proc.stderr, re.M), proc.stderr[-3000:]
+  assert "Unable to initialize backend" not in proc.stderr
   return proc.stdout
+
+
+def _assert_user_error(proc, script, *messages):
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 1 and len(lines) == 1, (proc.returncode, proc.stderr[-3000:])
+  assert lines[0].startswith(f"{script}: error: "), lines[0]
+  assert all(m in lines[0] for m in messages), (messages, lines[0])
+  assert "Traceback" not in proc.stderr and "cannot schedule new futures" not in proc.stderr
 
 
 def test_train_sample_evaluate(tmp_path):
@@ -23,6 +39,7 @@ def test_train_sample_evaluate(tmp_path):
              "--config.train.num_steps=12", "--config.train.checkpoint_every=6")
   assert "validation NELBO bound" in out and "unigram entropy" in out
   assert "===== sample 0 =====" in out and "===== sample 1 =====" in out
+  assert out.rindex("===== sample ") < out.index("step 12: validation NELBO bound")  # Last block.
   for name in ("metrics.jsonl", "metrics.png", "samples.txt", "tokenizer.json", "config.json"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
@@ -39,6 +56,21 @@ def test_train_sample_evaluate(tmp_path):
   assert len(samples) == 3
   for s in samples:  # The prompt is kept at the start of every sample.
     assert s.split("=====\n", 1)[1].startswith("def ")
+
+  # Issue 17: user errors end in one line naming the cause (no traceback), before sampling.
+  for args, messages in [
+      # Case 4: a prompt longer than the samples is refused, never cut.
+      ([f"--prompt={'x' * 3000}"], ["prompt has 3000 tokens but samples are seq_len=32 tokens"]),
+      # Case 6: another config's shapes: the leaf, stored vs requested, and a safe action.
+      (["--config=configs/tiny.py", "--config.model.d_model=48"],
+       ["leaf params/", "is stored as float32[", "but float32[", "48", "was requested",
+        "with the config that wrote it", "new workdir"]),
+  ]:
+    _assert_user_error(_launch("sample.py", f"--workdir={workdir}", *args), "sample.py",
+                       *messages)
+  os.makedirs(tmp_path / "empty" / "checkpoints")  # Case 7: an empty checkpoints/ directory.
+  _assert_user_error(_launch("sample.py", f"--workdir={tmp_path / 'empty'}"), "sample.py",
+                     "no checkpoint in")
 
   out = _run("evaluate.py", f"--workdir={workdir}", "--num_time_samples=2")
   metrics = json.loads(out[out.index("{"):])

@@ -2,10 +2,11 @@
 (``docs/algorithms.md#speculative-decoding``, ``#correctness-properties``).
 
 The first ``K`` generated tokens of ``n`` independent rows are compared with the target's exact
-joint (enumerated). Statistic: Pearson's ``X^2 = n sum (f - p)^2 / p`` over the cells with
-``p > 0``; under the null it has mean ``df`` and standard deviation ``sqrt(2 df)``; we reject
-beyond ``df + 6 sqrt(2 df)`` (a ~1e-6 tail for these df). Cells with ``p = 0`` must stay empty.
-The same test flags a deliberately mismatched rule (i.i.d. rule on without-replacement siblings).
+joint (enumerated) by Pearson's chi-square with the cells of expected count < 5 pooled
+(:func:`partext_jax.testing.stats.pooled_chi_square`, ``docs/algorithms.md#statistical-tests``),
+rejecting at a false-alarm probability ``ALPHA = 1e-6``; cells with ``p = 0`` must stay empty.
+The same test flags a deliberately mismatched rule (i.i.d. rule on without-replacement siblings)
+and a deliberately wrong sampler (speculative decoding of the draft model instead of the target).
 """
 
 import functools
@@ -17,6 +18,7 @@ import pytest
 from partext_jax.ar import processors as lp
 from partext_jax.ar.speculative import decode, drafters, verify
 from partext_jax.testing import ngram
+from partext_jax.testing.stats import pooled_chi_square, sequence_counts
 
 V, K, N_ROWS = 4, 3, 3000
 PROMPT = [1, 2]
@@ -39,15 +41,12 @@ def exact_probs(proc: str, num_tokens: int = K):
                                        processor=jax.jit(PROCS[proc]))
 
 
+ALPHA = 1e-6  # False-alarm probability of each goodness-of-fit test.
+
+
 def chi2(samples, probs):
-  idx = np.ravel_multi_index(tuple(samples[:, i] for i in range(samples.shape[1])), probs.shape)
-  counts = np.bincount(idx, minlength=probs.size)
-  p = probs.ravel()
-  n = counts.sum()
-  pos = p > 0
-  stat = float(np.sum((counts[pos] - n * p[pos]) ** 2 / (n * p[pos])))
-  df = int(pos.sum()) - 1
-  return stat, df, int(counts[~pos].sum())
+  """Pooled chi-square of the rows of ``samples`` against the exact joint ``probs``."""
+  return pooled_chi_square(sequence_counts(samples, probs.shape), probs, alpha=ALPHA)
 
 
 def run(drafter, proc, rule=None, seed=0):
@@ -75,9 +74,9 @@ CASES = [
 def test_lossless(name, make, proc):
   exact = exact_probs(proc)
   samples, info = run(make(), PROCS[proc])
-  stat, df, zero_hits = chi2(samples, exact)
-  assert zero_hits == 0, f"{name}: {zero_hits} samples of probability-0 sequences"
-  assert stat < df + 6 * np.sqrt(2 * df), (name, stat, df)
+  res = chi2(samples, exact)
+  assert res.zero_hits == 0, f"{name}: {res.zero_hits} samples of probability-0 sequences"
+  assert res.passed, (name, res)
   # Speculation happened (more than one token per target forward on average).
   assert np.asarray(info.lengths).sum() > np.asarray(info.target_calls).sum()
 
@@ -86,8 +85,18 @@ def test_sample_and_match_oracle_on_wor_tree():
   exact = exact_probs("t1")
   samples, _ = run(drafters.LMDrafter(DRAFT, mode="tree_wor", choices=TREE), PROCS["t1"],
                    rule="match")
-  stat, df, zero_hits = chi2(samples, exact)
-  assert zero_hits == 0 and stat < df + 6 * np.sqrt(2 * df), (stat, df)
+  res = chi2(samples, exact)
+  assert res.zero_hits == 0 and res.passed, res
+
+
+def test_wrong_sampler_is_detected():
+  """The lossless test rejects speculative decoding of the wrong model (the draft's law)."""
+  out, _ = decode.generate(jax.random.key(0), DRAFT, None, [PROMPT] * N_ROWS,
+                           drafter=drafters.LMDrafter(DRAFT, mode="chain", gamma=3),
+                           max_new_tokens=K, processor=lp.identity(), eos_id=None,
+                           min_bucket=len(PROMPT), compiler_options=FAST_COMPILE)
+  res = chi2(np.asarray(out), exact_probs("t1"))
+  assert res.zero_hits == 0 and res.statistic > res.threshold, res
 
 
 def test_mismatched_rule_is_detected():
@@ -97,13 +106,14 @@ def test_mismatched_rule_is_detected():
   exact = ngram.exact_continuation_probs(t, PROMPT, num_tokens=1, processor=lp.identity())
   wide = ((0,), (1,), (2,), (3,))
   # X^2 grows like n times the bias's chi2-divergence: with 4 N_ROWS samples two seeds gave
-  # 64 and 89 against the threshold 17.7 (the matching rule: 0.9 and 3.6, df = 3).
+  # 64 and 89 against the df + 6 sqrt(2 df) = 17.7 bound used before pooling (the matching
+  # rule: 0.9 and 3.6, df = 3); the alpha = 1e-6 quantile at df = 3 is 30.7.
   out, _ = decode.generate(jax.random.key(1), ngram.ngram_lm(t), None, [PROMPT] * (4 * N_ROWS),
                            drafter=drafters.LMDrafter(q, mode="tree_wor", choices=wide),
                            max_new_tokens=1, processor=lp.identity(), rule="iid", eos_id=None,
                            min_bucket=len(PROMPT), compiler_options=FAST_COMPILE)
-  stat, df, zero_hits = chi2(np.asarray(out), exact)
-  assert stat > df + 6 * np.sqrt(2 * df), (stat, df)
+  res = chi2(np.asarray(out), exact)
+  assert res.statistic > res.threshold, res
 
 
 _verify = jax.jit(verify.verify, static_argnames=("rule", "greedy"))  # eager: op-by-op compiles

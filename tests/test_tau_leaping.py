@@ -171,7 +171,7 @@ def test_time_grid_ends_at_t_min():
 def test_trajectory_carry_over_and_no_mask(kwargs):
   """In the jitted loop too: the recorded trajectory never changes a set token, never emits
   MASK at the end, and keeps the prompt; whatever the end-of-grid option."""
-  v, l, mask_id = 5, 6, 7
+  v, l, mask_id = 5, 6, 5  # mask_id = V (an id beyond V is rejected: test_faults.py)
   logits = jax.random.normal(jax.random.key(9), (l, v))
   x = testing.random_prompts(jax.random.key(10), 32, l, v, mask_id)
   sampler = tau_leaping(testing.constant_denoiser(logits), mask_id=mask_id, num_steps=6,

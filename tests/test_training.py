@@ -122,6 +122,12 @@ def test_checkpoint_round_trip_keep_n_and_corruption(tmp_path):
   for f in data_files:
     with open(f, "r+b") as fh:
       fh.truncate(3)
+  # The integrity record names the changed file before orbax reads anything.
+  with pytest.raises(checkpoint_lib.CheckpointError,
+                     match=r"ckpt/30/state/.*d/.* has changed since it was saved"):
+    ckpt.restore(_state())
+  # Without the record (a step saved before it existed), orbax's read error names the step.
+  os.remove(tmp_path / "ckpt" / "30" / checkpoint_lib.INTEGRITY_FILE)
   with pytest.raises(checkpoint_lib.CheckpointError, match=r"ckpt/30.*unreadable"):
     ckpt.restore(_state())
   # A wrong structure is reported too.

@@ -40,13 +40,14 @@ NEG_INF = -jnp.inf
 
 @dataclasses.dataclass(frozen=True)
 class Temperature:
-  """``z / temperature`` (``temperature > 0``; ``ValueError`` otherwise)."""
+  """``z / temperature`` (finite ``temperature > 0``; ``ValueError`` otherwise)."""
 
   temperature: float
 
   def __post_init__(self):
-    if not self.temperature > 0:
-      raise ValueError(f"temperature={self.temperature!r} must be > 0 (use greedy() for 0)")
+    if not 0 < self.temperature < float("inf"):  # NaN included
+      raise ValueError(f"temperature={self.temperature!r} must be finite and > 0 (use greedy() "
+                       f"for 0)")
 
   def __call__(self, logits):
     return logits / jnp.asarray(self.temperature, logits.dtype)
@@ -75,7 +76,7 @@ class TopP:
   p: float
 
   def __post_init__(self):
-    if not 0.0 < self.p <= 1.0:
+    if not 0.0 < self.p <= 1.0:  # NaN included
       raise ValueError(f"top_p={self.p!r} must lie in (0, 1]")
 
   def __call__(self, logits):
@@ -178,10 +179,16 @@ def build(*, temperature: float = 1.0, top_k: int | None = None,
           top_p: float | None = None) -> Chain:
   """The usual sampling knobs as one processor; ``temperature == 0`` means greedy.
 
-  ``top_k=None`` / ``0`` and ``top_p=None`` / ``1.0`` disable those filters.
+  ``top_k=None`` / ``0`` and ``top_p=None`` / ``1.0`` disable those filters. Raises
+  ``ValueError`` for a temperature that is negative or not finite, ``top_k < 0`` (or not an
+  int), or ``top_p`` outside ``(0, 1]``, whether or not the filter would be applied.
   """
-  if temperature is None or not temperature >= 0:  # NaN included
-    raise ValueError(f"temperature={temperature!r} must be >= 0 (0 = greedy)")
+  if temperature is None or not 0 <= temperature < float("inf"):  # NaN included
+    raise ValueError(f"temperature={temperature!r} must be finite and >= 0 (0 = greedy)")
+  if top_k is not None and top_k != 0:
+    TopK(top_k)  # Checks k >= 1 (an int).
+  if top_p is not None and not 0.0 < top_p <= 1.0:  # NaN included
+    raise ValueError(f"top_p={top_p!r} must lie in (0, 1] (1.0 = off)")
   if temperature == 0:
     return chain(Greedy())
   procs = [] if temperature == 1.0 else [Temperature(float(temperature))]

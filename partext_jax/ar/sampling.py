@@ -179,13 +179,16 @@ def pad_prompts(prompts, *, padding: str = "left", pad_id: int = 0,
   """Ragged prompts -> ``(tokens int32[B, P], lengths int32[B])`` with ``P`` a bucket length.
 
   Raises ``TypeError`` / ``ValueError`` for anything but a non-empty list of non-empty token-id
-  lists (or an ``int[B, T]`` array), or an unknown ``padding``.
+  lists (or an ``int[B, T]`` array), for ids that are not integers (a float prompt is never
+  rounded), or an unknown ``padding``.
   """
   checked_choice("padding", padding, PADDING_SIDES)
   if isinstance(prompts, (np.ndarray, jax.Array)):
     arr = np.asarray(prompts)
     if arr.ndim != 2:
       raise ValueError(f"prompts array must be int[B, T], got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+      raise TypeError(f"prompts array must hold integer token ids, got dtype={arr.dtype}")
     prompts = [list(r) for r in arr]
   if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
     raise TypeError("prompts must be a non-empty list of token-id lists (or an int[B, T] array)")
@@ -193,6 +196,10 @@ def pad_prompts(prompts, *, padding: str = "left", pad_id: int = 0,
   for i, row in enumerate(prompts):
     if isinstance(row, (int, np.integer)):
       raise TypeError(f"prompts[{i}] is an int: pass a list of prompts, e.g. [[1, 2, 3]]")
+    bad = [t for t in row if not isinstance(t, (int, np.integer)) or isinstance(t, bool)]
+    if bad:
+      raise TypeError(f"prompts[{i}] holds {bad[0]!r} ({type(bad[0]).__name__}): token ids must "
+                      f"be ints")
     row = [int(t) for t in row]
     if not row:
       raise ValueError(f"prompts[{i}] is empty: every prompt needs at least one token (e.g. BOS)")

@@ -44,7 +44,8 @@ import numpy as np
 
 from partext_jax import ops
 from partext_jax.base import (DenoiseFn, SamplingAlgorithm, checked_bool, checked_callable,
-                              checked_choice, checked_int, model_partial, validate_key)
+                              checked_choice, checked_int, model_jit, model_partial,
+                              validate_key)
 from partext_jax.masked import categorical
 
 MaskedSampler = SamplingAlgorithm
@@ -203,8 +204,10 @@ def assemble_sampler(model: Callable, mask_id: int, *,
   ``-inf``, so no sampler can emit them (the model itself when all of them are ``>= V``). All
   checks run before compilation: the model callable and, for ``precision="float64"``,
   ``jax_enable_x64`` on (now and at every call: ``RuntimeError`` naming ``name``); then per call
-  ``x_init`` dtype/rank/values, the key, the optional ``check_shape(B, L, V)`` (once per shape)
-  and ``check_input(x_init, V)``.
+  ``x_init`` dtype/rank/values, the key, ``mask_id`` against the output width ``V``
+  (:func:`check_mask_width`), the optional ``check_shape(B, L, V)`` (once per shape) and
+  ``check_input(x_init, V)``; ``sample`` also rejects a plain ``denoise_fn`` whose logits on
+  ``x_init`` at ``t = 1`` are not finite (:func:`check_finite_logits`; not a cached model).
   """
   checked_callable("kv_denoise_fn" if as_denoise_fn else "denoise_fn", model)
   categorical.require_precision(precision, name)
@@ -215,6 +218,7 @@ def assemble_sampler(model: Callable, mask_id: int, *,
   @functools.lru_cache(maxsize=None)
   def vocab_size_for(b: int, l: int) -> int:
     vocab_size = vocab_size_of(denoise_fn, jax.ShapeDtypeStruct((b, l), jnp.int32))
+    check_mask_width(mask_id, vocab_size)
     if check_shape is not None:
       check_shape(b, l, vocab_size)
     return vocab_size
@@ -239,6 +243,8 @@ def assemble_sampler(model: Callable, mask_id: int, *,
   def sample_fn(rng_key, x_init):
     validate_key(rng_key)
     vocab_size = checked_vocab_size(x_init)
+    if as_denoise_fn is None:  # A cached kv_denoise_fn is not checked (its view needs a cache).
+      check_finite_logits(denoise_fn, x_init)
     return sample(rng_key, x_init, model_for(vocab_size), vocab_size)
 
   return MaskedSampler(init=init_fn, step=step_fn, sample=sample_fn)
@@ -278,6 +284,45 @@ def validate_x_init(x_init, *, name: str = "x_init") -> None:
     raise TypeError(f"{name} must be an integer array of token ids, got dtype={dtype}")
   if len(shape) != 2:
     raise ValueError(f"{name} must have shape [batch, length], got shape={shape}")
+
+
+def check_mask_width(mask_id: int, vocab_size: int) -> None:
+  """``mask_id`` must be ``V`` (outside the vocabulary) or an id inside ``[0, V)``.
+
+  A MASK id beyond ``V`` is never written by the model nor read back as a token (the sampler would
+  return garbage without failing), so it raises ``ValueError`` saying what is expected.
+  """
+  if mask_id > vocab_size:
+    raise ValueError(
+        f"mask_id={mask_id} lies beyond the model's output width V={vocab_size} (logits[..., V]): "
+        f"use mask_id={vocab_size} (a MASK id just outside the vocabulary) or the id inside "
+        f"[0, {vocab_size}) the model reserves for MASK")
+
+
+def _logits_at_t1(tokens, *, denoise_fn):
+  logits = call_at_time(denoise_fn, tokens, 1.0)
+  return jnp.isnan(logits).any() | (logits == jnp.inf).any()
+
+
+_nonfinite_logits = model_jit(_logits_at_t1, static_argnames=())
+
+
+def check_finite_logits(denoise_fn: DenoiseFn, x_init) -> None:
+  """Raises ``FloatingPointError`` if ``denoise_fn(x_init, t=1)`` holds a NaN or ``+inf`` logit.
+
+  One model call per :meth:`sample` call, checked on the host before the sampling loop: NaN
+  logits would otherwise be sampled as id 0 everywhere, a plausible-looking wrong result.
+  (``-inf`` is allowed: it is how a model rules tokens out.) The loop itself carries no check.
+  Skipped under tracing (``sample`` called inside ``jit``, e.g. :func:`partext_jax.parallel.sample`,
+  whose host-side ``init`` checks run first).
+  """
+  if isinstance(x_init, jax.core.Tracer):
+    return
+  bad = _nonfinite_logits(jnp.asarray(x_init, jnp.int32), denoise_fn=denoise_fn)
+  if not isinstance(bad, jax.core.Tracer) and bool(bad):
+    raise FloatingPointError(
+        "denoise_fn returned non-finite logits (NaN or +inf) on x_init at t=1: the model or its "
+        "parameters are broken (e.g. a diverged or corrupt checkpoint); nothing was sampled")
 
 
 def vocab_size_of(denoise_fn: DenoiseFn, x_init) -> int:

@@ -7,9 +7,14 @@ Each step directory ``<workdir>/checkpoints/<step>/`` holds two items:
 
 Saves are atomic (orbax writes into a temporary directory and renames it when complete, so an
 interrupted save never shows up as the latest step) and only the newest ``keep`` are kept.
-Restoring is exact: the same arrays, dtypes and tree structure as were saved. Anything orbax
-raises while reading (a truncated or corrupted step directory) is re-raised as
-:class:`CheckpointError` naming the directory.
+Restoring is exact: the same arrays, dtypes and tree structure as were saved, never a cast.
+Before reading, the target is compared with orbax's stored metadata (tree, shape and dtype of
+every leaf): a mismatch (a different config) raises :class:`CheckpointError` naming the leaf,
+the stored and requested shape/dtype, and the safe action (the original config or a new
+workdir). Each save also records the SHA-256 of every file it wrote (``integrity.json`` in the
+step directory); a restore re-hashes them first (one extra read of the files) and a changed or
+missing file raises :class:`CheckpointError` naming it. Anything orbax raises while reading is
+re-raised as :class:`CheckpointError` naming the directory.
 
 :meth:`Checkpointer.restore_params` reads the parameters alone (inference needs no optimiser
 state), from a training checkpoint or from a parameters-only export such as the committed Medusa
@@ -26,9 +31,12 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from typing import Any
 
+from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
@@ -114,6 +122,8 @@ class Checkpointer:
                                   metadata=ocp.args.JsonSave(metadata)),
           force=force)
       self._manager.wait_until_finished()
+      if jax.process_index() == 0:
+        _write_integrity(self.step_directory(step))
     except Exception as e:  # noqa: BLE001
       raise CheckpointError(f"saving checkpoint step {step} under {self.directory!r} failed: "
                             f"{type(e).__name__}: {e}") from e
@@ -126,6 +136,41 @@ class Checkpointer:
         raise CheckpointError(f"no checkpoint found in {self.directory!r}")
     return step
 
+  def _check_target(self, step: int, target: Any, *, partial: bool) -> None:
+    """Verifies the step's files, then compares ``target`` (tree, shapes, dtypes) with the stored
+    state's metadata."""
+    path = self.step_directory(step)
+    _verify_integrity(path)
+    handler = ocp.PyTreeCheckpointHandler()  # Reads the tree metadata of the "state" item.
+    try:
+      stored = handler.metadata(epath.Path(path) / "state")
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(f"checkpoint at {path!r} has unreadable metadata: "
+                            f"{type(e).__name__}: {_first_line(e)}") from e
+    finally:
+      handler.close()
+    stored = getattr(stored, "tree", stored)
+    stored_leaves = _leaves_by_path(stored)
+    wanted = _leaves_by_path(target)
+    advice = ("the checkpoint itself is fine: restore it with the config that wrote it (the one "
+              "stored in its metadata) or train into a new workdir")
+    missing = sorted(set(wanted) - set(stored_leaves))
+    extra = [] if partial else sorted(set(stored_leaves) - set(wanted))
+    if missing or extra:
+      raise CheckpointError(
+          f"checkpoint at {path!r} holds another tree than requested (missing leaves "
+          f"{missing[:5]}, unexpected leaves {extra[:5]}): {advice}")
+    for key, leaf in wanted.items():
+      have = stored_leaves[key]
+      have_shape, have_dtype = tuple(getattr(have, "shape", ())), getattr(have, "dtype", None)
+      want_shape, want_dtype = tuple(jnp.shape(leaf)), jnp.dtype(jnp.result_type(leaf))
+      if have_shape != want_shape or (have_dtype is not None
+                                      and jnp.dtype(have_dtype) != want_dtype):
+        raise CheckpointError(
+            f"checkpoint at {path!r}: leaf {key} is stored as {have_dtype}{list(have_shape)} but "
+            f"{want_dtype}{list(want_shape)} was requested (a different config; restores never "
+            f"cast or reshape): {advice}")
+
   def _restore(self, step: int, what: str, **items) -> dict[str, Any]:
     """``manager.restore`` of ``items``; any failure (or a missing item) names the directory."""
     path = self.step_directory(step)
@@ -135,8 +180,8 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types; name the path.
       raise CheckpointError(
           f"checkpoint {what} at {path!r} is unreadable (truncated or corrupt?): "
-          f"{type(e).__name__}: {_first_line(e)}. Delete that step directory to fall back to an "
-          f"older checkpoint.") from e
+          f"{type(e).__name__}: {_first_line(e)}. Restore an older step (step=..., "
+          f"Checkpointer.all_steps() lists them) or train into a new workdir.") from e
     missing = [name for name, value in restored.items() if value is None]
     if missing:
       raise CheckpointError(f"checkpoint at {path!r} is incomplete (missing {missing})")
@@ -153,10 +198,12 @@ class Checkpointer:
     Returns:
       ``(state, metadata)``.
     Raises:
-      CheckpointError: no checkpoint, an unreadable or incomplete one, or one whose tree
-        structure differs from ``target``'s (written by another config); names the directory.
+      CheckpointError: no checkpoint, an unreadable, corrupted (integrity) or incomplete one, or
+        one whose tree, shapes or dtypes differ from ``target``'s (written by another config:
+        the message names the leaf, stored vs requested); names the directory.
     """
     step = self._latest_or(step)
+    self._check_target(step, target, partial=False)
     restored = self._restore(step, "state", state=ocp.args.StandardRestore(abstract_like(target)),
                              metadata=ocp.args.JsonRestore())
     state = restored["state"]
@@ -173,10 +220,11 @@ class Checkpointer:
     Reads a full training checkpoint and a parameters-only export alike (one whose other
     fields are empty). ``target_params``: the parameter tree of arrays or ``ShapeDtypeStruct``.
     Raises :class:`CheckpointError` (naming the directory) as :meth:`restore` does, also when a
-    parameter's shape differs from the target's.
+    parameter's shape or dtype differs from the target's.
     """
     step = self._latest_or(step)
     target = {"params": abstract_like(target_params)}
+    self._check_target(step, target, partial=True)
     restored = self._restore(
         step, "parameters",
         state=ocp.args.PyTreeRestore(
@@ -198,6 +246,59 @@ class Checkpointer:
 
   def __exit__(self, *exc):
     self.close()
+
+
+INTEGRITY_FILE = "integrity.json"
+
+
+def _leaves_by_path(tree) -> dict[str, Any]:
+  """``{"params/w": leaf}``: paths spelled alike for dataclass fields, dict keys and indices."""
+  def name(entry):
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        return str(getattr(entry, attr))
+    return str(entry)
+  return {"/".join(name(e) for e in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _hash_files(step_dir: str) -> dict[str, str]:
+  """SHA-256 of every file under ``step_dir`` (relative paths), the integrity file excluded."""
+  digests = {}
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      full = os.path.join(root, name)
+      rel = os.path.relpath(full, step_dir)
+      if rel == INTEGRITY_FILE:
+        continue
+      sha = hashlib.sha256()
+      with open(full, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+          sha.update(chunk)
+      digests[rel] = sha.hexdigest()
+  return digests
+
+
+def _write_integrity(step_dir: str) -> None:
+  with open(os.path.join(step_dir, INTEGRITY_FILE), "w", encoding="utf-8") as f:
+    json.dump({"sha256": _hash_files(step_dir)}, f, indent=0, sort_keys=True)
+
+
+def _verify_integrity(step_dir: str) -> None:
+  """Re-hashes the files recorded at save time (steps saved without a record are not checked)."""
+  record = os.path.join(step_dir, INTEGRITY_FILE)
+  if not os.path.exists(record):
+    return
+  with open(record, encoding="utf-8") as f:
+    expected = json.load(f)["sha256"]
+  actual = _hash_files(step_dir)
+  for rel, digest in sorted(expected.items()):
+    if actual.get(rel) != digest:
+      state = "is missing" if rel not in actual else "has changed since it was saved"
+      raise CheckpointError(
+          f"checkpoint file {os.path.join(step_dir, rel)!r} {state} (SHA-256 differs from "
+          f"{INTEGRITY_FILE}): this step is corrupt; restore an older step (step=..., "
+          f"Checkpointer.all_steps() lists them) or retrain into a new workdir")
 
 
 def _first_line(e: BaseException) -> str:

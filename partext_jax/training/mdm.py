@@ -199,14 +199,15 @@ def generate(rng: jax.Array, params, model_cfg: DenoiserConfig, *, sample_cfg: S
     sample_cfg: steps, method, temperature, noise removal; ``num_samples`` unless given.
     schedule: the masking schedule the model was trained with.
     seq_len: sample length.
-    prompt: int ids (at most ``seq_len`` used) filling the first positions of every row; the
+    prompt: int ids (fewer than ``seq_len``) filling the first positions of every row; the
       sampler keeps them fixed.
     mesh: sample on this device mesh (:func:`partext_jax.parallel.sample`): the parameters are
       sharded by the logical-axis rules and the rows (padded to a multiple of the batch axes)
       split over ``data * fsdp``; each row's key depends only on its index, so the samples are
       the mesh-independent ones.
   Raises:
-    ValueError: from the sampler's checks (e.g. ``num_steps``), before compiling.
+    ValueError: a prompt of ``seq_len`` tokens or more (nothing would be generated; it is never
+      cut), or from the sampler's checks (e.g. ``num_steps``), before compiling.
   """
   num = sample_cfg.num_samples if num_samples is None else num_samples
   rows = num
@@ -215,8 +216,11 @@ def generate(rng: jax.Array, params, model_cfg: DenoiserConfig, *, sample_cfg: S
     rows = -(-num // split) * split
   x_init = np.full((rows, seq_len), model_cfg.mask_id, np.int32)
   if prompt is not None and len(prompt):
-    prompt = np.asarray(prompt, np.int32)[:seq_len]
-    x_init[:, : len(prompt)] = prompt
+    if len(prompt) >= seq_len:
+      raise ValueError(f"prompt has {len(prompt)} tokens but samples are seq_len={seq_len} tokens "
+                       f"long: it leaves no position to generate (shorten the prompt to at most "
+                       f"{seq_len - 1} tokens)")
+    x_init[:, : len(prompt)] = np.asarray(prompt, np.int32)
   build = functools.partial(
       tau_leaping, mask_id=model_cfg.mask_id, num_steps=sample_cfg.num_steps, schedule=schedule,
       method=sample_cfg.method, temperature=sample_cfg.temperature,
@@ -317,7 +321,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                     reference_lines=((data.unigram_entropy_bits, "unigram entropy"),
                                      (data.true_entropy_bits, "true entropy")),
                     ylabel="bits / token")
-  print(_summary(cfg, data, result.last_eval, final_step), flush=True)
 
   tokens, _ = generate(jax.random.PRNGKey(cfg.sample.seed), result.state.ema_params, model_cfg,
                        sample_cfg=cfg.sample, schedule=schedule, seq_len=cfg.data.seq_len,
@@ -332,6 +335,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         f.write(f"\n===== sample {i} =====\n{text}\n")
   for i, text in enumerate(samples):
     print(f"===== sample {i} =====\n{text}", flush=True)
+  print(_summary(cfg, data, result.last_eval, final_step), flush=True)  # The closing block.
 
   return {"step": final_step, **result.last_train, **result.last_eval,
           "unigram_entropy_bits": data.unigram_entropy_bits,
@@ -346,9 +350,11 @@ def _summary(cfg: ExperimentConfig, data: datasets.Dataset, last_eval: dict[str,
   lines.append(f"  unigram entropy of the training tokens = {data.unigram_entropy_bits:.4f} "
                f"bits/token")
   if data.chars_per_token:
-    lines.append(f"  per character: bound {last_eval['eval/bits_per_char']:.4f} vs unigram "
+    # Each figure is divided by the chars/token of the split it was measured on.
+    lines.append(f"  per character: bound {last_eval['eval/bits_per_char']:.4f} bits/char "
+                 f"(validation, {data.chars_per_token:.3f} chars/token) vs unigram "
                  f"{data.unigram_entropy_bits / data.train_chars_per_token:.4f} bits/char "
-                 f"({data.chars_per_token:.3f} chars/token)")
+                 f"(training, {data.train_chars_per_token:.3f} chars/token)")
   if data.true_entropy_bits is not None:
     lines.append(f"  true entropy of the {cfg.data.seq_len}-token Markov sequences = "
                  f"{data.true_entropy_bits:.4f} bits/token")
