@@ -44,6 +44,7 @@ from tqdm import tqdm
 import common
 from partext_jax import evaluation
 from partext_jax import pretrained
+from partext_jax.ar import jacobi
 from partext_jax.ar import sampling as ar
 from partext_jax.ar.speculative import decode
 from partext_jax.ar.speculative import drafters
@@ -141,6 +142,10 @@ DECODERS: dict[str, Callable[[Any], Generate]] = {
     "early exit, chain": lambda b: early_exit(b, "chain", gamma=3),
     "early exit, EAGLE tree": lambda b: early_exit(b, "eagle", gamma=3, top_k=3, num_nodes=10),
     "Medusa heads": medusa,
+    "Jacobi (block 8)": lambda b: functools.partial(jacobi.generate, b.model, b.params,
+                                                    block_size=8),
+    "Lookahead (W 5, N 4)": lambda b: speculative(b, drafters.LookaheadDrafter(
+        vocab_size=b.model.config.vocab_size, window=5, ngram=4, pool_size=5)),
 }
 
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -221,6 +222,38 @@ class _Block(nn.Module):
     h = layers.SwiGLU(self.cfg.mlp_dim, dtype=self.cfg.jnp_dtype, name="mlp")(
         _ModulatedNorm(self.cfg, name="mlp_norm")(x, cond))
     return x + drop(h, deterministic=self.deterministic), kv
+
+
+def stack_blocks(params):
+  """Parameters of the unrolled layout (``params["block_0"]`` ... ``["block_{L-1}"]``, what
+  checkpoints written before the blocks ran under ``nn.scan`` hold) in the stacked layout of
+  :func:`block_stack` (``params["blocks"]``, a leading layer axis). Trees without ``block_<i>``
+  keys come back unchanged.
+
+  Args:
+    params: a denoiser parameter tree (arrays).
+  """
+  names = sorted((k for k in params if re.fullmatch(r"block_\d+", k)), key=lambda k: int(k[6:]))
+  if not names:
+    return params
+  rest = {k: v for k, v in params.items() if k not in names}
+  return dict(rest, blocks=jax.tree_util.tree_map(lambda *xs: jnp.stack(xs),
+                                                  *[params[k] for k in names]))
+
+
+def unstacked_shapes(abstract_params):
+  """The inverse layout of :func:`stack_blocks` for an abstract tree (``ShapeDtypeStruct``
+  leaves): ``blocks [L, ...]`` becomes ``block_0`` ... ``block_{L-1}`` (used to read old
+  checkpoints).
+
+  Args:
+    abstract_params: the stacked parameter tree's shapes, e.g. from ``jax.eval_shape``.
+  """
+  blocks = abstract_params["blocks"]
+  n = jax.tree_util.tree_leaves(blocks)[0].shape[0]
+  one = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), blocks)
+  rest = {k: v for k, v in abstract_params.items() if k != "blocks"}
+  return dict(rest, **{f"block_{i}": one for i in range(n)})
 
 
 def block_stack(cfg: DenoiserConfig, *, deterministic: bool = True, ranges=None,

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from partext_jax.data import corpus
+from partext_jax.models import denoiser
 from partext_jax.models.denoiser import DenoiserConfig, init_params
 from partext_jax.training import checkpoint as checkpoint_lib
 from partext_jax.training import core
@@ -148,7 +149,15 @@ def load_exported(directory: str) -> LoadedRun:
     meta = ckpt.restore_metadata()
     cfg, model_cfg, decode, encode = _rebuild(meta, None)
     abstract = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), model_cfg))
-    params, meta = ckpt.restore_params(abstract)
+    try:
+      params, meta = ckpt.restore_params(abstract)
+    except checkpoint_lib.CheckpointError as error:
+      # An export written before the denoiser's blocks ran under nn.scan (block_<i> keys).
+      try:
+        params, meta = ckpt.restore_params(denoiser.unstacked_shapes(abstract))
+      except checkpoint_lib.CheckpointError:
+        raise error from None
+      params = denoiser.stack_blocks(params)
   state = checkpoint_lib.TrainState(step=np.int32(meta["source_step"]), params=params,
                                     ema_params=params, opt_state={},
                                     rng=np.zeros((2,), np.uint32))
