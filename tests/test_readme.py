@@ -67,7 +67,6 @@ def test_runner_reports_failures_per_block(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="README rewrite in progress", strict=False)
 def test_every_python_block_runs_in_order(tmp_path):
   assert python_blocks(README.read_text(encoding="utf-8"))
   workdir = tmp_path / "workdir" / "default"
