@@ -26,7 +26,7 @@ import dataclasses
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import numpy as np
 
@@ -258,4 +258,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -22,7 +22,6 @@ import os
 import shutil
 import sys
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -149,4 +148,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -10,7 +10,7 @@ the latency accounting: sequential target forwards (skeleton + longest point) ag
 the points one after another, and the wall time (compilation included on a first call).
 """
 
-from absl import app, flags
+from absl import flags
 import jax
 
 import common
@@ -48,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -396,4 +396,4 @@ Next:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -11,7 +11,6 @@ The head (with its optimiser state: a rerun resumes) lands in ``<workdir>/checkp
 
 import json
 
-from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
@@ -43,4 +42,4 @@ def main(argv):
 
 if __name__ == "__main__":
   jax.config.config_with_absl()
-  app.run(main)
+  common.run(main)

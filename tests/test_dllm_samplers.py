@@ -163,7 +163,8 @@ def test_cached_calls_on_a_fresh_context_equal_the_full_pass(bundles, arch):
   t = jnp.full((2,), 0.5)
   positions = jnp.broadcast_to(jnp.arange(length), x.shape)
   full, cache = kv_fn(x, t, positions, None)
-  np.testing.assert_array_equal(full, bundle.denoise_fn(x, t))
+  # The cached pass reads the cache in chunks (online softmax): equal up to f32 reassociation.
+  np.testing.assert_allclose(full, bundle.denoise_fn(x, t), atol=2e-5, rtol=0)
   assert isinstance(cache, dllm.ContextCache)
   for s, e in ((0, 4), (3, 7), (7, 11)):
     dual, _ = kv_fn(x[:, s:e], t, positions[:, s:e], (cache, ((0, s), (e, length))))
