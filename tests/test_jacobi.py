@@ -94,8 +94,9 @@ def test_cache_equals_ar_cache(tiny_params):
     ref = jax.jit(lambda x, m=m: TINY(tiny_params, x, jnp.arange(m)[None], None,
                                       TINY.init_cache(1, m), jnp.zeros(1, int))[1])(full[:, :m])
     first = p - len(pr)
-    np.testing.assert_allclose(info.cache.k[:, b, first:first + m], ref.k[:, 0], atol=1e-5)
-    np.testing.assert_allclose(info.cache.v[:, b, first:first + m], ref.v[:, 0], atol=1e-5)
+    # KVCache [L, B, G, S, D]: the slots of row b's sequence.
+    np.testing.assert_allclose(info.cache.k[:, b, :, first:first + m], ref.k[:, 0], atol=1e-5)
+    np.testing.assert_allclose(info.cache.v[:, b, :, first:first + m], ref.v[:, 0], atol=1e-5)
 
 
 def test_eos_and_length_stops_match_ar():

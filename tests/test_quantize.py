@@ -96,6 +96,6 @@ def test_loader_option_on_smollm2():
   with pytest.raises(ValueError, match="quantization='int4'"):
     pretrained.load_bundle(quantization="int4")
   model, qp, tok = pretrained.load_bundle(quantization="int8")
-  q = qp["layers_0"]["mlp"]["up"]["kernel"]
-  assert isinstance(q, quantize.QuantizedTensor) and q.values.shape == (576, 1536)
+  q = qp["layers"]["mlp"]["up"]["kernel"]   # stacked layers (scan): [30, 576, 1536]
+  assert isinstance(q, quantize.QuantizedTensor) and q.values.shape == (30, 576, 1536)
   assert quantize.param_bytes(qp) < 0.45 * 538e6

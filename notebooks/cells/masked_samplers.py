@@ -36,8 +36,8 @@ NUM_SETTINGS = int(os.environ.get("PARTEXT_NOTEBOOK_SETTINGS", "3"))
 
 ASSET = pathlib.Path(partext_jax.__file__).resolve().parent / "assets" / "mdm_small"
 if ASSET.is_dir():
-  workdir = str(ASSET)
-  print("using the shipped checkpoint", workdir)
+  run = runs.load_shipped("mdm_small")
+  print("using the shipped checkpoint", ASSET)
 else:
   config = training.default_config()
   config.data.update(max_bytes=300_000, validation_fraction=0.1, tokenizer="char",
@@ -52,7 +52,7 @@ else:
   metrics = training.train_and_evaluate(config, workdir)
   print(f"trained {TRAIN_STEPS} steps: validation bound "
         f"{metrics.get('eval/bits_per_token', float('nan')):.2f} bits/token")
-run = runs.load_run(workdir)
+  run = runs.load_run(workdir)
 denoise_fn = denoiser.make_denoise_fn(run.model_config, run.state.ema_params)
 MASK, L = run.model_config.mask_id, run.config.data.seq_len
 # The trainer saved metrics.png through matplotlib's Agg backend; draw inline again.

@@ -310,7 +310,7 @@ _nonfinite_logits = model_jit(_logits_at_t1, static_argnames=())
 def check_finite_logits(denoise_fn: DenoiseFn, x_init) -> None:
   """Raises ``FloatingPointError`` if ``denoise_fn(x_init, t=1)`` holds a NaN or ``+inf`` logit.
 
-  One model call per :meth:`sample` call, checked on the host before the sampling loop: NaN
+  One model call per ``sample`` call, checked on the host before the sampling loop: NaN
   logits would otherwise be sampled as id 0 everywhere, a plausible-looking wrong result.
   (``-inf`` is allowed: it is how a model rules tokens out.) The loop itself carries no check.
   Skipped under tracing (``sample`` called inside ``jit``, e.g. :func:`partext_jax.parallel.sample`,

@@ -132,7 +132,9 @@ class _Attention(nn.Module):
     cfg = self.cfg
     proj = lambda name: layers.head_projection(cfg.num_heads, cfg.head_dim, "heads",  # noqa
                                                jnp.float32, name)
-    out = attention_lib.attention(proj("q")(x), proj("k")(context), proj("v")(context), mask)
+    heads_major = lambda y: y.transpose(0, 2, 1, 3)  # noqa: E731 - [B, T, H, D] -> [B, H, T, D]
+    out = attention_lib.attention(proj("q")(x), heads_major(proj("k")(context)),
+                                  heads_major(proj("v")(context)), mask)
     return layers.output_projection(cfg.d_model, jnp.float32, "o")(out)
 
 
