@@ -61,6 +61,7 @@ MASK, L = run.model_config.mask_id, run.config.data.seq_len
 The first `P` positions hold a prompt; the other `L - P` are MASK. Every sampler keeps the prompt
 and fills the rest."""),
     ("code", """prompt = np.asarray(run.encode("def main(argv):\\n  "))[:L // 4]
+prompt = prompt[:len(prompt) - (len(prompt) - L) % 4]   # L - P a multiple of 4 (blocks of GEN/4)
 P = len(prompt)
 x_init = jnp.full((NUM_SAMPLES, L), MASK, jnp.int32).at[:, :P].set(jnp.asarray(prompt))
 GEN = L - P
