@@ -9,7 +9,6 @@ stored notebooks are exactly what the generator writes (no outputs, no hand edit
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import runpy
 
@@ -36,26 +35,14 @@ CASES = {
     "real_dllm": ({"PARTEXT_NOTEBOOK_GEN_LENGTH": "16"},
                   ["bytes per device", "sample 0", "LLaDA-8B"], 1),
 }
-# Notebooks whose package code is not on this branch yet: name -> the module they need.
-REQUIRES = {"real_dllm": "partext_jax.pretrained.dllm"}
 
 
 def _outputs(nb):
   return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
 
 
-def _module_available(name: str) -> bool:
-  try:
-    return importlib.util.find_spec(name) is not None
-  except ModuleNotFoundError:
-    return False
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_notebook_runs(name, tmp_path, monkeypatch):
-  needed = REQUIRES.get(name)
-  if needed and not _module_available(needed):
-    pytest.skip(f"{name}.ipynb needs {needed}, which this checkout does not have yet")
   env, expected, figures = CASES[name]
   for key, value in env.items():
     monkeypatch.setenv(key, value)
