@@ -141,7 +141,7 @@ def run_key(run, *, workdir, num_samples, seed, planner=None) -> str:
 def _planner_checkpoint(workdir):
   """``(directory, latest step)`` of a planner run (part of the cells' key)."""
   directory = os.path.abspath(os.path.join(workdir, planner_lib.CHECKPOINT_DIR))
-  with checkpoint_lib.Checkpointer(directory, keep=1_000_000) as ckpt:
+  with checkpoint_lib.Checkpointer(directory, read_only=True) as ckpt:
     return directory, ckpt.latest_step()
 
 

@@ -31,6 +31,29 @@ def _saved(tmp_path):
     yield ckpt, state
 
 
+def test_reader_leaves_a_save_in_progress_alone(saved, tmp_path):
+  """Opening a training run's checkpoints to read (sample while it trains) never deletes the
+  temporary directory of the save in progress; a writer's open removes it, and a reader cannot
+  save."""
+  ckpt, state = saved
+  in_progress = tmp_path / "checkpoints" / "16777300.orbax-checkpoint-tmp-1"
+  os.makedirs(in_progress / "state")
+  with ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), read_only=True) as reader:
+    assert reader.latest_step() == 16777217
+    with pytest.raises(ckpt_lib.CheckpointError, match="read_only=True"):
+      reader.save(state, metadata={})
+  assert in_progress.is_dir()
+  with ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), keep=2):
+    pass  # close() awaits orbax's clean-up thread, so the removal is done on exit.
+  assert not in_progress.exists()
+  assert not os.path.exists(tmp_path / "absent")
+  with ckpt_lib.Checkpointer(str(tmp_path / "absent"), read_only=True) as reader:
+    assert reader.latest_step() is None
+  assert not os.path.exists(tmp_path / "absent")  # A reader creates nothing.
+  with pytest.raises(ValueError, match="keep=None must be an integer >= 1"):
+    ckpt_lib.Checkpointer(str(tmp_path / "w"))
+
+
 # Case 2: restores never cast; a scrambled data file fails naming the file.
 def test_exact_restore_round_trips(saved):
   ckpt, state = saved

@@ -82,15 +82,30 @@ def abstract_like(tree):
 
 
 class Checkpointer:
-  """Saves and restores :class:`TrainState` plus JSON metadata under ``directory``."""
+  """Saves and restores :class:`TrainState` plus JSON metadata under ``directory``.
 
-  def __init__(self, directory: str, *, keep: int):
-    if keep < 1:
-      raise ValueError(f"keep={keep} must be >= 1")
+  Args:
+    directory: the checkpoint directory (created on open unless ``read_only``).
+    keep: how many of the newest steps a writer keeps (>= 1); ignored when ``read_only``.
+    read_only: open for reading only: nothing is created, pruned or cleaned up, and
+      :meth:`save` raises. Readers use this so that opening the workdir of a run that is still
+      training never removes the temporary directory of a save in progress.
+  Raises:
+    ValueError: ``keep`` < 1 for a writer.
+    CheckpointError: orbax cannot open ``directory`` (the message names it).
+  """
+
+  def __init__(self, directory: str, *, keep: int | None = None, read_only: bool = False):
+    if not read_only and (keep is None or keep < 1):
+      raise ValueError(f"keep={keep} must be an integer >= 1 for a writable Checkpointer")
     self.directory = os.path.abspath(directory)
+    self.read_only = read_only
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=False,
-        cleanup_tmp_directories=True)  # Leftovers of a save killed mid-way are removed.
+        # Not orbax's own read_only option, which logs a warning on every open; this class
+        # refuses save() itself, and a reader neither creates, prunes nor cleans up.
+        max_to_keep=None if read_only else keep, create=not read_only,
+        enable_async_checkpointing=False,
+        cleanup_tmp_directories=not read_only)  # A writer removes leftovers of a killed save.
     try:
       self._manager = ocp.CheckpointManager(
           self.directory, options=options, item_names=("state", "metadata"))
@@ -114,6 +129,8 @@ class Checkpointer:
     ``metadata`` must be JSON-serialisable. Raises :class:`CheckpointError` naming the directory
     if orbax fails to write.
     """
+    if self.read_only:
+      raise CheckpointError(f"cannot save into {self.directory!r}: opened read_only=True")
     step = int(jax.device_get(state.step))
     try:
       self._manager.save(
@@ -239,6 +256,13 @@ class Checkpointer:
     return dict(self._restore(step, "metadata", metadata=ocp.args.JsonRestore())["metadata"])
 
   def close(self) -> None:
+    # orbax 0.12 starts the clean-up of temporary directories in a thread when a writer opens
+    # and awaits it only in save(); close() does not, so a process that opens and exits before
+    # its first save would have that thread fail at interpreter shutdown (a traceback on stderr
+    # after the program's own error). Await it here.
+    cleanup = getattr(self._manager, "_cleanup_tmp_directory_future", None)
+    if cleanup is not None:
+      cleanup.result()
     self._manager.close()
 
   def __enter__(self):

@@ -360,7 +360,7 @@ def load_head(directory: str):
   """
   if not os.path.isdir(directory):
     raise checkpoint_lib.CheckpointError(f"no EAGLE checkpoint directory {directory!r}")
-  with checkpoint_lib.Checkpointer(directory, keep=1) as ckpt:
+  with checkpoint_lib.Checkpointer(directory, read_only=True) as ckpt:
     meta = ckpt.restore_metadata()
     try:
       config = eagle_lib.EagleConfig(**meta["eagle_config"])

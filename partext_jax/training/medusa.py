@@ -478,7 +478,7 @@ def load_heads(directory: str) -> tuple[medusa_heads.MedusaConfig, Any, dict[str
   """
   if not os.path.isdir(directory):
     raise checkpoint_lib.CheckpointError(f"no Medusa checkpoint directory {directory!r}")
-  with checkpoint_lib.Checkpointer(directory, keep=1) as ckpt:
+  with checkpoint_lib.Checkpointer(directory, read_only=True) as ckpt:
     meta = ckpt.restore_metadata()
     try:
       config = medusa_heads.MedusaConfig(**meta["medusa_config"])

@@ -511,7 +511,7 @@ def load_params(directory: str) -> tuple[mtp_lib.MTPConfig, Any, dict[str, Any]]
   no valid checkpoint."""
   if not os.path.isdir(directory):
     raise checkpoint_lib.CheckpointError(f"no MTP checkpoint directory {directory!r}")
-  with checkpoint_lib.Checkpointer(directory, keep=1) as ckpt:
+  with checkpoint_lib.Checkpointer(directory, read_only=True) as ckpt:
     meta = ckpt.restore_metadata()
     try:
       config = mtp_lib.MTPConfig(**meta["mtp_config"])

@@ -265,7 +265,7 @@ def load_head(workdir: str, d_model: int):
     raise checkpoint_lib.CheckpointError(
         f"no planner checkpoint in {os.path.abspath(directory)!r}: run "
         f"experiments/train_planner.py --planner_workdir={workdir} first")
-  with checkpoint_lib.Checkpointer(directory, keep=1_000_000) as ckpt:
+  with checkpoint_lib.Checkpointer(directory, read_only=True) as ckpt:
     meta = ckpt.restore_metadata()
     head_cfg = planner_lib.PlannerConfig(**meta["planner"])
     target = jax.eval_shape(lambda: planner_lib.init_head(jax.random.PRNGKey(0), head_cfg,

@@ -76,7 +76,7 @@ def load_run(workdir: str, *, config: Any = None, step: int | None = None) -> Lo
   if not os.path.isdir(directory):
     raise checkpoint_lib.CheckpointError(
         f"no checkpoint directory {os.path.abspath(directory)!r}: train into {workdir!r} first")
-  with checkpoint_lib.Checkpointer(directory, keep=1_000_000) as ckpt:  # Never prunes.
+  with checkpoint_lib.Checkpointer(directory, read_only=True) as ckpt:
     if ckpt.latest_step() is None:
       raise checkpoint_lib.CheckpointError(f"no checkpoint in {ckpt.directory!r}: train first")
     if step is not None and step not in ckpt.all_steps():
@@ -145,7 +145,7 @@ def load_exported(directory: str) -> LoadedRun:
   """
   if not os.path.isdir(directory):
     raise checkpoint_lib.CheckpointError(f"no exported checkpoint directory {directory!r}")
-  with checkpoint_lib.Checkpointer(directory, keep=1_000_000) as ckpt:  # Never prunes.
+  with checkpoint_lib.Checkpointer(directory, read_only=True) as ckpt:
     meta = ckpt.restore_metadata()
     cfg, model_cfg, decode, encode = _rebuild(meta, None)
     abstract = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), model_cfg))
