@@ -10,6 +10,8 @@ one-token-per-step trajectory check (:func:`assert_decodes_best_position_each_st
 subprocess (:func:`run_with_x64`) and a small cached denoiser (:func:`cached_toy_denoiser`).
 """
 
+import ctypes
+import gc
 import os
 import subprocess
 import sys
@@ -24,6 +26,32 @@ from partext_jax import testing
 
 V, L = 3, 3
 MASK = V
+
+
+# A pytest-xdist worker runs hundreds of tests in one process; every jit cache entry keeps its
+# compiled executable (and the constants closed over) alive: a worker held 5.7 GB halfway through
+# the suite, and late in a CI run on the 2-core machine both workers died. After each module the
+# worker drops its compilation caches once its resident memory passes this many bytes, and asks
+# glibc to hand the freed pages back (without malloc_trim the resident size would stay put).
+_RSS_LIMIT_BYTES = 2 << 30
+
+
+def _resident_bytes() -> int:
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_code():
+  yield
+  if os.path.exists("/proc/self/statm") and _resident_bytes() > _RSS_LIMIT_BYTES:
+    gc.collect()
+    jax.clear_caches()
+    gc.collect()
+    try:
+      ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # Not glibc: the caches are still dropped.
+      pass
 
 
 @pytest.fixture(scope="module")
