@@ -406,19 +406,26 @@ def _nfe(info) -> int:
   return int(nfe.sum()) if nfe.ndim <= 1 else int(nfe.sum(axis=0).max())
 
 
-def _left_to_right(denoise_fn, *, mask_id: int, gen_length: int, temperature: float):
-  """The AR reference of a masked model: the same network decoding the generated span left to
-  right, one position per call (semi-autoregressive blocks of one)."""
+def masked_side_by_side(sampler, denoise_fn, x_init, *, mask_id: int, gen_length: int,
+                        temperature: float, repeats: int):
+  """Times a masked ``sampler`` on ``x_init`` beside its AR reference: the same network
+  decoding the last ``gen_length`` positions left to right, one per call (semi-autoregressive
+  blocks of one). Returns ``(method Side, reference Side, tokens, NFE)``."""
+  import jax  # pylint: disable=import-outside-toplevel
   from partext_jax import masked  # pylint: disable=import-outside-toplevel
-  return masked.semi_ar(masked.confidence, denoise_fn, mask_id=mask_id, block_length=1,
-                        gen_length=gen_length, rule="topk", num_steps=gen_length,
-                        temperature=temperature)
+  reference = masked.semi_ar(masked.confidence, denoise_fn, mask_id=mask_id, block_length=1,
+                             gen_length=gen_length, rule="topk", num_steps=gen_length,
+                             temperature=temperature)
+  key = jax.random.key(SEED)
+  method, ref = side_by_side([functools.partial(sampler.sample, key, x_init)],
+                             [functools.partial(reference.sample, key, x_init)], repeats)
+  tokens, info = method.outputs[0]
+  return method, ref, tokens, _nfe(info)
 
 
 def measure_mdm(settings: Settings, *, sampler: str) -> list[Measured]:
   """A sampler of ``tour.MASKED_SAMPLERS`` on the shipped MDM: ``mdm_samples`` continuations
   of the tour's Python prefix to the end of the 128-token window, temperature 1."""
-  import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import tour  # pylint: disable=import-outside-toplevel
   from partext_jax.models.denoiser import count_params, make_denoise_fn  # pylint: disable=import-outside-toplevel
@@ -434,13 +441,9 @@ def measure_mdm(settings: Settings, *, sampler: str) -> list[Measured]:
   built, _ = tour.MASKED_SAMPLERS[sampler](denoise_fn, mask_id,
                                            run.config.diffusion.masking_schedule(),
                                            settings.mdm_steps)
-  reference = _left_to_right(denoise_fn, mask_id=mask_id, gen_length=gen, temperature=1.0)
-  key = jax.random.key(SEED)
-  method, ref = side_by_side([functools.partial(built.sample, key, x_init)],
-                             [functools.partial(reference.sample, key, x_init)],
-                             settings.repeats)
-  tokens, info = method.outputs[0]
-  nfe = _nfe(info)
+  method, ref, tokens, nfe = masked_side_by_side(built, denoise_fn, x_init, mask_id=mask_id,
+                                                 gen_length=gen, temperature=1.0,
+                                                 repeats=settings.repeats)
   note = (f"MDM {count_params(run.state.ema_params) / 1e6:.1f} M params (step {run.step}); "
           f"{settings.mdm_samples} rows continue a {len(prefix)}-token Python prefix by {gen} "
           f"tokens; NFE {nfe} (step budget {settings.mdm_steps}); AR reference: the same MDM "
@@ -457,7 +460,6 @@ DLLM_PROMPT = "Write a haiku about the sea."
 def measure_dllm(settings: Settings, *, sampler: str) -> list[Measured]:
   """A sampler on the tiny random LLaDA (no real diffusion-LM weights ship with the package:
   the cell measures the sampler's cost, not text quality)."""
-  import jax  # pylint: disable=import-outside-toplevel
   from partext_jax import masked  # pylint: disable=import-outside-toplevel
   from partext_jax.pretrained import dllm  # pylint: disable=import-outside-toplevel
 
@@ -474,14 +476,9 @@ def measure_dllm(settings: Settings, *, sampler: str) -> list[Measured]:
   else:
     built = masked.SAMPLERS["block_cache"](bundle.kv_denoise_fn, cache="dual", rule="threshold",
                                            threshold=0.9, **common_args)
-  reference = _left_to_right(bundle.denoise_fn, mask_id=bundle.mask_id, gen_length=gen,
-                             temperature=0.0)
-  key = jax.random.key(SEED)
-  method, ref = side_by_side([functools.partial(built.sample, key, x_init)],
-                             [functools.partial(reference.sample, key, x_init)],
-                             settings.repeats)
-  tokens, info = method.outputs[0]
-  nfe = _nfe(info)
+  method, ref, tokens, nfe = masked_side_by_side(built, bundle.denoise_fn, x_init,
+                                                 mask_id=bundle.mask_id, gen_length=gen,
+                                                 temperature=0.0, repeats=settings.repeats)
   config = bundle.spec.config
   note = (f"tiny RANDOM LLaDA ({config.num_layers} layers, hidden {config.hidden_size}; no real "
           f"dLLM weights here: quality is meaningless, cost only); {gen} positions after the "
