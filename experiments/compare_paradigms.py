@@ -42,6 +42,10 @@ imported, checked again on reuse): a rerun computes only missing or stale cells;
 re-measures the timing and memory columns of the selected cells and keeps their quality.
 """
 
+# pylint: disable=import-outside-toplevel
+# The measuring functions import what they use inside their bodies: a cell's code version is the
+# set of repository files its subprocess imported, so it should import only its own family.
+
 from __future__ import annotations
 
 import dataclasses
@@ -228,7 +232,7 @@ class Side(NamedTuple):
 
 
 def _block(x):
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax
   return jax.tree.map(lambda v: v.block_until_ready() if hasattr(v, "block_until_ready") else v,
                       x)
 
@@ -286,12 +290,12 @@ def _row(method: Side, ref: Side, *, model: str, per_forward: float, note: str,
 def _extra_decoders() -> dict[str, Callable]:
   """Decoders of SmolLM2 beyond :data:`tour.DECODERS`: the trained EAGLE head and the two MTP
   assets (builders ``bundle -> generate`` as the tour's)."""
-  import tour  # pylint: disable=import-outside-toplevel
-  from partext_jax.ar.speculative.drafters import eagle as eagle_drafter  # pylint: disable=import-outside-toplevel
-  from partext_jax.ar.speculative.drafters import mtp as mtp_drafter  # pylint: disable=import-outside-toplevel
-  from partext_jax.models import mtp  # pylint: disable=import-outside-toplevel
-  from partext_jax.training import eagle as eagle_training  # pylint: disable=import-outside-toplevel
-  from partext_jax.training import mtp as mtp_training  # pylint: disable=import-outside-toplevel
+  import tour
+  from partext_jax.ar.speculative.drafters import eagle as eagle_drafter
+  from partext_jax.ar.speculative.drafters import mtp as mtp_drafter
+  from partext_jax.models import mtp
+  from partext_jax.training import eagle as eagle_training
+  from partext_jax.training import mtp as mtp_training
 
   def eagle(bundle):
     config, head, vocab_ids, _ = eagle_training.load_head(eagle_training.asset_directory())
@@ -326,11 +330,11 @@ def measure_decoder(settings: Settings, *, decoder: str, temperature: float = 0.
   """A decoder of SmolLM2 (``tour.DECODERS`` or :func:`_extra_decoders`) beside AR at the same
   temperature, on the first ``settings.prompts`` tour prompts at batch 1, ``new_tokens`` tokens
   each without an EOS stop (quality is scored on the text up to the first EOS)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import tour  # pylint: disable=import-outside-toplevel
-  from partext_jax import pretrained  # pylint: disable=import-outside-toplevel
-  from partext_jax.ar import processors  # pylint: disable=import-outside-toplevel
-  from partext_jax.ar import sampling as ar  # pylint: disable=import-outside-toplevel
+  import jax
+  import tour
+  from partext_jax import pretrained
+  from partext_jax.ar import processors
+  from partext_jax.ar import sampling as ar
 
   bundle = pretrained.load_bundle()
   tok = bundle.tokenizer
@@ -367,10 +371,10 @@ SOT_QUESTIONS = ("What are some tips for saving money?", "How can I improve my s
 def measure_sot(settings: Settings) -> list[Measured]:
   """Skeleton-of-Thought (every question through SoT) beside plain greedy AR answering with a
   budget of three points, one question at a time."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from partext_jax import pretrained  # pylint: disable=import-outside-toplevel
-  from partext_jax.ar import sampling as ar  # pylint: disable=import-outside-toplevel
-  from partext_jax.ar import sot  # pylint: disable=import-outside-toplevel
+  import jax
+  from partext_jax import pretrained
+  from partext_jax.ar import sampling as ar
+  from partext_jax.ar import sot
 
   bundle = pretrained.load_bundle()
   tok = bundle.tokenizer
@@ -411,8 +415,8 @@ def masked_side_by_side(sampler, denoise_fn, x_init, *, mask_id: int, gen_length
   """Times a masked ``sampler`` on ``x_init`` beside its AR reference: the same network
   decoding the last ``gen_length`` positions left to right, one per call (semi-autoregressive
   blocks of one). Returns ``(method Side, reference Side, tokens, NFE)``."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from partext_jax import masked  # pylint: disable=import-outside-toplevel
+  import jax
+  from partext_jax import masked
   reference = masked.semi_ar(masked.confidence, denoise_fn, mask_id=mask_id, block_length=1,
                              gen_length=gen_length, rule="topk", num_steps=gen_length,
                              temperature=temperature)
@@ -426,10 +430,10 @@ def masked_side_by_side(sampler, denoise_fn, x_init, *, mask_id: int, gen_length
 def measure_mdm(settings: Settings, *, sampler: str) -> list[Measured]:
   """A sampler of ``tour.MASKED_SAMPLERS`` on the shipped MDM: ``mdm_samples`` continuations
   of the tour's Python prefix to the end of the 128-token window, temperature 1."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import tour  # pylint: disable=import-outside-toplevel
-  from partext_jax.models.denoiser import count_params, make_denoise_fn  # pylint: disable=import-outside-toplevel
-  from partext_jax.training import runs  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp
+  import tour
+  from partext_jax.models.denoiser import count_params, make_denoise_fn
+  from partext_jax.training import runs
 
   run = runs.load_shipped("mdm_small")
   mask_id, seq = run.model_config.mask_id, run.config.data.seq_len
@@ -460,8 +464,8 @@ DLLM_PROMPT = "Write a haiku about the sea."
 def measure_dllm(settings: Settings, *, sampler: str) -> list[Measured]:
   """A sampler on the tiny random LLaDA (no real diffusion-LM weights ship with the package:
   the cell measures the sampler's cost, not text quality)."""
-  from partext_jax import masked  # pylint: disable=import-outside-toplevel
-  from partext_jax.pretrained import dllm  # pylint: disable=import-outside-toplevel
+  from partext_jax import masked
+  from partext_jax.pretrained import dllm
 
   with tempfile.TemporaryDirectory() as tmp:
     path = dllm.write_tiny_checkpoint(os.path.join(tmp, "tiny.gguf"), arch="llada", fmt="gguf")
@@ -495,7 +499,7 @@ NAT_TASK = dict(name="copy", vocab_size=8, min_length=16, max_length=16, num_val
 
 def _nat_experiment(kind: str, steps: int):
   """The copy task (length 16, 8 symbols) with ``experiments/bench_nat.py``'s small sizes."""
-  from partext_jax.nat import config as nat_config  # pylint: disable=import-outside-toplevel
+  from partext_jax.nat import config as nat_config
   config = nat_config.default_config()
   config.task.update(NAT_TASK)
   config.model.update(kind=kind, d_model=64, mlp_dim=128, num_encoder_layers=1,
@@ -509,8 +513,9 @@ def _nat_experiment(kind: str, steps: int):
 def measure_nat(settings: Settings, *, kind: str) -> list[Measured]:
   """A NAT model (``ctc``: one-shot; ``levenshtein``: edit-based) and its AR peer, both trained
   for ``nat_steps`` on the copy task; decoding of 256 held-out sources timed."""
-  from partext_jax.nat import trainer  # pylint: disable=import-outside-toplevel
-  from partext_jax.nat.protocols import Source  # pylint: disable=import-outside-toplevel
+  from partext_jax.models.denoiser import count_params
+  from partext_jax.nat import trainer
+  from partext_jax.nat.protocols import Source
 
   steps = settings.nat_steps
   data = trainer.build_data(_nat_experiment("ctc", steps), None)
@@ -527,10 +532,9 @@ def measure_nat(settings: Settings, *, kind: str) -> list[Measured]:
           f"as one batch; width 64, 1 + 1 layers, {steps} training steps; AR reference: a "
           f"2-layer causal peer trained the same way (exact match "
           f"{peer.metrics['exact_match']:.3f}, {peer.metrics['forwards_per_sequence']:.1f} "
-          "forwards / sequence)")
-  from partext_jax.models.denoiser import count_params  # pylint: disable=import-outside-toplevel
-  size = f"{count_params(model.params) / 1e6:.2f} M vs AR peer {count_params(peer.params) / 1e6:.2f} M"
-  row = _row(method, ref, model=f"{kind} NAT ({size} params)", per_forward=per_forward,
+          f"forwards / sequence, {count_params(peer.params) / 1e6:.2f} M params)")
+  row = _row(method, ref, model=f"{kind} NAT ({count_params(model.params) / 1e6:.2f} M params)",
+             per_forward=per_forward,
              note=note, exact_match=float(model.metrics["exact_match"]))
   return [Measured(row)]
 
@@ -610,7 +614,7 @@ def child_main() -> None:
   for name in ("quick", "new_tokens"):
     delattr(flags.FLAGS, name)
   measure, _ = MEASURES[cell.kind]
-  import jax  # pylint: disable=import-outside-toplevel,unused-import
+  import jax  # pylint: disable=unused-import
   runtime = _peak_mb()  # resident set of Python + jax before any model is loaded
   results = measure(settings, **cell.kwargs)
   files = _imported_files()
@@ -687,13 +691,13 @@ def append_cache(path: str, entry: dict) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _judge():
-  from partext_jax import evaluation  # pylint: disable=import-outside-toplevel
+  from partext_jax import evaluation
   return evaluation.Judge.load()
 
 
 def score(payload: dict) -> list[dict]:
   """The payload's rows with gen-PPL (SmolLM2) and unigram entropy added where it has text."""
-  from partext_jax import evaluation  # pylint: disable=import-outside-toplevel
+  from partext_jax import evaluation
   rows = []
   for entry in payload["rows"]:
     row = dict(entry["row"])
@@ -765,9 +769,9 @@ def table(rows: list[dict]) -> str:
 def plot(rows: list[dict], path: str) -> None:
   """Speed-up over AR (x, log) against quality: gen-PPL for text (left), exact match for tasks
   with an answer (right); one colour per paradigm."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
+  import matplotlib
   matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+  from matplotlib import pyplot as plt
 
   fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
   colors = dict(zip(("Autoregressive baseline",) + PARADIGMS, plt.cm.tab10(np.arange(8))))
@@ -811,10 +815,10 @@ def report(rows: list[dict], settings: Settings, counts: dict, command: str) -> 
   return "\n".join([
       "# Parallel-generation paradigms side by side", "",
       f"Command: `{command}`", "",
-      f"Machine: {common.machine()}. Written {now} UTC. The CPU is shared with other engineers' jobs: wall-clock ratios "
-      "were measured under load (each against its AR reference run back to back in the same "
-      "process, best of "
-      f"{s.repeats}); tokens per forward and exact match do not depend on load.", "",
+      f"Machine: {common.machine()}. Written {now} UTC. The CPU is shared with other "
+      "engineers' jobs: wall-clock ratios were measured under load (each against its AR "
+      f"reference run back to back in the same process, best of {s.repeats}); tokens per "
+      "forward and exact match do not depend on load.", "",
       f"Settings: {json.dumps(dataclasses.asdict(s))}. Cells this run: {counts['computed']} "
       f"computed, {counts['cached']} from the cache, {counts['retimed']} retimed, "
       f"{counts['unmeasured']} not measured.", "",
