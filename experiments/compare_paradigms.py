@@ -78,7 +78,8 @@ _RETIME = flags.DEFINE_bool("retime", False, "Re-measure timing and memory of th
                             "cached cells (quality kept).")
 _OUT_DIR = flags.DEFINE_string("out_dir", os.path.join(HERE, "results"),
                                "Where the table, the plot and the cache go.")
-_REPEATS = flags.DEFINE_integer("repeats", None, "Timed calls per side (best kept; default 1).")
+_REPEATS = flags.DEFINE_integer("repeats", None, "Timed calls per side (best kept; default 2, "
+                                "quick 1).")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", None, "SmolLM2 tokens per prompt (default 32; "
                                    "quick 8).")
 _PROMPTS = flags.DEFINE_integer("prompts", None, "SmolLM2 prompts, batch 1 each (default 3; "
@@ -101,7 +102,7 @@ class Settings:
   quick: bool = False
   prompts: int = 3          # SmolLM2 chat prompts (tour.PROMPTS), batch 1 each
   new_tokens: int = 32      # tokens per prompt, no EOS stop (every decoder does equal work)
-  repeats: int = 1          # timed calls per side, best kept
+  repeats: int = 2          # timed calls per side, best kept
   sot_questions: int = 2
   sot_tokens: int = 24      # skeleton and point budgets; plain AR answers 3x as many
   mdm_steps: int = 32       # steps of the fixed-step masked samplers
@@ -111,8 +112,8 @@ class Settings:
 
   @classmethod
   def from_flags(cls) -> "Settings":
-    small = dict(prompts=1, new_tokens=8, sot_questions=1, sot_tokens=8, mdm_steps=8,
-                 mdm_samples=2, dllm_gen=16, nat_steps=10)
+    small = dict(prompts=1, new_tokens=8, repeats=1, sot_questions=1, sot_tokens=8,
+                 mdm_steps=8, mdm_samples=2, dllm_gen=16, nat_steps=10)
     chosen = cls(quick=True, **small) if _QUICK.value else cls()
     given = {"repeats": _REPEATS.value, "new_tokens": _NEW_TOKENS.value,
              "prompts": _PROMPTS.value}
@@ -216,19 +217,29 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _resident_mb() -> float:
+  """Current resident memory (``VmRSS``), MiB; 0 where ``/proc`` is absent."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+  except (OSError, StopIteration):
+    return 0.0
+
+
 def _cpu_seconds() -> float:
   usage = resource.getrusage(resource.RUSAGE_SELF)
   return usage.ru_utime + usage.ru_stime
 
 
 class Side(NamedTuple):
-  """One side of a cell: summed best wall seconds, CPU seconds of those calls, peak MiB, and
-  the output of every call (one per prompt)."""
+  """One side of a cell: summed best wall seconds, CPU seconds of those calls, peak MiB, the
+  output of every call (one per prompt) and the resident MiB before anything was compiled."""
 
   seconds: float
   cpu_seconds: float
   peak_rss_mb: float
   outputs: list
+  loaded_rss_mb: float
 
 
 def _block(x):
@@ -237,16 +248,19 @@ def _block(x):
                       x)
 
 
-def side_by_side(method: list[Callable], reference: list[Callable], repeats: int
-                 ) -> tuple[Side, Side]:
+def side_by_side(method: list[Callable], reference: list[Callable], repeats: int, *,
+                 warm_all: bool = False) -> tuple[Side, Side]:
   """Times ``method[i]()`` and ``reference[i]()`` (one callable per prompt), alternating.
 
-  Every callable runs once untimed first (compilation, warm-up). Then, ``repeats`` times, each
+  The first callable of each list (every one with ``warm_all``: shapes that differ per
+  prompt) runs once untimed first (compilation, warm-up). Then, ``repeats`` times, each
   prompt's reference and method calls run back to back; per prompt the best call is kept and
   the seconds are summed over prompts. The memory high-water mark is reset before each timed
-  call, so the peak is that of generation, not of compilation or loading.
+  call, so the peak is that of generation, not of compilation or loading; the resident memory
+  before the first compilation (runtime + every loaded weight) is kept too.
   """
-  for fn in [*reference, *method]:
+  loaded = _resident_mb()
+  for fn in [*reference, *method] if warm_all else [reference[0], method[0]]:
     _block(fn())
   sides = []
   best = {id(fn): (float("inf"), 0.0, None) for fn in [*method, *reference]}
@@ -264,7 +278,7 @@ def side_by_side(method: list[Callable], reference: list[Callable], repeats: int
   for which, fns in (("method", method), ("reference", reference)):
     picked = [best[id(fn)] for fn in fns]
     sides.append(Side(sum(p[0] for p in picked), sum(p[1] for p in picked), peaks[which],
-                      [p[2] for p in picked]))
+                      [p[2] for p in picked], loaded))
   return sides[0], sides[1]
 
 
@@ -283,6 +297,7 @@ def _row(method: Side, ref: Side, *, model: str, per_forward: float, note: str,
   quality = {} if exact_match is None else {"exact_match": exact_match}
   return dict(model=model, tokens_per_forward=per_forward, seconds=method.seconds,
               ar_seconds=ref.seconds, peak_rss_mb=method.peak_rss_mb,
+              loaded_rss_mb=method.loaded_rss_mb,
               ar_peak_rss_mb=ref.peak_rss_mb, cpu_seconds=method.cpu_seconds,
               ar_cpu_seconds=ref.cpu_seconds, quality=quality, note=note)
 
@@ -386,7 +401,8 @@ def measure_sot(settings: Settings) -> list[Measured]:
                                 eos_id=sot.stop_ids(tok))
   method, ref = side_by_side([functools.partial(sot.generate, bundle, [q], config=config)
                               for q in questions],
-                             [functools.partial(plain, q) for q in questions], settings.repeats)
+                             [functools.partial(plain, q) for q in questions], settings.repeats,
+                             warm_all=True)
   answers = [res.answers[0] for res in method.outputs]
   forwards = sum(res.info.question_forwards(0) for res in method.outputs)
   ids = [tok.encode(a) for a in answers]
@@ -715,8 +731,8 @@ def score(payload: dict) -> list[dict]:
 # ------------------------------------------------------------------------------- the report
 
 
-TIMING_FIELDS = ("seconds", "ar_seconds", "peak_rss_mb", "ar_peak_rss_mb", "cpu_seconds",
-                 "ar_cpu_seconds", "tokens_per_forward")
+TIMING_FIELDS = ("seconds", "ar_seconds", "peak_rss_mb", "ar_peak_rss_mb", "loaded_rss_mb",
+                 "cpu_seconds", "ar_cpu_seconds", "tokens_per_forward")
 
 
 def _ratio(a, b, digits=2) -> str:
@@ -737,13 +753,14 @@ def _quality(q: dict) -> str:
 def table(rows: list[dict]) -> str:
   """Markdown, grouped by paradigm (one heading row per paradigm, the survey's Table 3).
 
-  Memory ratios: SmolLM2 rows against the greedy-AR cell (measured alone, in its own process);
-  other rows against their in-process AR reference (the same model, nothing else loaded).
+  Memory ratio: resident memory once everything is loaded, SmolLM2 rows against the greedy-AR
+  cell (the extra weights of drafters, heads); other rows share their reference's weights.
   """
-  alone = next((r["peak_rss_mb"] for r in rows if r.get("cell") == "ar" and r.get("seconds")),
-               None)
+  alone = next((r.get("loaded_rss_mb") for r in rows
+                if r.get("cell") == "ar" and r.get("seconds")), None)
   header = ["paradigm / method", "model", "tokens / forward", "speed-up vs AR (wall)",
-            "memory: peak RSS MiB (vs AR)", "computation: CPU s (vs AR)", "quality", "note"]
+            "memory MiB: loaded / peak (loaded vs AR)", "computation: CPU s (vs AR)", "quality",
+            "note"]
   body = []
   order = ("Autoregressive baseline",) + PARADIGMS
   for paradigm in sorted({r["paradigm"] for r in rows},
@@ -753,13 +770,15 @@ def table(rows: list[dict]) -> str:
       if r.get("seconds") is None:
         body.append([r["method"], r.get("model") or "-", "-", "-", "-", "-", "-", r["note"]])
         continue
-      peak = r.get("peak_rss_mb")
-      peak_ar = alone if r.get("model") == SMOLLM2 and alone else r.get("ar_peak_rss_mb")
+      peak, loaded = r.get("peak_rss_mb"), r.get("loaded_rss_mb")
+      versus = f" ({_ratio(loaded, alone)})" if r.get("model") == SMOLLM2 and alone else ""
+      memory = f"{loaded:.0f} / {peak:.0f}{versus}" if loaded and peak else (
+          f"- / {peak:.0f}" if peak else "-")
       per_forward = r.get("tokens_per_forward")
       body.append([
           r["method"], r.get("model") or "-", "-" if per_forward is None else f"{per_forward:.2f}",
           _ratio(r.get("ar_seconds"), r["seconds"]),
-          (f"{peak:.0f} ({_ratio(peak, peak_ar)})" if peak else "-"),
+          memory,
           (f"{r['cpu_seconds']:.3g} ({_ratio(r['cpu_seconds'], r.get('ar_cpu_seconds'))})"
            if r.get("cpu_seconds") else "-"),
           _quality(r.get("quality") or {}), r.get("note") or ""])
@@ -824,10 +843,13 @@ def report(rows: list[dict], settings: Settings, counts: dict, command: str) -> 
       f"{counts['unmeasured']} not measured.", "",
       "Columns: **tokens / forward** = committed tokens per call of the generating model "
       "(target forward, denoiser call or decoder pass). **Speed-up** = AR reference wall time "
-      "/ method wall time. **Memory** = peak resident set during the timed calls only "
-      "(compilation and loading excluded; it includes the Python + jax runtime, "
-      f"{runtime}); ratio: SmolLM2 rows against the greedy-AR cell (its own process), other "
-      "rows against their in-process AR reference (the same model). **Computation** "
+      "/ method wall time. **Memory** = resident set once every weight is loaded (before any "
+      "compilation) / peak resident set during the timed calls (after compilation; it also "
+      "holds the compiled programs of both the method and its AR reference and memory the "
+      "allocator kept from compiling, so read its differences with care); both include the "
+      f"Python + jax runtime ({runtime}). The ratio compares the loaded figure of SmolLM2 "
+      "rows with the greedy-AR cell's (drafter / head weights); the other rows share their "
+      "reference's weights. **Computation** "
       "= CPU seconds (all threads) of the timed calls, ratio to AR's. **Quality**: PPL = "
       "generative perplexity under SmolLM2-135M-Instruct, H = mean unigram entropy per sample "
       "(nats, the model's own tokens), EM = exact match. AR reference per family: greedy (or "
