@@ -192,6 +192,16 @@ def _cells() -> list[Cell]:
 #: The cells, by the name ``--cells`` takes.
 CELLS: dict[str, Cell] = {c.name: c for c in _cells()}
 
+
+def _known_cells(names) -> bool:
+  unknown = [n for n in names or () if n not in CELLS]
+  if unknown:
+    raise flags.ValidationError(f"unknown {unknown}; choose from {list(CELLS)}")
+  return True
+
+
+flags.register_validator("cells", _known_cells)  # checked while parsing: one line, exit 2
+
 # --- measurement: begin --- (this section, up to its end line, is part of every cell's key)
 MEASUREMENT_VERSION = 1
 
@@ -862,12 +872,12 @@ def report(rows: list[dict], settings: Settings, counts: dict, command: str) -> 
 
 
 def checked_cells(names) -> list[Cell]:
-  if names is None:
-    return list(CELLS.values())
-  unknown = [n for n in names if n not in CELLS]
-  if unknown:
-    raise app.UsageError(f"--cells: unknown {unknown}; choose from {list(CELLS)}")
-  return [CELLS[n] for n in names]
+  """The cells of ``--cells`` (all by default); unknown names raise ``app.UsageError``."""
+  try:
+    _known_cells(names)
+  except flags.ValidationError as e:
+    raise app.UsageError(f"--cells: {e}") from e
+  return list(CELLS.values()) if names is None else [CELLS[n] for n in names]
 
 
 def _unmeasured(cell: Cell, why: str) -> dict:

@@ -84,9 +84,11 @@ def test_second_run_computes_nothing(first_run):
 
 def test_unknown_cell_names_are_a_clear_error(tmp_path):
   proc = _run("--cells=ar,no-such-cell", f"--out_dir={tmp_path}", check=False)
-  assert proc.returncode != 0
-  assert "--cells: unknown ['no-such-cell']; choose from" in proc.stderr
-  assert "'prompt-lookup'" in proc.stderr  # the valid names are listed
+  assert proc.returncode == 2 and proc.stdout == ""
+  line, = proc.stderr.strip().splitlines()  # one line, while the flags are parsed
+  assert line.startswith("compare_paradigms.py: error: flag --cells=")
+  assert "unknown ['no-such-cell']; choose from [" in line
+  assert "'prompt-lookup'" in line  # the valid names are listed
   assert not list(tmp_path.iterdir())  # rejected before any cell ran
 
 
