@@ -797,38 +797,52 @@ def table(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: str) -> None:
   """Speed-up over AR (x, log) against quality: gen-PPL for text (left), exact match for tasks
-  with an answer (right); one colour per paradigm."""
+  with an answer (right); one colour per paradigm. Rows of random-weight models are left out
+  (their quality means nothing); labels of points with the same quality (lossless decoders all
+  reproduce greedy AR) are stacked below them."""
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
+  from matplotlib import ticker
 
-  fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
+  fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6.5))
   colors = dict(zip(("Autoregressive baseline",) + PARADIGMS, plt.cm.tab10(np.arange(8))))
+  points = {left: [], right: []}
   for r in rows:
     q = r.get("quality") or {}
-    if not (r.get("seconds") and r.get("ar_seconds")):
+    if not (r.get("seconds") and r.get("ar_seconds")) or "random" in (r.get("model") or ""):
       continue
-    speed = r["ar_seconds"] / r["seconds"]
-    for ax, value in ((left, q.get("gen_ppl")), (right, q.get("exact_match"))):
-      if value is None or (ax is right and q.get("gen_ppl") is not None):
-        continue
-      ax.scatter(speed, value, color=colors.get(r["paradigm"], "k"), s=40,
-                 label=r["paradigm"], edgecolor="k", linewidth=0.5)
-      ax.annotate(r["method"], (speed, value), fontsize=6, xytext=(3, 3),
-                  textcoords="offset points")
+    ax, value = (left, q["gen_ppl"]) if q.get("gen_ppl") is not None else (
+        right, q.get("exact_match"))
+    if value is not None:
+      points[ax].append((r["ar_seconds"] / r["seconds"], value, r))
+  for ax, pts in points.items():
+    stacked = {}
+    for speed, value, r in sorted(pts, key=lambda p: p[0]):
+      ax.scatter(speed, value, color=colors.get(r["paradigm"], "k"), s=40, label=r["paradigm"],
+                 edgecolor="k", linewidth=0.5, zorder=3)
+      k = stacked[round(value, 6)] = stacked.get(round(value, 6), -1) + 1
+      ax.annotate(r["method"], (speed, value), fontsize=6, textcoords="offset points",
+                  xytext=(4, 4) if k == 0 else (4, -4 - 8 * k),
+                  arrowprops=None if k == 0 else dict(arrowstyle="-", lw=0.3, color="grey"))
+    ax.set_xscale("log")
+    speeds = [p[0] for p in pts] or [1.0]
+    ax.set_xlim(min(min(speeds), 1.0) / 1.3, max(max(speeds), 1.0) * 3.0)  # room for labels
+    ax.xaxis.set_major_locator(ticker.FixedLocator([0.25, 0.5, 1, 2, 4, 8, 16, 32]))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.axvline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("wall-clock speed-up over the AR reference (same run, loaded CPU)")
+    ax.grid(alpha=0.3)
+    unique = dict(zip(*reversed(ax.get_legend_handles_labels())))
+    if unique:
+      ax.legend(unique.values(), unique.keys(), fontsize=7,
+                loc="lower right" if ax is left else "center right")
   left.set_yscale("log")
   left.set_ylabel("generative perplexity under SmolLM2 (lower is better)")
   right.set_ylabel("exact match (higher is better)")
-  for ax in (left, right):
-    ax.set_xscale("log")
-    ax.axvline(1.0, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("wall-clock speed-up over the AR reference (same run)")
-    ax.grid(alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    if unique:
-      ax.legend(unique.values(), unique.keys(), fontsize=7)
-  left.set_title("text (quality: gen-PPL)")
+  right.set_ylim(-0.05, 1.1)
+  left.set_title("text (quality: gen-PPL; random-weight rows left out)")
   right.set_title("tasks with an answer (quality: exact match)")
   fig.suptitle("Parallel generation paradigms: speed against quality, one machine, one run")
   fig.tight_layout()
@@ -836,7 +850,10 @@ def plot(rows: list[dict], path: str) -> None:
   plt.close(fig)
 
 
-def report(rows: list[dict], settings: Settings, counts: dict, command: str) -> str:
+def report(rows: list[dict], settings: Settings, counts: dict, command: str,
+           loads: list[float]) -> str:
+  """The Markdown page: command, machine, settings, column definitions and :func:`table`.
+  ``loads``: the 1-minute load average recorded as each cell finished (where known)."""
   s = settings
   now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
   base = [r["runtime_rss_mb"] for r in rows if r.get("runtime_rss_mb")]
@@ -846,8 +863,11 @@ def report(rows: list[dict], settings: Settings, counts: dict, command: str) -> 
       f"Command: `{command}`", "",
       f"Machine: {common.machine()}. Written {now} UTC. The CPU is shared with other "
       "engineers' jobs: wall-clock ratios were measured under load (each against its AR "
-      f"reference run back to back in the same process, best of {s.repeats}); tokens per "
-      "forward and exact match do not depend on load.", "",
+      f"reference run back to back in the same process, best of {s.repeats}; the load average "
+      "above is the one when this page was written"
+      + (f", {min(loads):.1f}-{max(loads):.1f} as the cells finished" if loads else "")
+      + "); the greedy-AR row times AR against itself, so its ratio shows the noise of one "
+      "comparison. Tokens per forward and exact match do not depend on load.", "",
       f"Settings: {json.dumps(dataclasses.asdict(s))}. Cells this run: {counts['computed']} "
       f"computed, {counts['cached']} from the cache, {counts['retimed']} retimed, "
       f"{counts['unmeasured']} not measured.", "",
@@ -897,7 +917,7 @@ def main(argv):
   cache = read_cache(cache_path)
   measurement = measurement_digest()
   counts = dict(computed=0, cached=0, retimed=0, unmeasured=0)
-  rows = []
+  rows, loads = [], []
   for cell in tqdm(cells, desc="cells", unit="cell"):
     why = missing_external(cell)
     if why:
@@ -910,14 +930,16 @@ def main(argv):
       if entry is None:
         payload = run_child(cell, settings, timing_only=False)
         entry = dict(key=key, cell=cell.name, files=payload["files"],
-                     files_digest=payload["files_digest"], rows=score(payload))
+                     files_digest=payload["files_digest"], rows=score(payload),
+                     load_average=os.getloadavg()[0])
         counts["computed"] += 1
         append_cache(cache_path, entry)
       elif _RETIME.value:
         payload = run_child(cell, settings, timing_only=True)
         fresh = [e["row"] for e in payload["rows"]]
         entry = dict(entry, rows=[{**old, **{k: new.get(k) for k in TIMING_FIELDS}}
-                                  for old, new in zip(entry["rows"], fresh)])
+                                  for old, new in zip(entry["rows"], fresh)],
+                     load_average=os.getloadavg()[0])
         counts["retimed"] += 1
         append_cache(cache_path, entry)
       else:
@@ -926,10 +948,11 @@ def main(argv):
       counts["unmeasured"] += 1
       rows.append(_unmeasured(cell, f"not measured: {e}"))
       continue
+    loads.append(entry.get("load_average"))
     for r in entry["rows"]:
       rows.append({"paradigm": cell.paradigm, "method": cell.method, **r, "cell": cell.name})
   command = "python experiments/compare_paradigms.py " + " ".join(sys.argv[1:])
-  text = report(rows, settings, counts, command.strip())
+  text = report(rows, settings, counts, command.strip(), [l for l in loads if l is not None])
   with open(os.path.join(_OUT_DIR.value, "compare_paradigms.md"), "w", encoding="utf-8") as f:
     f.write(text + "\n")
   plot(rows, os.path.join(_OUT_DIR.value, "compare_paradigms.png"))
