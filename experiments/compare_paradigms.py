@@ -9,16 +9,20 @@ The survey's six paradigms (draft-and-verify, decomposition-and-fill, multiple-t
 one-shot generation, masked generation, edit-based refinement) plus the hybrids, each as one or
 more **cells** of :data:`CELLS` (``--cells`` takes their names). A cell runs in a fresh
 subprocess and measures one method beside its autoregressive reference, alternating the two
-(compilation excluded: one untimed call each first), so every wall-clock ratio compares
-back-to-back runs on the same loaded machine:
+(compilation excluded: one untimed call per compiled shape first), so every wall-clock ratio
+compares back-to-back runs on the same loaded machine:
 
 * **tokens / forward**: committed tokens per call of the generating model (per target forward
   for draft-and-verify; per denoiser call, NFE, for masked samplers; per decoder pass for NAT);
 * **speed-up**: the AR reference's wall time over the method's (best of ``--repeats``);
-* **memory**: peak resident memory (``VmHWM``) of the subprocess during the timed calls only
-  (the high-water mark is reset after compilation, ``/proc/self/clear_refs``), i.e. weights +
-  caches + temporaries of generation, with the AR reference's peak beside it; where the reset
-  is not available, the whole process's ``ru_maxrss``;
+* **memory**: the subprocess's resident memory once every weight is loaded (before any
+  compilation; compared with the greedy-AR cell's for SmolLM2 rows: the drafter's weights) and
+  its peak during the timed calls only (the high-water mark is reset after compilation,
+  ``/proc/self/clear_refs``). Both include the Python + jax runtime; the peak also holds the
+  compiled programs of the method and its reference and what the allocator kept from
+  compiling. (Alternative considered: XLA's ``memory_analysis`` of a compiled step is exact
+  but exists only for single jitted steps, which SoT, NAT decoding and the Python-driven loops
+  are not.)
 * **computation**: CPU seconds (user + system, every thread) of the timed calls, over AR's;
 * **quality**: generative perplexity of the decoded text under SmolLM2-135M-Instruct and the
   unigram entropy of the samples (``partext_jax.evaluation``), computed in this process with one
@@ -38,8 +42,10 @@ grouped by paradigm as the survey's Table 3, with machine, date and command) and
 ``compare_paradigms.png`` (speed-up against quality). Cells are cached in
 ``compare_paradigms_cells.jsonl``, keyed by the cell, the settings it uses and the code that
 measures it (this file's measurement section, plus the digest of every repository file the cell
-imported, checked again on reuse): a rerun computes only missing or stale cells; ``--retime``
-re-measures the timing and memory columns of the selected cells and keeps their quality.
+imported, checked again on reuse; checkpoints and assets are not hashed): a rerun computes
+only missing or stale cells; ``--retime`` re-measures the timing and memory columns of the
+selected cells and keeps their quality. Cells that fail or time out are reported as not
+measured and are not cached.
 """
 
 # pylint: disable=import-outside-toplevel
