@@ -82,6 +82,20 @@ def test_second_run_computes_nothing(first_run):
   assert strip((out_dir / "compare_paradigms.md").read_text()) == strip(table_before)
 
 
+def test_retime_remeasures_timings_and_keeps_quality(first_run):
+  _, out_dir = first_run
+  before = _cache_lines(out_dir)
+  proc = _run("--quick", "--retime", "--cells=dllm-low-confidence", f"--out_dir={out_dir}")
+  assert _counts(proc.stdout) == dict(computed=0, cached=0, retimed=1, unmeasured=0)
+  after = _cache_lines(out_dir)
+  assert len(after) == len(before) + 1  # the retimed entry is appended; the newest one wins
+  old, = [e for e in before if e["cell"] == "dllm-low-confidence"]
+  new = after[-1]
+  assert new["key"] == old["key"] and new["cell"] == old["cell"]
+  assert new["rows"][0]["quality"] == old["rows"][0]["quality"]
+  assert new["rows"][0]["seconds"] > 0 and new["rows"][0]["note"] == old["rows"][0]["note"]
+
+
 def test_unknown_cell_names_are_a_clear_error(tmp_path):
   proc = _run("--cells=ar,no-such-cell", f"--out_dir={tmp_path}", check=False)
   assert proc.returncode == 2 and proc.stdout == ""
