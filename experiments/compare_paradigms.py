@@ -668,8 +668,14 @@ def run_child(cell: Cell, settings: Settings, *, timing_only: bool) -> dict:
     command = [sys.executable, os.path.abspath(__file__), f"--child={cell.name}",
                f"--child_settings={json.dumps(dataclasses.asdict(settings))}",
                f"--child_out={out}"] + (["--timing_only"] if timing_only else [])
+    # The cells compile the same SmolLM2 / MDM programs again and again, one process each:
+    # jax's persistent compilation cache shares the executables (compilation is never timed,
+    # so only the run's wall time changes). Cells run one at a time, so no file lock is needed.
+    env = dict(os.environ)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+        tempfile.gettempdir(), f"partext-jax-compare-xla-cache-{os.getuid()}"))
     try:
-      proc = subprocess.run(command, cwd=HERE, capture_output=True, text=True,
+      proc = subprocess.run(command, cwd=HERE, capture_output=True, text=True, env=env,
                             timeout=_CELL_TIMEOUT.value, check=False)
     except subprocess.TimeoutExpired as e:
       raise RuntimeError(f"stopped after {_CELL_TIMEOUT.value} s") from e
