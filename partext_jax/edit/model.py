@@ -26,7 +26,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -105,14 +104,20 @@ def init_params(rng_key, cfg: RateModelConfig):
                              jnp.zeros((1,), jnp.float32))["params"]
 
 
-def _apply(cfg, params, tokens, lengths, t):
-  return RateModel(cfg).apply({"params": params}, tokens, lengths, t)
+@dataclasses.dataclass(frozen=True)
+class _Apply:
+  """``apply(params, tokens, lengths, t)`` of a config; hashable and equal by value, so a
+  ``Partial`` over it hits the same compiled sampler for every parameter set."""
+  cfg: RateModelConfig
+
+  def __call__(self, params, tokens, lengths, t):
+    return RateModel(self.cfg).apply({"params": params}, tokens, lengths, t)
 
 
 def make_rate_fn(cfg: RateModelConfig, params) -> jax.tree_util.Partial:
   """The model as a :data:`~partext_jax.edit.edit_flows.RateFn` (a ``Partial``: parameters are
   traced, so new parameters reuse the compiled sampler)."""
-  return jax.tree_util.Partial(functools.partial(_apply, cfg), params)
+  return jax.tree_util.Partial(_Apply(cfg), params)
 
 
 def path_batch(rng_key, toy: exact.EditToy, batch_size: int, *, capacity: int):
@@ -153,7 +158,7 @@ def train(rng_key, toy: exact.EditToy, cfg: RateModelConfig, *, num_steps: int =
     z_t, z1, tokens, lengths, t = path_batch(key, toy, batch_size, capacity=cfg.capacity)
 
     def loss_fn(p):
-      rates = _apply(cfg, p, tokens, lengths, t)
+      rates = _Apply(cfg)(p, tokens, lengths, t)
       return jnp.mean(edit_flows.bregman_loss(rates, tokens, lengths, z_t, z1, t))
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
