@@ -38,8 +38,8 @@ from partext_jax.training import datasets, runs
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 8, "Samples per configuration (one batch).")
 _PROMPT = flags.DEFINE_integer("prompt_length", 32, "Prompt tokens (MDM: validation text).")
 _BLOCK = flags.DEFINE_integer("block_length", 32, "Block length.")
-_M2T = flags.DEFINE_list("m2t", ["0.9", "0.3"], "Mask-to-token thresholds (rule=threshold).")
-_EDIT = flags.DEFINE_list("edit_thresholds", ["0.9", "0.7"], "Token-to-token thresholds.")
+_M2T = flags.DEFINE_list("m2t", ["0.9", "0.1"], "Mask-to-token thresholds (rule=threshold).")
+_EDIT = flags.DEFINE_list("edit_thresholds", ["0.9", "0.5", "0.0"], "Token-to-token thresholds.")
 _TEMPERATURE = flags.DEFINE_float(
     "temperature", 1.0, "Token temperature (0: argmax, as LLaDA 2.1 decodes; greedy decoding of "
     "the small MDM degenerates into repetitions, so the default samples).")
@@ -77,7 +77,7 @@ def _tiny_setup(num_samples: int, prompt_length: int, gen_length: int):
 
 
 def measure(*, num_samples: int = 8, prompt_length: int = 32, block_length: int = 32,
-            m2t=(0.9, 0.3), edit_thresholds=(0.9, 0.7), temperature: float = 1.0,
+            m2t=(0.9, 0.1), edit_thresholds=(0.9, 0.5, 0.0), temperature: float = 1.0,
             repeats: int = 2, judge: bool = True, tiny_dllm: bool = True) -> list[dict]:
   """Runs every (model, m2t, edit threshold or None) configuration; one dict per row with
   ``model, m2t, edit_threshold, edits_per_seq, nfe, tokens_per_forward, seconds, gen_ppl,

@@ -82,7 +82,8 @@ def align_with_blanks(x0, n0, x1, n1):
 
 
 align_batch = jax.vmap(align_with_blanks)
-""":func:`align_with_blanks` over a batch: ``x0 [B, N0]``, ``n0 [B]``, ``x1 [B, N1]``, ``n1 [B]``."""
+""":func:`align_with_blanks` over a batch: ``x0 [B, N0]``, ``n0 [B]``, ``x1 [B, N1]``,
+``n1 [B]``."""
 
 
 def remove_blanks(z, *, capacity: int, pad_id: int):

@@ -133,8 +133,8 @@ def exact_tables(toy: EditToy, *, capacity: int):
   Returns ``(codes int64[S], num float64[S, E, D + 1], den float64[S, D + 1])``: the reachable
   states ``x`` (by :func:`_encode`, sorted), the coefficients of ``t^k (1 - t)^(D - k)`` in
   ``p_t(x) u_t(e | x)`` and in ``p_t(x)`` (``D`` the alignment width; non-negative: every
-  ``t^i (1 - t)^j`` with ``i + j <= D`` is such a combination). ``ValueError`` if some reachable ``x`` is longer than
-  ``capacity``.
+  ``t^i (1 - t)^j`` with ``i + j <= D`` is such a combination). ``ValueError`` if some
+  reachable ``x`` is longer than ``capacity``.
   """
   v, width = toy.vocab_size, toy.max_length
   seqs, lens = pad_sequences(toy.sequences, width, v)

@@ -85,8 +85,9 @@ class RateModel(nn.Module):
                                                                 jnp.cos(angles)], axis=1))
     x = nn.Embed(v + 2, cfg.d_model, name="embed")(jnp.where(valid, slots, v))
     x = x + time[:, None, :]
-    h = networks._Stack(cfg.stack_config(), cfg.num_layers, n + 1, False,  # pylint: disable=protected-access
-                        name="stack")(x, jnp.ones_like(valid))
+    stack = networks._Stack  # pylint: disable=protected-access
+    h = stack(cfg.stack_config(), cfg.num_layers, n + 1, False, name="stack")(
+        x, jnp.ones_like(valid))
     out = nn.Dense(3 + 2 * v, name="head")(h).astype(jnp.float32)
     scale = 1.0 / (1.0 - t)[:, None]
     rate = jax.nn.softplus(out[..., :3]) * scale[..., None]               # [B, N + 1, 3]
