@@ -35,18 +35,22 @@ from partext_jax.masked.adaptive import confidence
 from partext_jax.models import denoiser
 from partext_jax.training import datasets, runs
 
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 8, "Samples per configuration (one batch).")
-_PROMPT = flags.DEFINE_integer("prompt_length", 32, "Prompt tokens (MDM: validation text).")
-_BLOCK = flags.DEFINE_integer("block_length", 32, "Block length.")
-_M2T = flags.DEFINE_list("m2t", ["0.9", "0.1"], "Mask-to-token thresholds (rule=threshold).")
-_EDIT = flags.DEFINE_list("edit_thresholds", ["0.9", "0.5", "0.0"], "Token-to-token thresholds.")
-_TEMPERATURE = flags.DEFINE_float(
-    "temperature", 1.0, "Token temperature (0: argmax, as LLaDA 2.1 decodes; greedy decoding of "
-    "the small MDM degenerates into repetitions, so the default samples).")
-_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed calls per configuration (median).")
-_JUDGE = flags.DEFINE_bool("judge", True, "Score the MDM's texts with SmolLM2 (gen-PPL).")
-_TINY = flags.DEFINE_bool("tiny_dllm", True, "Also measure the tiny random LLaDA.")
-_OUT = flags.DEFINE_string("out", None, "Also write the markdown report here.")
+
+def define_flags() -> None:
+  """The launcher's flags (defined only when run as a script, so importing :func:`measure`
+  defines none)."""
+  flags.DEFINE_integer("num_samples", 8, "Samples per configuration (one batch).")
+  flags.DEFINE_integer("prompt_length", 32, "Prompt tokens (MDM: validation text).")
+  flags.DEFINE_integer("block_length", 32, "Block length.")
+  flags.DEFINE_list("m2t", ["0.9", "0.1"], "Mask-to-token thresholds (rule=threshold).")
+  flags.DEFINE_list("edit_thresholds", ["0.9", "0.5", "0.0"], "Token-to-token thresholds.")
+  flags.DEFINE_float(
+      "temperature", 1.0, "Token temperature (0: argmax, as LLaDA 2.1 decodes; greedy decoding of "
+      "the small MDM degenerates into repetitions, so the default samples).")
+  flags.DEFINE_integer("repeats", 2, "Timed calls per configuration (median).")
+  flags.DEFINE_bool("judge", True, "Score the MDM's texts with SmolLM2 (gen-PPL).")
+  flags.DEFINE_bool("tiny_dllm", True, "Also measure the tiny random LLaDA.")
+  flags.DEFINE_string("out", None, "Also write the markdown report here.")
 
 
 def peak_rss_mb() -> float:
@@ -141,13 +145,15 @@ def report(rows: list[dict], command: str) -> str:
 
 def main(argv):
   common.no_arguments(argv)
-  rows = measure(num_samples=_NUM_SAMPLES.value, prompt_length=_PROMPT.value,
-                 block_length=_BLOCK.value, m2t=tuple(float(v) for v in _M2T.value),
-                 edit_thresholds=tuple(float(v) for v in _EDIT.value),
-                 temperature=_TEMPERATURE.value, repeats=_REPEATS.value, judge=_JUDGE.value,
-                 tiny_dllm=_TINY.value)
-  common.write_report(report(rows, "python " + " ".join(sys.argv)), _OUT.value)
+  f = flags.FLAGS
+  rows = measure(num_samples=f.num_samples, prompt_length=f.prompt_length,
+                 block_length=f.block_length, m2t=tuple(float(v) for v in f.m2t),
+                 edit_thresholds=tuple(float(v) for v in f.edit_thresholds),
+                 temperature=f.temperature, repeats=f.repeats, judge=f.judge,
+                 tiny_dllm=f.tiny_dllm)
+  common.write_report(report(rows, "python " + " ".join(sys.argv)), f.out)
 
 
 if __name__ == "__main__":
+  define_flags()
   common.run(main)

@@ -28,19 +28,24 @@ import numpy as np
 
 import bench_token_editing
 import common
+from partext_jax.base import checked_int
 from partext_jax.edit import edit_flows, exact
 from partext_jax.edit import model as rate_model
 from partext_jax.testing import toys
 
-_SEED = flags.DEFINE_integer("seed", 0, "Toy seed (random_toy).")
-_V = flags.DEFINE_integer("vocab_size", 2, "Toy vocabulary.")
-_SRC = flags.DEFINE_integer("source_length", 2, "Longest source sequence (p0).")
-_TGT = flags.DEFINE_integer("target_length", 3, "Longest target sequence (p1).")
-_TRAIN = flags.DEFINE_integer("train_steps", 3000, "Rate-model training steps.")
-_BATCH = flags.DEFINE_integer("batch_size", 256, "Training batch.")
-_STEPS = flags.DEFINE_integer("num_steps", 64, "Tau-leaping steps (forwards per sequence).")
-_SAMPLES = flags.DEFINE_integer("num_samples", 8000, "Samples drawn per sampler.")
-_OUT = flags.DEFINE_string("out", None, "Also write the markdown report here.")
+
+def define_flags() -> None:
+  """The launcher's flags (defined only when run as a script, so that importing
+  :func:`comparison_rows` defines none)."""
+  flags.DEFINE_integer("seed", 0, "Toy seed (random_toy).")
+  flags.DEFINE_integer("vocab_size", 2, "Toy vocabulary.")
+  flags.DEFINE_integer("source_length", 2, "Longest source sequence (p0).")
+  flags.DEFINE_integer("target_length", 3, "Longest target sequence (p1).")
+  flags.DEFINE_integer("train_steps", 3000, "Rate-model training steps.")
+  flags.DEFINE_integer("batch_size", 256, "Training batch.")
+  flags.DEFINE_integer("num_steps", 64, "Tau-leaping steps (forwards per sequence).")
+  flags.DEFINE_integer("num_samples", 8000, "Samples drawn per sampler.")
+  flags.DEFINE_string("out", None, "Also write the markdown report here.")
 
 
 def measure(*, seed: int = 0, vocab_size: int = 2, source_length: int = 2,
@@ -49,6 +54,9 @@ def measure(*, seed: int = 0, vocab_size: int = 2, source_length: int = 2,
   """Trains the rate model and samples with it and with the exact rates; one dict per sampler
   (``method, seconds`` (per sequence, batched), ``forwards_per_sequence, tokens_per_forward,
   tv, length_tv, tv_bound, train_seconds, peak_rss_mb``)."""
+  checked_int("num_steps", num_steps, minimum=1, hint=" (tau-leaping steps)")
+  checked_int("num_samples", num_samples, minimum=1)
+  checked_int("train_steps", train_steps, minimum=1)
   toy = exact.random_toy(seed, vocab_size=vocab_size, source_length=source_length,
                          target_length=target_length)
   capacity = 2 * toy.max_length
@@ -130,9 +138,10 @@ def comparison_rows(quick: bool) -> list[dict]:
 
 def main(argv):
   common.no_arguments(argv)
-  rows = measure(seed=_SEED.value, vocab_size=_V.value, source_length=_SRC.value,
-                 target_length=_TGT.value, train_steps=_TRAIN.value, batch_size=_BATCH.value,
-                 num_steps=_STEPS.value, num_samples=_SAMPLES.value)
+  f = flags.FLAGS
+  rows = measure(seed=f.seed, vocab_size=f.vocab_size, source_length=f.source_length,
+                 target_length=f.target_length, train_steps=f.train_steps,
+                 batch_size=f.batch_size, num_steps=f.num_steps, num_samples=f.num_samples)
   table = common.markdown_table(
       ["sampler", "forwards / sequence", "tokens / forward", "ms / sequence (batched)",
        "TV to p1", "length TV", "TV bound (n)", "overflow", "training s"],
@@ -145,8 +154,9 @@ def main(argv):
       f"Machine: {common.machine()}.", "", f"Toy: {rows[0]['toy']}; {rows[0]['num_samples']} "
       "samples per sampler from draws of p0. TV bound: the distribution-free bound a perfect "
       "sampler stays under with probability 1 - 1e-6 at this sample size.", "", table, ""])
-  common.write_report(text, _OUT.value)
+  common.write_report(text, f.out)
 
 
 if __name__ == "__main__":
+  define_flags()
   common.run(main)
