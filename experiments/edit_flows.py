@@ -132,7 +132,8 @@ def comparison_rows(quick: bool) -> list[dict]:
         note=(f"NFE {r['nfe']} for {r['gen_length']} generated tokens, blocks of "
               f"{r['block_length']}, temperature {r['temperature']}; no autoregressive model "
               "shares this model's weights and tokenizer, so no AR time"
-              + ("; random weights: gen-PPL not measured" if "random" in r["model"] else ""))))
+              + ("; random weights: gen-PPL not measured" if "random" in r["model"] else "")
+              + ("; quick run: no SmolLM2 judge, gen-PPL not measured" if quick else ""))))
   return rows
 
 
