@@ -1,4 +1,4 @@
-r"""Enumerable Edit Flows toys and their exact marginal rates.
+r"""Enumerable Edit Flows toys and their exact marginal rates (Havasi et al. 2025).
 
 ``docs/algorithms.md#edit-flows``. A toy is a source ``p0`` and a target ``p1``, each a
 probability vector over an explicit list of variable-length sequences (:class:`EditToy`). With
@@ -50,6 +50,7 @@ class EditToy(NamedTuple):
 
   @property
   def max_length(self) -> int:
+    """The longest sequence of ``sequences``."""
     return max(len(s) for s in self.sequences)
 
 

@@ -62,6 +62,7 @@ class RateModelConfig:
       checked_int(f"RateModelConfig.{name}", getattr(self, name), minimum=1)
 
   def stack_config(self) -> networks.NATConfig:
+    """The :class:`partext_jax.nat.networks.NATConfig` the shared Transformer stack reads."""
     return networks.NATConfig(vocab_size=self.vocab_size, max_source_len=self.capacity + 1,
                               max_target_len=self.capacity + 1, d_model=self.d_model,
                               num_heads=self.num_heads, num_encoder_layers=self.num_layers,
