@@ -85,7 +85,8 @@ from partext_jax.masked import blocks, driver
 from partext_jax.masked.driver import MaskedSampler
 from partext_jax.masked.rules import (  # noqa: F401  (re-exported for users of this module)
     PROXIES, RULES, EntropyBoundRule, FactorRule, ThresholdRule, TopKRule, confidence_scores,
-    llada_num_transfer, make_rule, sample_x0, select_factor, select_threshold, select_topk)
+    llada_num_transfer, make_rule, sample_x0, select_factor, select_threshold, select_topk,
+    token_edits)
 
 
 class DecodeState(NamedTuple):
@@ -96,10 +97,13 @@ class DecodeState(NamedTuple):
     step: ``int32[]`` index of the next step.
     block_count: ``int32[B]`` masked count of the current block at its first step (the ``n`` of
       LLaDA's count schedule; used by ``rule="topk"`` only).
+    editable: ``bool[B, L]`` the positions token editing may revise (MASK in ``x_init``: never a
+      prompt position), or ``None`` without token editing.
   """
   tokens: jax.Array
   step: jax.Array
   block_count: jax.Array
+  editable: Any = None
 
 
 class DecodeInfo(NamedTuple):
@@ -114,12 +118,15 @@ class DecodeInfo(NamedTuple):
     nfe_saved: ``int32[B]`` model calls the row skips because its block ended in EOS
       (``eos_ids``, :func:`partext_jax.masked.blocks.stop_at_eos_block`); 0 otherwise.
     tokens: ``int32[B, L]`` tokens after the step if ``record_trajectory``, else ``None``.
+    num_edited: ``int32[B]`` committed tokens replaced by token editing this step
+      (``edit_threshold``), else ``None``.
   """
   nfe: jax.Array
   num_decoded: jax.Array
   block: jax.Array
   nfe_saved: jax.Array
   tokens: Any = None
+  num_edited: Any = None
 
 
 # Info fields whose rows for steps that never ran are not zero (see run_loop).
@@ -134,7 +141,9 @@ class DecodeConfig:
   -> bool[L]`` (one row; ``gumbel`` is standard Gumbel noise for a stochastic position choice,
   independent of the noise that drew ``x0``) and a class constant ``uses_count_schedule``
   (:mod:`partext_jax.masked.rules`). ``eos_ids`` (a tuple of ids, empty: off) enables the block
-  early stop (:meth:`stop_at_eos`). Raises ``TypeError`` / ``ValueError`` naming the argument.
+  early stop (:meth:`stop_at_eos`). ``edit_threshold`` (``None``: off, else in ``[0, 1]``)
+  turns on LLaDA 2.1's token editing (:func:`edit_committed`). Raises ``TypeError`` /
+  ``ValueError`` naming the argument.
   """
   mask_id: int
   rule: Any
@@ -144,6 +153,7 @@ class DecodeConfig:
   gen_length: Any = None
   record_trajectory: bool = False
   eos_ids: tuple = ()
+  edit_threshold: Any = None
 
   def __post_init__(self):
     set_ = functools.partial(object.__setattr__, self)
@@ -172,6 +182,9 @@ class DecodeConfig:
       set_("eos_ids", tuple(checked_int("eos_ids[]", i, minimum=0) for i in self.eos_ids or ()))
     except TypeError as e:
       raise TypeError(f"eos_ids must be a sequence of ints >= 0, got {self.eos_ids!r}") from e
+    set_("edit_threshold", checked_float(
+        "edit_threshold", self.edit_threshold, lo=0.0, hi=1.0, allow_none=True,
+        hint=" (a probability; 1.0 never edits, None turns token editing off)"))
 
   def stop_at_eos(self, tokens, block):
     """:func:`partext_jax.masked.blocks.stop_at_eos_block` of a step's ``tokens`` (after its
@@ -300,6 +313,35 @@ def decode_chosen(rng_key, key_index, tokens, logits, plan: StepPlan, config: De
           jnp.where(num_decoded > 0, plan.block, -1).astype(jnp.int32))
 
 
+def edit_committed(tokens, x_new, logits, plan: StepPlan, editable, config: DecodeConfig):
+  """LLaDA 2.1's token-to-token editing after a step's unmasking (Bie et al. 2026,
+  ``docs/algorithms.md#token-editing``).
+
+  With the step's logits (computed from ``tokens``, the state before the step), every position
+  that is editable (MASK in ``x_init``, so never a prompt position), already decoded before the
+  step and inside the row's current block (``plan.block``) takes the model's top token when it
+  differs and its probability exceeds ``config.edit_threshold``
+  (:func:`partext_jax.masked.rules.token_edits`); rows that decode nothing this step are left
+  alone. Positions unmasked by this step are not edited (they were MASK in ``tokens``).
+
+  Args:
+    tokens: ``int32[B, L]`` before the step; x_new: ``int32[B, L]`` after its unmasking.
+    logits: ``float32[B, L, V]``; plan: the step's :class:`StepPlan`; editable: ``bool[B, L]``.
+    config: the frame's config (``edit_threshold``, ``mask_id``, block layout).
+
+  Returns:
+    ``(tokens int32[B, L], num_edited int32[B])``; without ``edit_threshold``, ``(x_new, None)``.
+  """
+  if config.edit_threshold is None:
+    return x_new, None
+  layout = config.layout(tokens.shape[1])
+  in_block = blocks.eligible_positions(jnp.ones(tokens.shape, bool), layout, plan.block)
+  candidates = editable & in_block & (tokens != config.mask_id) & plan.wants[:, None]
+  edited_tokens, edited = token_edits(tokens, logits, candidates, config.edit_threshold)
+  return (jnp.where(edited, edited_tokens, x_new),
+          jnp.sum(edited, axis=1, dtype=jnp.int32))
+
+
 def masked_fraction(tokens, mask_id: int):
   """``float32[B]``: the masked fraction of each row, the time the adaptive samplers give the
   model (they have no time grid)."""
@@ -319,24 +361,36 @@ def build_kernel(denoise_fn: DenoiseFn, config: DecodeConfig, vocab_size: int):
         lambda: denoise_fn(x, masked_fraction(x, config.mask_id)).astype(jnp.float32),
         lambda: jnp.zeros((b, l, vocab_size), jnp.float32))
     x_new, num_decoded, block = decode_chosen(rng_key, state.step, x, logits, plan, config)
+    x_new, num_edited = edit_committed(x, x_new, logits, plan, state.editable, config)
     x_new, nfe_saved = config.stop_at_eos(x_new, plan.block)
-    new_state = DecodeState(tokens=x_new, step=state.step + 1, block_count=plan.block_count)
+    new_state = state._replace(tokens=x_new, step=state.step + 1,
+                               block_count=plan.block_count)
     info = DecodeInfo(nfe=need_call.astype(jnp.int32), num_decoded=num_decoded, block=block,
-                      nfe_saved=nfe_saved, tokens=x_new if config.record_trajectory else None)
+                      nfe_saved=nfe_saved, tokens=x_new if config.record_trajectory else None,
+                      num_edited=num_edited)
     return new_state, info
 
   return step
 
 
-def init_state(x_init) -> DecodeState:
-  """The state before step 0 (``x_init int[B, L]``)."""
+def editable_positions(tokens, config: DecodeConfig):
+  """``bool[B, L]``: the positions token editing may revise (MASK in ``tokens = x_init``), or
+  ``None`` without ``config.edit_threshold``."""
+  return None if config.edit_threshold is None else tokens == config.mask_id
+
+
+def init_state(x_init, config: DecodeConfig | None = None) -> DecodeState:
+  """The state before step 0 (``x_init int[B, L]``; a ``config`` with ``edit_threshold`` also
+  records the editable positions)."""
   tokens = jnp.asarray(x_init).astype(jnp.int32)
-  return DecodeState(tokens, jnp.zeros((), jnp.int32), jnp.zeros((tokens.shape[0],), jnp.int32))
+  editable = None if config is None else editable_positions(tokens, config)
+  return DecodeState(tokens, jnp.zeros((), jnp.int32), jnp.zeros((tokens.shape[0],), jnp.int32),
+                     editable)
 
 
 def _sample_impl(rng_key, x_init, *, denoise_fn, config, vocab_size):
   return config.run_loop(build_kernel(denoise_fn, config, vocab_size), rng_key,
-                         init_state(x_init))
+                         init_state(x_init, config))
 
 
 jitted_sample = model_jit(_sample_impl, static_argnames=("config", "vocab_size"))
@@ -357,7 +411,7 @@ def make_sampler(denoise_fn: DenoiseFn, config: DecodeConfig) -> MaskedSampler:
   return driver.assemble_sampler(
       denoise_fn, config.mask_id,
       kernel=lambda m, v: build_kernel(m, config, v),
-      init_state=lambda x, v: init_state(x),
+      init_state=lambda x, v: init_state(x, config),
       sample=lambda key, x, m, v: jitted_sample(key, x, denoise_fn=m, config=config,
                                                 vocab_size=v),
       check_shape=lambda b, l, v: config.layout(l), check_input=config.check_input)
@@ -366,7 +420,8 @@ def make_sampler(denoise_fn: DenoiseFn, config: DecodeConfig) -> MaskedSampler:
 def decode_config(*, mask_id: int, rule: str, num_steps=None, proxy=None,
                   temperature: float = 0.0, threshold=None, factor=None, alg_temp=None,
                   gamma=None, block_length=None, gen_length=None,
-                  record_trajectory: bool = False, eos_ids=()) -> DecodeConfig:
+                  record_trajectory: bool = False, eos_ids=(),
+                  edit_threshold=None) -> DecodeConfig:
   """The :class:`DecodeConfig` of :func:`confidence`'s keyword arguments (also used by
   :func:`partext_jax.masked.block_cache.block_cache`): ``rule`` by name through
   :func:`partext_jax.masked.rules.make_rule`; ``proxy`` defaults to ``"max_prob"`` and is not
@@ -378,13 +433,14 @@ def decode_config(*, mask_id: int, rule: str, num_steps=None, proxy=None,
   return DecodeConfig(mask_id=mask_id, rule=rule_obj, num_steps=num_steps,
                       temperature=temperature, block_length=block_length,
                       gen_length=gen_length, record_trajectory=record_trajectory,
-                      eos_ids=eos_ids)
+                      eos_ids=eos_ids, edit_threshold=edit_threshold)
 
 
 def confidence(denoise_fn: DenoiseFn, *, mask_id: int, rule: str = "topk", num_steps=None,
                proxy=None, temperature: float = 0.0, threshold=None, factor=None,
                alg_temp=None, gamma=None, block_length=None, gen_length=None,
-               record_trajectory: bool = False, eos_ids=()) -> MaskedSampler:
+               record_trajectory: bool = False, eos_ids=(),
+               edit_threshold=None) -> MaskedSampler:
   """Builds a confidence-ordered :class:`MaskedSampler` (LLaDA / Fast-dLLM / Dream / EB; math in
   the module docstring and ``docs/algorithms.md#confidence-based-adaptive-decoding``).
 
@@ -409,6 +465,12 @@ def confidence(denoise_fn: DenoiseFn, *, mask_id: int, rule: str = "topk", num_s
     record_trajectory: also return the tokens after every step in ``info.tokens``.
     eos_ids: block early stop: once a row's block is complete and all its ids are in
       ``eos_ids``, its later blocks are filled without model calls (``info.nfe_saved``).
+    edit_threshold: LLaDA 2.1 token editing (``docs/algorithms.md#token-editing``): ``None``
+      (default) off; a probability in ``[0, 1]``: after each step's unmasking, a decoded
+      non-prompt position of the current block takes the model's top token when it differs and
+      its probability is ``> edit_threshold`` (``1.0`` never edits). The mask-to-token threshold
+      is the rule's own (``rule="threshold"``'s ``threshold``); every rule works.
+      ``info.num_edited`` counts the edits per step and row.
 
   Returns:
     ``MaskedSampler``; ``sample(rng_key, x_init int32[B, L]) -> (tokens int32[B, L],
@@ -423,12 +485,13 @@ def confidence(denoise_fn: DenoiseFn, *, mask_id: int, rule: str = "topk", num_s
       mask_id=mask_id, rule=rule, num_steps=num_steps, proxy=proxy, temperature=temperature,
       threshold=threshold, factor=factor, alg_temp=alg_temp, gamma=gamma,
       block_length=block_length, gen_length=gen_length, record_trajectory=record_trajectory,
-      eos_ids=eos_ids))
+      eos_ids=eos_ids, edit_threshold=edit_threshold))
 
 
 def eb_sampler(denoise_fn: DenoiseFn, *, mask_id: int, gamma: float = 0.0, threshold=None,
                temperature: float = 0.0, block_length=None, gen_length=None,
-               record_trajectory: bool = False, eos_ids=()) -> MaskedSampler:
+               record_trajectory: bool = False, eos_ids=(),
+               edit_threshold=None) -> MaskedSampler:
   """Builds an EB-sampler :class:`MaskedSampler` (Ben-Hamu et al. 2025,
   ``docs/algorithms.md#eb-sampler``): :func:`confidence` with ``rule="eb"``.
 
@@ -446,6 +509,7 @@ def eb_sampler(denoise_fn: DenoiseFn, *, mask_id: int, gamma: float = 0.0, thres
     block_length, gen_length: semi-autoregressive blocks (:mod:`partext_jax.masked.blocks`).
     record_trajectory: also return the tokens after every step in ``info.tokens``.
     eos_ids: block early stop, as :func:`confidence`.
+    edit_threshold: token editing, as :func:`confidence` (``None``: off).
 
   Returns:
     ``MaskedSampler``; ``sample`` returns ``(tokens int32[B, L], DecodeInfo)`` with a leading
@@ -456,4 +520,5 @@ def eb_sampler(denoise_fn: DenoiseFn, *, mask_id: int, gamma: float = 0.0, thres
   """
   return confidence(denoise_fn, mask_id=mask_id, rule="eb", gamma=gamma, threshold=threshold,
                     temperature=temperature, block_length=block_length, gen_length=gen_length,
-                    record_trajectory=record_trajectory, eos_ids=eos_ids)
+                    record_trajectory=record_trajectory, eos_ids=eos_ids,
+                    edit_threshold=edit_threshold)

@@ -80,7 +80,8 @@ import jax.numpy as jnp
 from partext_jax.base import checked_callable, checked_choice, model_jit
 from partext_jax.masked import driver
 from partext_jax.masked.adaptive import (DecodeConfig, decode_chosen, decode_config,
-                                         masked_fraction, plan_step)
+                                         edit_committed, editable_positions, masked_fraction,
+                                         plan_step)
 from partext_jax.masked.driver import MaskedSampler
 
 CACHE_MODES = ("exact", "prefix", "dual")
@@ -98,6 +99,8 @@ class CacheState(NamedTuple):
     cache: the ``kv`` pytree of the last refresh, leaves ``[layers, B, L, ...]`` (zeros in
       exact mode, which never reads it).
     cache_block: ``int32[]`` the block the cache was refreshed for (``-1``: none yet).
+    editable: ``bool[B, L]`` positions token editing may revise (``edit_threshold``), else
+      ``None``.
   """
   tokens: jax.Array
   step: jax.Array
@@ -105,6 +108,7 @@ class CacheState(NamedTuple):
   block_count: jax.Array
   cache: Any
   cache_block: jax.Array
+  editable: Any = None
 
 
 class CacheInfo(NamedTuple):
@@ -119,6 +123,7 @@ class CacheInfo(NamedTuple):
     block: ``int32[B]`` the block a row decoded in, ``-1`` if none.
     nfe_saved: ``int32[B]`` calls skipped by the EOS block early stop (``eos_ids``).
     tokens: ``int32[B, L]`` after the step if ``record_trajectory``, else ``None``.
+    num_edited: ``int32[B]`` tokens replaced by token editing (``edit_threshold``), else ``None``.
   """
   nfe: jax.Array
   full_calls: jax.Array
@@ -127,6 +132,7 @@ class CacheInfo(NamedTuple):
   block: jax.Array
   nfe_saved: jax.Array
   tokens: Any = None
+  num_edited: Any = None
 
 
 def _positions(b: int, start: int, stop: int):
@@ -212,32 +218,37 @@ def build_kernel(kv_denoise_fn, config: DecodeConfig, cache_mode: str, vocab_siz
     # variable-count rules index a row's randomness by its own step count.
     key_index = state.step if rule.uses_count_schedule else state.row_step
     x_new, num_decoded, block = decode_chosen(rng_key, key_index, x, logits, plan, config)
+    # Token editing reads the block's logits only, which every cache mode computes.
+    x_new, num_edited = edit_committed(x, x_new, logits, plan, state.editable, config)
     x_new, nfe_saved = config.stop_at_eos(x_new, plan.block)
-    new_state = CacheState(
+    new_state = state._replace(
         tokens=x_new, step=state.step + 1,
         row_step=state.row_step + plan.wants.astype(jnp.int32), block_count=plan.block_count,
         cache=cache, cache_block=jnp.where(refresh, j, state.cache_block).astype(jnp.int32))
     info = CacheInfo(nfe=need_call.astype(jnp.int32), full_calls=refresh.astype(jnp.int32),
                      cost=cost, num_decoded=num_decoded, block=block, nfe_saved=nfe_saved,
-                     tokens=x_new if config.record_trajectory else None)
+                     tokens=x_new if config.record_trajectory else None,
+                     num_edited=num_edited)
     return new_state, info
 
   return step
 
 
-def init_state(kv_denoise_fn, x_init) -> CacheState:
-  """The state before step 0 (``x_init int[B, L]``), with a zero cache of the model's shape."""
+def init_state(kv_denoise_fn, x_init, config: DecodeConfig | None = None) -> CacheState:
+  """The state before step 0 (``x_init int[B, L]``), with a zero cache of the model's shape
+  (and the editable positions if ``config`` has ``edit_threshold``)."""
   tokens = jnp.asarray(x_init).astype(jnp.int32)
   b, l = tokens.shape
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _kv_shape(kv_denoise_fn, b, l))
   zeros = jnp.zeros((b,), jnp.int32)
+  editable = None if config is None else editable_positions(tokens, config)
   return CacheState(tokens, jnp.zeros((), jnp.int32), zeros, zeros, cache,
-                    jnp.full((), -1, jnp.int32))
+                    jnp.full((), -1, jnp.int32), editable)
 
 
 def _sample_impl(rng_key, x_init, *, kv_denoise_fn, config, cache_mode, vocab_size):
   step = build_kernel(kv_denoise_fn, config, cache_mode, vocab_size)
-  return config.run_loop(step, rng_key, init_state(kv_denoise_fn, x_init))
+  return config.run_loop(step, rng_key, init_state(kv_denoise_fn, x_init, config))
 
 
 jitted_sample = model_jit(_sample_impl, static_argnames=("config", "cache_mode", "vocab_size"),
@@ -282,7 +293,7 @@ def make_cached_sampler(kv_denoise_fn, config: DecodeConfig, *, cache: str) -> M
   return driver.assemble_sampler(
       kv_denoise_fn, config.mask_id,
       kernel=jitted_kernel,
-      init_state=lambda x, v: init_state(kv_denoise_fn, x),
+      init_state=lambda x, v: init_state(kv_denoise_fn, x, config),
       sample=lambda key, x, m, v: jitted_sample(key, x, kv_denoise_fn=m, config=config,
                                                 cache_mode=cache, vocab_size=v),
       as_denoise_fn=plain, check_shape=check_shape, check_input=config.check_input)
@@ -291,7 +302,8 @@ def make_cached_sampler(kv_denoise_fn, config: DecodeConfig, *, cache: str) -> M
 def block_cache(kv_denoise_fn, *, mask_id: int, cache: str = "dual", rule: str = "threshold",
                 block_length=None, gen_length=None, num_steps=None, proxy=None,
                 temperature: float = 0.0, threshold=None, factor=None, alg_temp=None, gamma=None,
-                record_trajectory: bool = False, eos_ids=()) -> MaskedSampler:
+                record_trajectory: bool = False, eos_ids=(),
+                edit_threshold=None) -> MaskedSampler:
   """Builds a cached block-decoding :class:`MaskedSampler` (Fast-dLLM, Wu et al. 2025; math in
   the module docstring and ``docs/algorithms.md#block-caches``).
 
@@ -312,6 +324,9 @@ def block_cache(kv_denoise_fn, *, mask_id: int, cache: str = "dual", rule: str =
     gamma: ``rule="eb"`` only, entropy budget (default 0.0).
     record_trajectory: also return the tokens after every step.
     eos_ids: block early stop (:func:`partext_jax.masked.adaptive.confidence`).
+    edit_threshold: LLaDA 2.1 token editing (``None``: off; else in ``[0, 1]``; see
+      :func:`partext_jax.masked.adaptive.confidence`); edits stay inside the current block,
+      whose logits every cache mode computes.
 
   The same arguments without ``cache`` build the uncached sampler (``confidence(...)`` or
   ``eb_sampler(...)`` on the plain model), which ``cache="exact"`` reproduces token for token.
@@ -330,5 +345,5 @@ def block_cache(kv_denoise_fn, *, mask_id: int, cache: str = "dual", rule: str =
                          temperature=temperature, threshold=threshold, factor=factor,
                          alg_temp=alg_temp, gamma=gamma, block_length=block_length,
                          gen_length=gen_length, record_trajectory=record_trajectory,
-                         eos_ids=eos_ids)
+                         eos_ids=eos_ids, edit_threshold=edit_threshold)
   return make_cached_sampler(kv_denoise_fn, config, cache=cache)

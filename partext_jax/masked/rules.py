@@ -118,6 +118,28 @@ def select_factor(conf, eligible, factor):
   return take_prefix(rank, eligible, (rank + 2).astype(jnp.float32) * (1.0 - conf) < factor)
 
 
+def token_edits(tokens, logits, editable, edit_threshold: float):
+  """LLaDA 2.1's token-to-token (T2T) edit (``docs/algorithms.md#token-editing``).
+
+  A committed position is replaced by the model's top token ``argmax_v p(v)`` when that token
+  differs from the current one and ``max_v p(v) > edit_threshold`` (strict, as the reference:
+  ``edit_threshold = 1`` never edits), ``p = softmax(logits)`` untempered.
+
+  Args:
+    tokens: ``int32[..., L]`` the tokens the logits were computed from.
+    logits: ``float32[..., L, V]``.
+    editable: ``bool[..., L]`` the positions that may be edited (committed, not prompt).
+    edit_threshold: the token-to-token threshold in ``[0, 1]``.
+
+  Returns:
+    ``(tokens int32[..., L], edited bool[..., L])``.
+  """
+  top = ops.argmax(logits)
+  conf = confidence_scores(logits, None, "max_prob")
+  edited = editable & (top != tokens) & (conf > edit_threshold)
+  return jnp.where(edited, top, tokens).astype(tokens.dtype), edited
+
+
 def sample_x0(token_gumbel, logits, temperature: float):
   """Gumbel-max: ``argmax(logits / tau + g)`` ~ ``softmax(logits / tau)``; ``tau = 0``: argmax."""
   if temperature == 0.0:
