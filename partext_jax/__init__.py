@@ -5,6 +5,9 @@ One package per generation family over one contract layer (:mod:`partext_jax.bas
 * :mod:`partext_jax.masked` -- masked-diffusion samplers over ``denoise_fn(tokens, t)``;
 * :mod:`partext_jax.ar` -- autoregressive generation and draft-and-verify (speculative)
   decoding over the :class:`~partext_jax.base.CausalLM` protocol;
+* :mod:`partext_jax.nat` -- non-autoregressive generation (one-shot CTC / GLAT, the
+  Levenshtein Transformer); :mod:`partext_jax.edit` -- Edit Flows (insert / delete /
+  substitute edits in continuous time);
 * :mod:`partext_jax.models` (Flax models), :mod:`partext_jax.pretrained` (real checkpoints),
   ``partext_jax.kernels`` (Pallas kernels), :mod:`partext_jax.parallel` (meshes and sharded
   runs), :mod:`partext_jax.training`, :mod:`partext_jax.data`, :mod:`partext_jax.testing`

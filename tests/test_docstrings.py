@@ -38,7 +38,7 @@ from partext_jax import masked
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ALGORITHM_MODULES = ("partext_jax.masked", "partext_jax.ar", "partext_jax.kernels",
                      "partext_jax.parallel", "partext_jax.schedules", "partext_jax.diffusion",
-                     "partext_jax.evaluation", "partext_jax.nat")
+                     "partext_jax.evaluation", "partext_jax.nat", "partext_jax.edit")
 # Modules of those families that hold shared machinery rather than one paper's algorithm.
 NO_PAPER = {"partext_jax.masked.driver", "partext_jax.ar.processors", "partext_jax.ar",
             "partext_jax.ar.sampling", "partext_jax.parallel", "partext_jax.parallel.mesh",

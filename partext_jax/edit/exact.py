@@ -3,7 +3,7 @@ r"""Enumerable Edit Flows toys and their exact marginal rates (Havasi et al. 202
 ``docs/algorithms.md#edit-flows``. A toy is a source ``p0`` and a target ``p1``, each a
 probability vector over an explicit list of variable-length sequences (:class:`EditToy`). With
 the independent coupling ``p0 x p1``, the alignment of :mod:`partext_jax.edit.alignment` and
-``kappa_t = t``, the marginal rate of an edit ``e`` at ``(x, t)`` is the conditional-path formula
+``kappa_t = t``, the marginal rate of an edit ``e`` at ``(x, t)`` is the conditional-path formula::
 
     u_t(e | x) = sum_{x0, x1, S} p0(x0) p1(x1) t^|S| (1 - t)^(a - |S|) 1[x_t = x]
                  * sum_{m in A \ S, m stands for e} 1 / (1 - t)  /  p_t(x),
