@@ -86,7 +86,7 @@ class RateModel(nn.Module):
                                                                 jnp.cos(angles)], axis=1))
     x = nn.Embed(v + 2, cfg.d_model, name="embed")(jnp.where(valid, slots, v))
     x = x + time[:, None, :]
-    stack = networks._Stack  # pylint: disable=protected-access
+    stack = networks.TransformerStack
     h = stack(cfg.stack_config(), cfg.num_layers, n + 1, False, name="stack")(
         x, jnp.ones_like(valid))
     out = nn.Dense(3 + 2 * v, name="head")(h).astype(jnp.float32)

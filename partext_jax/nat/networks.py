@@ -159,8 +159,13 @@ def _pair_mask(valid):
   return valid[:, :, None] & valid[:, None, :]
 
 
-class _Stack(nn.Module):
-  """Position embeddings, ``num_layers`` blocks and a final norm over ``x [B, T, d]``."""
+class TransformerStack(nn.Module):
+  """Position embeddings, ``num_layers`` pre-norm blocks and a final norm (shared by the NAT
+  networks and the Edit Flows rate model).
+
+  ``__call__(x float[B, T, d], valid bool[B, T], memory=None) -> float[B, T, d]``; ``cross``
+  adds cross-attention to ``memory [B, S, d]``. Raises ValueError when ``T > max_len``.
+  """
 
   cfg: NATConfig
   num_layers: int
@@ -188,7 +193,8 @@ class _Encoder(nn.Module):
     cfg = self.cfg
     valid = jnp.arange(src.shape[1])[None, :] < src_len[:, None]
     x = _embed(cfg.vocab_size + 1, cfg.d_model, "embed")(src)
-    states = _Stack(cfg, cfg.num_encoder_layers, cfg.max_source_len, False, name="stack")(x, valid)
+    states = TransformerStack(cfg, cfg.num_encoder_layers, cfg.max_source_len, False,
+                              name="stack")(x, valid)
     return Memory(states, valid)
 
 
@@ -213,7 +219,7 @@ class CTCTransformer(nn.Module):
       target = _embed(cfg.vocab_size + 1, d, "glance_embed")(symbols)
       x = jnp.where(mask[..., None], target, x)
     valid = jnp.arange(x.shape[1])[None, :] < (cfg.upsampling * src_len)[:, None]
-    h = _Stack(cfg, cfg.num_decoder_layers, cfg.decoder_len, True, name="decoder")(
+    h = TransformerStack(cfg, cfg.num_decoder_layers, cfg.decoder_len, True, name="decoder")(
         x, valid, memory)
     return _dense(cfg.vocab_size + 1, ("embed", "vocab"), "head")(h).astype(jnp.float32)
 
@@ -229,7 +235,7 @@ class LevenshteinTransformer(nn.Module):
     cfg = self.cfg
     self.encoder = _Encoder(cfg)
     self.canvas_embed = _embed(cfg.canvas_ids.num_embeddings, cfg.d_model, "canvas_embed")
-    self.decoder = _Stack(cfg, cfg.num_decoder_layers, cfg.canvas_size, True)
+    self.decoder = TransformerStack(cfg, cfg.num_decoder_layers, cfg.canvas_size, True)
     self.delete_head = _dense(2, ("embed", None), "delete_head")
     self.insert_head = _dense(cfg.max_insertions + 1, ("mlp", None), "insert_head")
     self.token_head = _dense(cfg.vocab_size, ("embed", "vocab"), "token_head")
