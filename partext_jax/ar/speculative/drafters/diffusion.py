@@ -58,6 +58,8 @@ class DiffusionDrafter(BaseDrafter):
     context_len: ``P``, committed tokens the window holds (the root last), ``>= 1``.
     passes: denoising passes per draft (``1 <= passes <= gamma``), left-to-right chunks.
     pad_id: the id of window slots before the row's first token (default ``mask_id``).
+    block_len: MASKs after the context (default ``gamma``; ``>= gamma``): a denoiser trained on
+      blocks of ``G`` tokens keeps its window ``P + G`` and drafts the first ``gamma``.
 
   Raises ``ValueError`` / ``TypeError`` naming the attribute for a bad value.
   """
@@ -69,6 +71,7 @@ class DiffusionDrafter(BaseDrafter):
   context_len: int = 32
   passes: int = 1
   pad_id: int | None = None
+  block_len: int | None = None
 
   sibling_rule = "iid"
 
@@ -79,6 +82,8 @@ class DiffusionDrafter(BaseDrafter):
     checked_int("gamma", self.gamma, minimum=1, hint=" (M, the drafted block length)")
     checked_int("context_len", self.context_len, minimum=1)
     checked_int("passes", self.passes, minimum=1)
+    if self.block_len is not None:
+      checked_int("block_len", self.block_len, minimum=self.gamma, hint=" (gamma)")
     if self.passes > self.gamma:
       raise ValueError(f"passes={self.passes} must be <= gamma={self.gamma} (one pass per chunk "
                        "of at least one token)")
@@ -88,8 +93,13 @@ class DiffusionDrafter(BaseDrafter):
     return trees_lib.TreeSpec.chain(self.gamma)
 
   @property
+  def block(self) -> int:
+    """``G``, the MASKs in the window."""
+    return self.gamma if self.block_len is None else self.block_len
+
+  @property
   def window_len(self) -> int:
-    return self.context_len + self.gamma
+    return self.context_len + self.block
 
   def chunks(self) -> tuple[tuple[int, int], ...]:
     """The ``(start, stop)`` block positions drawn by each pass (sizes differ by at most 1)."""
@@ -117,21 +127,21 @@ class DiffusionDrafter(BaseDrafter):
   # --------------------------------------------------------------------------- passes
 
   def window(self, params, ctx: DraftContext):
-    """``int32[B, W]``: the last ``P`` committed tokens (root last), then ``gamma`` MASKs."""
+    """``int32[B, W]``: the last ``P`` committed tokens (root last), then ``G`` MASKs."""
     b, s_len = ctx.history.shape
     slots = ctx.root_slot[:, None] - self.context_len + 1 + jnp.arange(self.context_len)[None]
     tokens = jnp.take_along_axis(ctx.history, jnp.clip(slots, 0, s_len - 1), axis=1)
     pad = self.mask_id if self.pad_id is None else self.pad_id
     tokens = jnp.where(slots >= ctx.first_slot[:, None],
                        self._to_draft_ids(params, tokens), pad)
-    masks = jnp.full((b, self.gamma), self.mask_id, jnp.int32)
+    masks = jnp.full((b, self.block), self.mask_id, jnp.int32)
     return jnp.concatenate([tokens.astype(jnp.int32), masks], axis=1)
 
   def _block_logits(self, params, window, start: int, stop: int):
     """Target-vocabulary logits ``float32[B, stop - start, V]`` of block positions
     ``[start, stop)`` from one denoiser pass over ``window``."""
     b = window.shape[0]
-    t = jnp.full((b,), (self.gamma - start) / self.window_len, jnp.float32)
+    t = jnp.full((b,), (self.block - start) / self.window_len, jnp.float32)
     logits = self.denoiser(params["denoiser"] if params else None, window, t)
     p = self.context_len
     return self._to_target_logits(params, logits[:, p + start:p + stop].astype(jnp.float32))
