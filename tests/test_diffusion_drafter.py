@@ -18,13 +18,13 @@ import pytest
 
 from partext_jax import testing
 from partext_jax.ar import processors as lp
-from partext_jax.ar import sampling as ar
 from partext_jax.ar.speculative import decode
 from partext_jax.ar.speculative.drafters import DiffusionDrafter
 from partext_jax.models import denoiser as denoiser_lib
 from partext_jax.testing import ngram
 from partext_jax.testing.stats import pooled_chi_square, sequence_counts
 from partext_jax.training import diffusion_drafter as training
+from test_spec_decode import smollm2  # noqa: F401 - fixture: SmolLM2, 5 prompts, greedy AR
 
 V, K, N_ROWS, P, GAMMA = 4, 3, 3000, 2, 3
 MASK = V
@@ -175,28 +175,13 @@ def test_window_starts_keep_blocks_inside_answers():
 
 # ------------------------------------------------------------------------- SmolLM2, greedy
 
-PROMPTS = [
-    "Repeat this code exactly, renaming `total` to `acc`:\ndef add_all(xs):\n  total = 0\n"
-    "  for x in xs:\n    total += x\n  return total",
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "List three prime numbers.",
-    "Explain what a hash map is in one sentence.",
-]
 
-
-def test_smollm2_greedy_with_the_shipped_drafter_equals_plain_greedy():
+def test_smollm2_greedy_with_the_shipped_drafter_equals_plain_greedy(smollm2):
   """5 prompts x 64 tokens, batch 5: token for token plain greedy SmolLM2."""
-  from partext_jax import pretrained  # noqa: PLC0415
-  bundle = pretrained.load_bundle()
-  tok = bundle.tokenizer
-  ids = [tok.encode(tok.apply_chat_template([{"role": "user", "content": p}],
-                                            add_generation_prompt=True)) for p in PROMPTS]
-  ref, _ = ar.generate(jax.random.key(0), bundle.model, bundle.params, ids, max_new_tokens=64,
-                       eos_id=None)
+  bundle, ids, ref = smollm2
   drafter, dparams = training.load_drafter(gamma=4)
   out, info = decode.generate(jax.random.key(0), bundle.model, bundle.params, ids,
                               drafter=drafter, drafter_params=dparams, max_new_tokens=64,
                               eos_id=None)
-  np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+  np.testing.assert_array_equal(np.asarray(out), ref)
   assert np.asarray(info.lengths).sum() > np.asarray(info.target_calls).sum()
