@@ -234,8 +234,10 @@ def report(num_prompts: int, new_tokens: int) -> str:
       common.markdown_table(["decoder", "tokens / verifier forward",
                              "speed-up vs AR sampling (per prompt)", "gen-PPL (SmolLM2)",
                              "unigram entropy (nats)"], apd_rows), "",
-      "Gen-PPL is judged by SmolLM2, the verifier itself, so it favours low R by construction; "
-      "R = 0 would be exact SmolLM2 sampling after the first token (docs/algorithms.md#apd).",
+      "Gen-PPL: `partext_jax.evaluation.generative_perplexity` of the generated text alone (not "
+      "conditioned on the prompt), judged by SmolLM2 -- the verifier itself, so it favours low R "
+      "by construction; R = 0 would be exact SmolLM2 sampling after the first token "
+      "(docs/algorithms.md#apd). Entropy: mean unigram entropy of each sample's tokens.",
       "", f"Drafter (`partext_jax/assets/diffusion_drafter_smollm2`, bfloat16): window "
       f"{cfg['context_len']} + {cfg['block_len']} tokens, draft vocabulary "
       f"{cfg['draft_vocab_size']}, d_model {cfg['d_model']} x {cfg['num_layers']} layers; "

@@ -176,6 +176,20 @@ def test_window_starts_keep_blocks_inside_answers():
 # ------------------------------------------------------------------------- SmolLM2, greedy
 
 
+def test_committed_asset_is_small_bfloat16_and_loads():
+  import os  # noqa: PLC0415
+  root = training.asset_directory()
+  size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+  assert size <= 8 * 2**20, size
+  meta = training.drafter_metadata()
+  assert meta["param_dtype"] == "bfloat16" and "command" in meta and "valid" in meta
+  drafter, dparams = training.load_drafter(gamma=6, passes=2)
+  assert drafter.vocab_size == 49152 and drafter.block == meta["train_config"]["block_len"]
+  assert dparams["vocab_ids"].shape == (meta["train_config"]["draft_vocab_size"],)
+  with pytest.raises(ValueError, match="block_len"):
+    training.load_drafter(gamma=meta["train_config"]["block_len"] + 1)
+
+
 def test_smollm2_greedy_with_the_shipped_drafter_equals_plain_greedy(smollm2):
   """5 prompts x 64 tokens, batch 5: token for token plain greedy SmolLM2."""
   bundle, ids, ref = smollm2

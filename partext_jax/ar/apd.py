@@ -35,7 +35,7 @@ ctx: DraftContext) -> float32[B, M, V]``
 
 Usage::
 
-    drafter, dparams = diffusion.load_smollm2_drafter(gamma=6)
+    drafter, dparams = diffusion_drafter.load_drafter(gamma=6)   # partext_jax.training
     tokens, info = apd.generate(key, model, params, prompts, drafter=drafter,
                                 drafter_params=dparams, mixture_weight=0.7, max_new_tokens=64)
     info.accepted_per_call    # tokens committed per verifier forward, per row

@@ -24,7 +24,8 @@ parameters: context tokens outside it enter the window as MASK and ``q`` is 0 ou
 
 Usage::
 
-    drafter, dparams = load_smollm2_drafter(gamma=4)
+    from partext_jax.training import diffusion_drafter     # the shipped SmolLM2 drafter
+    drafter, dparams = diffusion_drafter.load_drafter(gamma=4)
     tokens, info = decode.generate(key, model, params, prompts, drafter=drafter,
                                    drafter_params=dparams, max_new_tokens=64)
 """
