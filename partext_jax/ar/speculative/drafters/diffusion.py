@@ -45,7 +45,8 @@ from partext_jax.base import checked_callable, checked_hashable, checked_int
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionDrafter(BaseDrafter):
-  """A masked denoiser as a chain drafter of the :mod:`~.base` protocol (module docstring).
+  """A masked denoiser as a chain drafter of the
+  :mod:`~partext_jax.ar.speculative.drafters.base` protocol (module docstring).
 
   Attributes:
     denoiser: hashable ``(params, window int32[B, W], t float32[B]) -> logits float32[B, W, K]``
