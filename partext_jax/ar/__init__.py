@@ -8,6 +8,8 @@
   greedy), hashable so they are static jit arguments.
 * :mod:`~partext_jax.ar.speculative` -- draft-and-verify decoding: token trees, lossless
   verification, the compiled decode loop and its drafters.
+* :mod:`~partext_jax.ar.apd` -- adaptive parallel decoding: a diffusion drafter and an AR
+  verifier under a product-of-experts target (``docs/algorithms.md#apd``).
 """
 
 from partext_jax.ar import processors, sampling

@@ -10,6 +10,8 @@
 * :class:`~.mtp.MTPDrafter` -- multi-token prediction (Gloeckle heads, DeepSeek-V3 modules) of an
   :class:`~partext_jax.models.mtp.MTPModel` target.
 * :class:`~.eagle.EagleDrafter` -- EAGLE feature drafter (:mod:`partext_jax.models.eagle`).
+* :class:`~.diffusion.DiffusionDrafter` -- a masked denoiser drafting a block in one (or a few)
+  passes (SpecDiff / DFlash); also APD's drafter (:mod:`partext_jax.ar.apd`).
 
 A new drafter is one module here implementing :class:`~.base.Drafter` (usually a frozen
 dataclass deriving from :class:`~.base.BaseDrafter`), exported below.
@@ -17,6 +19,7 @@ dataclass deriving from :class:`~.base.BaseDrafter`), exported below.
 
 from partext_jax.ar.speculative.drafters.base import (SIBLING_RULES, BaseDrafter, CommitInfo,
                                                       Draft, DraftContext, Drafter)
+from partext_jax.ar.speculative.drafters.diffusion import DiffusionDrafter
 from partext_jax.ar.speculative.drafters.eagle import EagleDrafter
 from partext_jax.ar.speculative.drafters.lm import LMDrafter, early_exit_drafter
 from partext_jax.ar.speculative.drafters.lookahead import LookaheadDrafter
@@ -24,6 +27,6 @@ from partext_jax.ar.speculative.drafters.medusa import MedusaDrafter
 from partext_jax.ar.speculative.drafters.mtp import MTPDrafter
 from partext_jax.ar.speculative.drafters.prompt_lookup import PromptLookupDrafter
 
-__all__ = ["SIBLING_RULES", "BaseDrafter", "CommitInfo", "Draft", "DraftContext", "Drafter",
-           "EagleDrafter", "LMDrafter", "LookaheadDrafter", "MTPDrafter", "MedusaDrafter",
+__all__ = ["SIBLING_RULES", "BaseDrafter", "CommitInfo", "DiffusionDrafter", "Draft",
+           "DraftContext", "Drafter", "EagleDrafter", "LMDrafter", "LookaheadDrafter", "MTPDrafter", "MedusaDrafter",
            "PromptLookupDrafter", "early_exit_drafter"]
