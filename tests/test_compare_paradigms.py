@@ -104,14 +104,3 @@ def test_unknown_cell_names_are_a_clear_error(tmp_path):
   assert "unknown ['no-such-cell']; choose from [" in line
   assert "'prompt-lookup'" in line  # the valid names are listed
   assert not list(tmp_path.iterdir())  # rejected before any cell ran
-
-
-def test_absent_families_say_why(tmp_path):
-  """The hybrids / edit families live on other branches: absent, their cell says so."""
-  absent = [m for m in ("bench_diffusion_drafter",)
-            if not (ROOT / "experiments" / f"{m}.py").exists()]
-  if not absent:
-    pytest.skip("bench_diffusion_drafter is present: its cell is measured instead")
-  proc = _run("--quick", "--cells=diffusion-drafter", f"--out_dir={tmp_path}")
-  assert _counts(proc.stdout) == dict(computed=0, cached=0, retimed=0, unmeasured=1)
-  assert "not measured: bench_diffusion_drafter not present" in proc.stdout
