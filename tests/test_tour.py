@@ -6,21 +6,23 @@ import subprocess
 import sys
 import pathlib
 
-import pytest
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tour(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("tour")
+def test_tour_quick(tmp_path):
+  """One run of the tour, checked three ways (one test, so that pytest-xdist never runs the tour
+  twice, once per worker)."""
+  workdir = tmp_path / "tour"
   proc = subprocess.run([sys.executable, "experiments/tour.py", "--quick", f"--workdir={workdir}"],
                         cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  return proc, workdir, json.loads((workdir / "summary.json").read_text())
+  tour = proc, workdir, json.loads((workdir / "summary.json").read_text())
+  _every_decoder_reproduces_greedy_ar_and_says_so(tour)
+  _masked_samplers_fill_the_infill_and_outputs_are_written(tour)
+  _no_info_log_lines(tour)
 
 
-def test_every_decoder_reproduces_greedy_ar_and_says_so(tour):
+def _every_decoder_reproduces_greedy_ar_and_says_so(tour):
   proc, _, summary = tour
   decoders = sorted({r["decoder"] for r in summary["decoders"]} - {"greedy AR"})
   assert decoders == sorted(summary["decoder_names"])  # Every entry of tour.DECODERS ran.
@@ -34,7 +36,7 @@ def test_every_decoder_reproduces_greedy_ar_and_says_so(tour):
     assert 1.0 <= r["per_forward"] <= r["tokens"]  # At least one token per target forward.
 
 
-def test_masked_samplers_fill_the_infill_and_outputs_are_written(tour):
+def _masked_samplers_fill_the_infill_and_outputs_are_written(tour):
   proc, workdir, summary = tour
   rows = {r["sampler"]: r for r in summary["masked"]}
   assert len(rows) == 5
@@ -51,7 +53,7 @@ def test_masked_samplers_fill_the_infill_and_outputs_are_written(tour):
   assert "Summary" in proc.stdout and str(workdir) in proc.stdout
 
 
-def test_no_info_log_lines(tour):
+def _no_info_log_lines(tour):
   proc, _, _ = tour
   noise = [line for line in (proc.stdout + proc.stderr).splitlines()
            if re.match(r"^I\d{4} ", line) or "Unable to initialize backend" in line
