@@ -103,6 +103,11 @@ def _assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+# The orbax read of deliberately truncated files fails while some of tensorstore's read futures
+# are still pending; they complete after orbax's event loop has closed and Python reports each as
+# "Event loop is closed" (an unraisable exception in a library thread, after the CheckpointError
+# this test expects). Only this error path shows it; the warning is silenced here alone.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_checkpoint_round_trip_keep_n_and_corruption(tmp_path):
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "ckpt"), keep=2)
   assert ckpt.latest_step() is None

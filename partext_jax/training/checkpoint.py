@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -81,6 +82,18 @@ def abstract_like(tree):
   return jax.tree_util.tree_map(one, tree)
 
 
+def _remove_unfinished_saves(directory: str) -> None:
+  """Removes the temporary directories of saves that were killed mid-way, before a writer opens.
+
+  orbax's own option (``cleanup_tmp_directories``) runs this clean-up in a background thread
+  that it awaits only in ``save()``: a process that opened a writer and exited before its first
+  save (a launcher stopping on a user error) printed that thread's traceback after its own
+  one-line error. Here orbax's clean-up coroutine runs to completion in the caller.
+  """
+  if jax.process_index() == 0 and os.path.isdir(directory):
+    asyncio.run(ocp.path.step.temporary_paths.cleanup_temporary_paths(directory))
+
+
 class Checkpointer:
   """Saves and restores :class:`TrainState` plus JSON metadata under ``directory``.
 
@@ -100,12 +113,13 @@ class Checkpointer:
       raise ValueError(f"keep={keep} must be an integer >= 1 for a writable Checkpointer")
     self.directory = os.path.abspath(directory)
     self.read_only = read_only
+    if not read_only:
+      _remove_unfinished_saves(self.directory)
     options = ocp.CheckpointManagerOptions(
         # Not orbax's own read_only option, which logs a warning on every open; this class
         # refuses save() itself, and a reader neither creates, prunes nor cleans up.
         max_to_keep=None if read_only else keep, create=not read_only,
-        enable_async_checkpointing=False,
-        cleanup_tmp_directories=not read_only)  # A writer removes leftovers of a killed save.
+        enable_async_checkpointing=False, cleanup_tmp_directories=False)
     try:
       self._manager = ocp.CheckpointManager(
           self.directory, options=options, item_names=("state", "metadata"))
@@ -256,13 +270,6 @@ class Checkpointer:
     return dict(self._restore(step, "metadata", metadata=ocp.args.JsonRestore())["metadata"])
 
   def close(self) -> None:
-    # orbax 0.12 starts the clean-up of temporary directories in a thread when a writer opens
-    # and awaits it only in save(); close() does not, so a process that opens and exits before
-    # its first save would have that thread fail at interpreter shutdown (a traceback on stderr
-    # after the program's own error). Await it here.
-    cleanup = getattr(self._manager, "_cleanup_tmp_directory_future", None)
-    if cleanup is not None:
-      cleanup.result()
     self._manager.close()
 
   def __enter__(self):
