@@ -32,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -88,10 +89,13 @@ def _remove_unfinished_saves(directory: str) -> None:
   orbax's own option (``cleanup_tmp_directories``) runs this clean-up in a background thread
   that it awaits only in ``save()``: a process that opened a writer and exited before its first
   save (a launcher stopping on a user error) printed that thread's traceback after its own
-  one-line error. Here orbax's clean-up coroutine runs to completion in the caller.
+  one-line error. Here orbax's clean-up coroutine runs to completion before the open returns (in
+  a thread of its own, as a notebook's thread already runs an event loop).
   """
   if jax.process_index() == 0 and os.path.isdir(directory):
-    asyncio.run(ocp.path.step.temporary_paths.cleanup_temporary_paths(directory))
+    cleanup = ocp.path.step.temporary_paths.cleanup_temporary_paths(directory)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+      pool.submit(asyncio.run, cleanup).result()
 
 
 class Checkpointer:
