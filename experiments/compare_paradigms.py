@@ -151,6 +151,8 @@ MASKED = "Masked generation"
 EDIT = "Edit-based refinement"
 HYBRID = "Hybrids (diffusion drafts for AR)"
 PARADIGMS = (DRAFT_VERIFY, DECOMPOSE, MTP, ONE_SHOT, MASKED, EDIT, HYBRID)
+# The paradigm names rows of experiments/{edit_flows,bench_diffusion_drafter}.py carry.
+ROW_PARADIGMS = {"edit-based": EDIT, "masked + token editing": MASKED, "hybrid": HYBRID}
 
 
 def _cells() -> list[Cell]:
@@ -769,6 +771,11 @@ def _quality(q: dict) -> str:
     parts.append(f"H {q['entropy']:.2f}")
   if q.get("exact_match") is not None:
     parts.append(f"EM {q['exact_match']:.2f}")
+  if q.get("tv") is not None:
+    parts.append(f"TV {q['tv']:.3f}, length TV {q['length_tv']:.3f} (bound "
+                 f"{q['tv_sample_bound']:.3f})")
+  if q.get("edits_per_sequence") is not None:
+    parts.append(f"{q['edits_per_sequence']:.2f} edits / seq")
   return ", ".join(parts) or "-"
 
 
@@ -962,7 +969,9 @@ def main(argv):
       continue
     loads.append(entry.get("load_average"))
     for r in entry["rows"]:
-      rows.append({"paradigm": cell.paradigm, "method": cell.method, **r, "cell": cell.name})
+      # comparison_rows() of other modules name their own paradigm; file them under the table's.
+      paradigm = ROW_PARADIGMS.get(r.get("paradigm"), r.get("paradigm") or cell.paradigm)
+      rows.append({"method": cell.method, **r, "paradigm": paradigm, "cell": cell.name})
   command = "python experiments/compare_paradigms.py " + " ".join(sys.argv[1:])
   text = report(rows, settings, counts, command.strip(), [l for l in loads if l is not None])
   with open(os.path.join(_OUT_DIR.value, "compare_paradigms.md"), "w", encoding="utf-8") as f:
