@@ -12,10 +12,15 @@ llama.cpp's ``Q8_0`` is the same rounding with one scale per block of 32 inputs.
 (``q, k, v, o, gate, up, down``) are quantized; norms and the (tied) embedding / LM head stay
 float32 (quantizing the ``[V, E]`` table would need a dequantise-after-dot LM head). The model dequantises ``Q s`` at the top of its
 forward, inside the caller's jit, so any backend that fuses a convert into its matmul reads int8
-weights. Measured on XLA:CPU (jax 0.10.2, ``experiments/results/bench_eagle_cpu.md``): it does
-not -- the dequantised matrix feeds a slower dot than a float32 weight, so int8 decode is
-*slower* than float32 there (the gain on this machine is memory: 2.4x smaller weights). Grouped
-int4 (``jnp.int4``) was slower still and is not offered.
+weights. Measured on XLA:CPU (jax 0.10.2, ``experiments/bench_quantized_matvec.py``,
+``experiments/results/bench_quantized_matvec_cpu.md``, ``bench_eagle_cpu.md``): it does not.
+A convert fused into a dot becomes a slow loop (6-15x a float32 dot for every route tried), and in
+a jitted generation XLA hoists the loop-invariant dequantisation out of the decode loop: float32
+copies of the matrices are materialised once per call (421 MiB of temporaries for SmolLM2), so
+decode runs at the float32 speed and the generation holds more memory than with float32
+parameters (631 vs 529 MiB). The gain on this backend is the parameters at rest (2.4x smaller on
+disk, in host memory between calls, and to transfer). Grouped int4 (``jnp.int4``) was slower
+still and is not offered.
 
 Usage::
 
