@@ -5,9 +5,9 @@ A cell is reused only while both of these still hold:
 * **its key** is sha256 over the cell (name, paradigm, method, kind, args), the values of the
   ``Settings`` fields its kind uses (``paradigms.measure.MEASURES``) and the *measurement
   digest*: sha256 over the paths and sources of the measuring modules (:data:`MEASURING`:
-  ``paradigms/timing.py`` and ``paradigms/measure.py``). Editing the cell list, the report, the
-  plot, the cache or the launcher leaves measured cells valid; editing how cells are measured
-  remeasures every one of them.
+  ``paradigms/timing.py`` and ``paradigms/measure.py``). Adding a cell or editing the report,
+  the plot, the cache or the launcher leaves the measured cells valid; editing a cell's own
+  fields remeasures that cell, editing how cells are measured remeasures every one of them.
 * **its files**: the repository files the cell's subprocess imported (the library modules and
   ``experiments/`` helpers such as ``tour.py``; the launcher and this package are left out,
   ``paradigms.child``), whose digest is stored with the entry and checked again on reuse, so a
@@ -15,7 +15,8 @@ A cell is reused only while both of these still hold:
   hashed.
 
 The newest line of a key wins (``--retime`` appends a line with new timings and the old
-quality).
+quality). The quality scores (``paradigms.report.score``, run in the parent) are stored with the
+entry and are not part of the key.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Quality is scored in the parent process with one judge for every cell (:func:`sc
 generative perplexity under SmolLM2-135M-Instruct and unigram entropy, ``partext_jax.evaluation``).
 The table groups the rows by paradigm as the survey's Table 3 (:func:`table`), the page adds the
 command, machine, settings and column definitions (:func:`report`), the plot shows speed-up
-against quality (:func:`plot`). Nothing here is part of a cell's cache key.
+against quality (:func:`plot`). Nothing here is part of a cell's cache key: the scores are
+computed once, when a cell is measured, and stored with it, so a change to :func:`score` reaches
+the cells measured after it (a fresh ``--out_dir`` rescores every cell).
 """
 
 # pylint: disable=import-outside-toplevel
