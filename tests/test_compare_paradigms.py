@@ -104,3 +104,23 @@ def test_unknown_cell_names_are_a_clear_error(tmp_path):
   assert "unknown ['no-such-cell']; choose from [" in line
   assert "'prompt-lookup'" in line  # the valid names are listed
   assert not list(tmp_path.iterdir())  # rejected before any cell ran
+
+
+def test_cache_key_follows_the_measuring_modules_only(tmp_path, monkeypatch):
+  """Editing the report keeps every cached cell; editing how cells are measured changes the
+  measurement digest (so every key)."""
+  monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+  from paradigms import cache  # pylint: disable=import-outside-toplevel
+  copy = tmp_path / "experiments" / "paradigms"
+  copy.mkdir(parents=True)
+  for name in ("timing.py", "measure.py", "report.py"):
+    (copy / name).write_text((ROOT / "experiments" / "paradigms" / name).read_text())
+  monkeypatch.setattr(cache, "REPO", str(tmp_path))
+  before = cache.measurement_digest()
+  assert before == cache.measurement_digest()
+  with open(copy / "report.py", "a", encoding="utf-8") as f:
+    f.write("\n# an edit of the report\n")
+  assert cache.measurement_digest() == before
+  with open(copy / "measure.py", "a", encoding="utf-8") as f:
+    f.write("\n# an edit of the measurement\n")
+  assert cache.measurement_digest() != before
