@@ -48,8 +48,7 @@ from partext_jax.models import denoiser as denoiser_lib
 from partext_jax.models.eagle import select_draft_vocab
 from partext_jax.training import checkpoint as checkpoint_lib
 from partext_jax.training import distill
-from partext_jax.training.config import (ConfigError, OptimizerConfig, check_positive,
-                                         parse_dataclass)
+from partext_jax.training.config import ConfigError, check_positive, parse_dataclass
 
 DATA_FIELDS = ("num_prompts", "max_new_tokens", "gen_batch_size", "corpus_rows", "seq_len",
                "validation_fraction")
@@ -57,14 +56,14 @@ REPORT_FILE = "diffusion_drafter_report.json"
 
 
 @dataclasses.dataclass(frozen=True)
-class DiffusionDrafterTrainConfig(OptimizerConfig):
+class DiffusionDrafterTrainConfig(distill.DistillConfig):
   """Hyper-parameters of the drafter's training (the launcher's ``--config.<field>`` flags).
 
-  The optimiser fields of :class:`~partext_jax.training.config.OptimizerConfig`; data
-  (``num_prompts`` greedily answered chat prompts of up to ``max_new_tokens`` tokens,
-  ``gen_batch_size`` per generate call, ``corpus_rows`` corpus chunks of ``seq_len`` tokens,
-  ``validation_fraction`` of the prompts held out); the model (``draft_vocab_size`` ``K``,
-  ``context_len`` ``P``, ``block_len`` ``G``, ``d_model``, ``num_layers``, ``num_heads``,
+  The fields of :class:`~partext_jax.training.distill.DistillConfig` (the optimiser; the teacher
+  data: ``num_prompts`` greedily answered chat prompts of up to ``max_new_tokens`` tokens,
+  ``gen_batch_size`` per generate call, ``validation_fraction`` of the prompts held out); more
+  data (``corpus_rows`` corpus chunks of ``seq_len`` tokens); the model (``draft_vocab_size``
+  ``K``, ``context_len`` ``P``, ``block_len`` ``G``, ``d_model``, ``num_layers``, ``num_heads``,
   ``mlp_dim``); the loop (``batch_size`` windows per step, ``num_steps``, ``checkpoint_every``,
   ``seed``, ``progress_bar``).
   """
@@ -75,7 +74,6 @@ class DiffusionDrafterTrainConfig(OptimizerConfig):
   grad_clip_norm: float = 1.0
   num_prompts: int = 256
   max_new_tokens: int = 96
-  gen_batch_size: int = 32
   corpus_rows: int = 256
   seq_len: int = 160
   validation_fraction: float = 0.1
@@ -93,14 +91,12 @@ class DiffusionDrafterTrainConfig(OptimizerConfig):
   progress_bar: bool = True
 
   def __post_init__(self):
-    self.check_optimizer()
-    check_positive(self, "num_prompts", "max_new_tokens", "gen_batch_size", "seq_len",
-                   "draft_vocab_size", "context_len", "block_len", "d_model", "num_layers",
-                   "num_heads", "mlp_dim", "batch_size", "num_steps", "checkpoint_every")
+    self.check_distill()
+    check_positive(self, "seq_len", "draft_vocab_size", "context_len", "block_len", "d_model",
+                   "num_layers", "num_heads", "mlp_dim", "batch_size", "num_steps",
+                   "checkpoint_every")
     if self.corpus_rows < 0:
       raise ConfigError(f"corpus_rows={self.corpus_rows} must be >= 0")
-    if not 0.0 < self.validation_fraction < 1.0:
-      raise ConfigError(f"validation_fraction={self.validation_fraction} must be in (0, 1)")
     if self.context_len + self.block_len > self.seq_len:
       raise ConfigError(f"context_len + block_len = {self.context_len + self.block_len} must "
                         f"be <= seq_len={self.seq_len}")
@@ -113,9 +109,6 @@ class DiffusionDrafterTrainConfig(OptimizerConfig):
     return denoiser_lib.DenoiserConfig(
         vocab_size=self.draft_vocab_size, max_len=self.window_len, d_model=self.d_model,
         num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
 
 
 def parse_config(config: Any) -> DiffusionDrafterTrainConfig:

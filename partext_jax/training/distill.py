@@ -31,7 +31,8 @@ loss, evaluation and report; this module holds what they share
   parameters alone (no optimiser state), optionally in bfloat16, with its configs as checkpoint
   metadata: the format of the committed assets in ``partext_jax/assets/``.
 
-The configs these functions read (``cfg``) are the trainers' frozen dataclasses; each function
+The configs these functions read (``cfg``) are the trainers' frozen dataclasses, subclasses of
+:class:`DistillConfig` (the optimiser and teacher-data fields and their checks); each function
 names the fields it reads.
 """
 
@@ -55,9 +56,49 @@ from partext_jax.ar import sampling as ar
 from partext_jax.data import corpus
 from partext_jax.training import checkpoint as checkpoint_lib
 from partext_jax.training import core
-from partext_jax.training.config import ConfigError, LoopConfig
+from partext_jax.training.config import (ConfigError, LoopConfig, OptimizerConfig,
+                                         check_positive)
 
 Pair = tuple[list[int], list[int]]  # (prompt token ids, answer token ids)
+
+# ------------------------------------------------------------------------------------ config
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig(OptimizerConfig):
+  """The fields every drafter trainer's config shares (each trainer's config subclasses it).
+
+  The optimiser fields of :class:`~partext_jax.training.config.OptimizerConfig`, plus the
+  teacher data (:func:`teacher_answers`; a trainer's config adds ``seed`` and ``progress_bar``):
+
+  Attributes:
+    num_prompts: chat prompts answered greedily by the frozen target (:func:`build_prompts`:
+      half general topics, half stdlib).
+    max_new_tokens: longest greedy answer per prompt (stops earlier at EOS).
+    gen_batch_size: prompts answered per batched greedy ``generate`` call.
+    validation_fraction: fraction of the prompts held out (by a stable hash of the text,
+      :func:`is_validation_prompt`).
+  """
+
+  num_prompts: int = 128
+  max_new_tokens: int = 128
+  gen_batch_size: int = 32
+  validation_fraction: float = 0.125
+
+  def check_distill(self) -> None:
+    """Raises :class:`~partext_jax.training.config.ConfigError` for a value outside its range
+    (the optimiser's and these fields'); a subclass's ``__post_init__`` calls it first."""
+    self.check_optimizer()
+    check_positive(self, "num_prompts", "max_new_tokens", "gen_batch_size")
+    if not 0.0 < self.validation_fraction < 1.0:
+      raise ConfigError(f"validation_fraction={self.validation_fraction} must be in (0, 1)")
+
+  def __post_init__(self):
+    self.check_distill()
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
 
 # ----------------------------------------------------------------------------------- prompts
 
@@ -161,10 +202,10 @@ def self_distill(bundle, prompts: Sequence[str], *, max_new_tokens: int, batch_s
 def teacher_answers(bundle, cfg) -> tuple[list[Pair], np.ndarray]:
   """The target's greedy answers to :func:`build_prompts` and the held-out flags.
 
-  Reads ``cfg.num_prompts``, ``max_new_tokens``, ``gen_batch_size``, ``validation_fraction`` and
-  ``progress_bar``. Returns ``(pairs, held)``: :func:`self_distill`'s ``[(prompt_ids,
-  answer_ids)]`` in prompt order and ``held bool[num_prompts]`` (:func:`is_validation_prompt`).
-  Raises ``ConfigError`` as :func:`build_prompts`.
+  Reads ``cfg``'s :class:`DistillConfig` fields and ``progress_bar``. Returns ``(pairs, held)``:
+  :func:`self_distill`'s ``[(prompt_ids, answer_ids)]`` in prompt order and
+  ``held bool[num_prompts]`` (:func:`is_validation_prompt`). Raises ``ConfigError`` as
+  :func:`build_prompts`.
   """
   prompts = build_prompts(cfg.num_prompts)
   pairs = self_distill(bundle, prompts, max_new_tokens=cfg.max_new_tokens,

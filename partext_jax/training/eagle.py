@@ -45,22 +45,20 @@ import numpy as np
 from partext_jax import pretrained
 from partext_jax.models import eagle as eagle_lib
 from partext_jax.training import distill
-from partext_jax.training.config import (ConfigError, OptimizerConfig, check_positive,
-                                         parse_dataclass)
+from partext_jax.training.config import ConfigError, check_positive, parse_dataclass
 
 DATA_FIELDS = ("num_prompts", "max_new_tokens", "gen_batch_size", "corpus_rows", "seq_len",
                "validation_fraction")
 
 
 @dataclasses.dataclass(frozen=True)
-class EagleTrainConfig(OptimizerConfig):
+class EagleTrainConfig(distill.DistillConfig):
   """EAGLE head training hyper-parameters (``configs/eagle.py`` comments every field).
 
-  The optimiser fields of :class:`~partext_jax.training.config.OptimizerConfig`, plus the data
-  (``num_prompts``, ``max_new_tokens``, ``gen_batch_size``, ``corpus_rows``, ``seq_len``,
-  ``validation_fraction``), the head (``draft_vocab_size``), the loss (``unroll_steps``,
-  ``token_loss_weight``) and the loop (``batch_size`` rows per step, ``num_steps``,
-  ``checkpoint_every``, ``eval_depth``, ``seed``, ``progress_bar``).
+  The fields of :class:`~partext_jax.training.distill.DistillConfig` (the optimiser, the teacher
+  data), plus the corpus rows (``corpus_rows``, ``seq_len``), the head (``draft_vocab_size``),
+  the loss (``unroll_steps``, ``token_loss_weight``) and the loop (``batch_size`` rows per step,
+  ``num_steps``, ``checkpoint_every``, ``eval_depth``, ``seed``, ``progress_bar``).
   """
 
   learning_rate: float = 5e-4
@@ -70,10 +68,8 @@ class EagleTrainConfig(OptimizerConfig):
   grad_clip_norm: float = 0.5
   num_prompts: int = 64
   max_new_tokens: int = 96
-  gen_batch_size: int = 32
   corpus_rows: int = 8
   seq_len: int = 160
-  validation_fraction: float = 0.125
   draft_vocab_size: int = 4096
   unroll_steps: int = 2
   token_loss_weight: float = 0.1
@@ -85,19 +81,13 @@ class EagleTrainConfig(OptimizerConfig):
   progress_bar: bool = True
 
   def __post_init__(self):
-    self.check_optimizer()
-    check_positive(self, "num_prompts", "max_new_tokens", "gen_batch_size", "seq_len",
-                   "draft_vocab_size", "unroll_steps", "batch_size", "num_steps",
+    self.check_distill()
+    check_positive(self, "seq_len", "draft_vocab_size", "unroll_steps", "batch_size", "num_steps",
                    "checkpoint_every", "eval_depth")
     if self.corpus_rows < 0:
       raise ConfigError(f"corpus_rows={self.corpus_rows} must be >= 0")
-    if not 0.0 < self.validation_fraction < 1.0:
-      raise ConfigError(f"validation_fraction={self.validation_fraction} must be in (0, 1)")
     if self.token_loss_weight < 0:
       raise ConfigError(f"token_loss_weight={self.token_loss_weight} must be >= 0")
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
 
 
 def parse_config(config: Any) -> EagleTrainConfig:

@@ -50,8 +50,7 @@ from partext_jax import pretrained
 from partext_jax.models import medusa as medusa_heads
 from partext_jax.training import core
 from partext_jax.training import distill
-from partext_jax.training.config import (ConfigError, OptimizerConfig, check_positive,
-                                         parse_dataclass)
+from partext_jax.training.config import ConfigError, check_positive, parse_dataclass
 # The self-distillation data, public here before it moved to `distill` (shared by the trainers).
 from partext_jax.training.distill import (build_prompts, corpus_bucket,  # noqa: F401
                                           is_validation_prompt, self_distill)
@@ -62,19 +61,16 @@ MedusaConfigError = ConfigError  # The error of an invalid Medusa training confi
 
 
 @dataclasses.dataclass(frozen=True)
-class MedusaTrainConfig(OptimizerConfig):
+class MedusaTrainConfig(distill.DistillConfig):
   """Medusa training hyper-parameters (``configs/medusa.py``).
 
-  The optimiser fields of :class:`~partext_jax.training.config.OptimizerConfig` (here: warmup
-  20 steps, cosine decay to 10%, no weight decay, AdamW's default betas), plus:
+  The fields of :class:`~partext_jax.training.distill.DistillConfig`: the optimiser (here:
+  warmup 20 steps, cosine decay to 10%, no weight decay, AdamW's default betas) and the teacher
+  data (128 prompts, answers of up to 128 tokens), plus:
 
   Attributes:
     num_heads: ``K``; head ``k`` guesses the token ``k`` places after the target's next one.
     num_layers: residual SiLU blocks per head (Medusa uses 1).
-    num_prompts: chat prompts answered by the frozen model (half general topics, half stdlib).
-    max_new_tokens: longest greedy answer per prompt (stops earlier at EOS).
-    gen_batch_size: prompts answered per batched greedy ``generate`` call.
-    validation_fraction: fraction of prompts (by a stable hash of the text) held out.
     batch_size: answer positions (hidden states) per optimiser step.
     num_epochs: passes over the training positions.
     head_decay: loss weight of head ``k`` is ``head_decay ** (k - 1)`` (Medusa: 0.8).
@@ -89,10 +85,6 @@ class MedusaTrainConfig(OptimizerConfig):
   b2: float = 0.999
   num_heads: int = 4
   num_layers: int = 1
-  num_prompts: int = 128
-  max_new_tokens: int = 128
-  gen_batch_size: int = 32
-  validation_fraction: float = 0.125
   batch_size: int = 256
   num_epochs: int = 3
   head_decay: float = 0.8
@@ -101,15 +93,12 @@ class MedusaTrainConfig(OptimizerConfig):
   progress_bar: bool = True
 
   def __post_init__(self):
-    self.check_optimizer()
-    check_positive(self, "num_prompts", "max_new_tokens", "gen_batch_size", "batch_size",
-                   "num_epochs", "topk_eval")
+    self.check_distill()
+    check_positive(self, "batch_size", "num_epochs", "topk_eval")
     try:  # MedusaConfig's own checks of num_heads / num_layers.
       self.heads_config(hidden_size=1)
     except ValueError as e:
       raise ConfigError(str(e)) from e
-    if not 0.0 < self.validation_fraction < 1.0:
-      raise ConfigError(f"validation_fraction={self.validation_fraction} must be in (0, 1)")
     if not 0.0 < self.head_decay <= 1.0:
       raise ConfigError(f"head_decay={self.head_decay} must be in (0, 1]")
 
@@ -117,9 +106,6 @@ class MedusaTrainConfig(OptimizerConfig):
     """The heads' :class:`~partext_jax.models.medusa.MedusaConfig` on a base of this width."""
     return medusa_heads.MedusaConfig(num_heads=self.num_heads, hidden_size=hidden_size,
                                      num_layers=self.num_layers)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
 
 
 def parse_config(config: Any) -> MedusaTrainConfig:

@@ -51,8 +51,8 @@ from partext_jax.models.attention import KVCache
 from partext_jax.models.medusa import lm_head_logits
 from partext_jax.training import core
 from partext_jax.training import distill
-from partext_jax.training.config import (ConfigError, OptimizerConfig, check_choice,
-                                         check_positive, parse_dataclass)
+from partext_jax.training.config import (ConfigError, check_choice, check_positive,
+                                         parse_dataclass)
 
 DATA_SOURCES = ("smollm2", "markov")
 SMOLLM2_DATA_FIELDS = ("num_prompts", "max_new_tokens", "gen_batch_size", "validation_fraction")
@@ -61,22 +61,20 @@ MARKOV_DATA_FIELDS = ("markov_seed", "num_states", "concentration", "num_sequenc
 
 
 @dataclasses.dataclass(frozen=True)
-class MTPTrainConfig(OptimizerConfig):
+class MTPTrainConfig(distill.DistillConfig):
   """MTP training hyper-parameters (``configs/mtp.py``, ``configs/mtp_markov.py``).
 
-  The optimiser fields of :class:`~partext_jax.training.config.OptimizerConfig`, plus:
+  The fields of :class:`~partext_jax.training.distill.DistillConfig`: the optimiser, the teacher
+  data (``num_prompts``, ``max_new_tokens``, ``gen_batch_size``: smollm2 only) and
+  ``validation_fraction`` (prompts by a stable hash; markov: the last sequences), plus:
 
   Attributes:
     kind: ``"gloeckle"`` (independent heads) or ``"deepseek"`` (sequential modules).
     depth: ``D``, tokens predicted beyond the trunk's next token.
     mlp_dim: SwiGLU width of each block; 0 = the trunk's.
     data: ``"smollm2"`` (self-distilled SmolLM2 answers) or ``"markov"`` (a Markov chain).
-    num_prompts: smollm2: chat prompts answered greedily by the frozen model.
-    max_new_tokens: smollm2: longest greedy answer (stops earlier at EOS).
-    gen_batch_size: smollm2: prompts per batched greedy ``generate`` call.
     markov_seed, num_states, concentration: markov: the chain (``MarkovChain.random``).
     num_sequences, seq_len: markov: sampled sequences and their length.
-    validation_fraction: fraction held out (prompts by a stable hash; markov: the last sequences).
     batch_size: sequences per optimiser step.
     num_epochs: passes over the training sequences.
     seed: seed of the predictors' initialisation and of the data order.
@@ -90,30 +88,24 @@ class MTPTrainConfig(OptimizerConfig):
   depth: int = 2
   mlp_dim: int = 384
   data: str = "smollm2"
-  num_prompts: int = 128
-  max_new_tokens: int = 128
-  gen_batch_size: int = 32
   markov_seed: int = 0
   num_states: int = 8
   concentration: float = 0.3
   num_sequences: int = 1024
   seq_len: int = 64
-  validation_fraction: float = 0.125
   batch_size: int = 4
   num_epochs: int = 6
   seed: int = 0
   progress_bar: bool = True
 
   def __post_init__(self):
-    self.check_optimizer()
+    self.check_distill()
     check_choice("kind", self.kind, mtp_lib.MTP_KINDS)
     check_choice("data", self.data, DATA_SOURCES)
-    check_positive(self, "depth", "num_prompts", "max_new_tokens", "gen_batch_size", "num_states",
-                   "concentration", "num_sequences", "seq_len", "batch_size", "num_epochs")
+    check_positive(self, "depth", "num_states", "concentration", "num_sequences", "seq_len",
+                   "batch_size", "num_epochs")
     if self.mlp_dim < 0:
       raise ConfigError(f"mlp_dim={self.mlp_dim} must be >= 0 (0: the trunk's)")
-    if not 0.0 < self.validation_fraction < 1.0:
-      raise ConfigError(f"validation_fraction={self.validation_fraction} must be in (0, 1)")
     if self.data == "markov" and self.seq_len <= self.depth + 1:
       raise ConfigError(f"seq_len={self.seq_len} leaves no target for depth={self.depth}")
 
@@ -121,9 +113,6 @@ class MTPTrainConfig(OptimizerConfig):
     """The predictors' :class:`~partext_jax.models.mtp.MTPConfig` on this trunk."""
     return mtp_lib.MTPConfig.for_trunk(trunk_config, kind=self.kind, depth=self.depth,
                                        mlp_dim=self.mlp_dim or None)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
 
 
 def parse_config(config: Any) -> MTPTrainConfig:
