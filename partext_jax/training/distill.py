@@ -416,6 +416,22 @@ def train_params(cfg, init_params: Callable[[jax.Array], Any], loss_fn: core.Los
       frozen=frozen, learning_rate=core.learning_rate_schedule(cfg, loop.num_steps), desc=desc)
 
 
+def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+  """``(fn(*args, **kwargs), the wall time it took in seconds)``."""
+  start = time.perf_counter()
+  out = fn(*args, **kwargs)
+  return out, time.perf_counter() - start
+
+
+def plot_cross_entropies(workdir: str, *, key: str, label: str, count: int) -> None:
+  """Draws the training curves ``train/<key><k>_ce`` (``k = 1 .. count``, in nats) of
+  ``<workdir>/metrics.jsonl`` into ``<workdir>/metrics.png``, labelled ``<label> <k>``."""
+  files = core.RunFiles(workdir)
+  core.plot_metrics(files.metrics_path, files.plot_path,
+                    curves=[(f"train/{key}{k}_ce", f"{label} {k} CE (train)")
+                            for k in range(1, count + 1)], ylabel="nats")
+
+
 def checkpoint_path(workdir: str, step: int) -> str:
   """``<workdir>/checkpoints/<step>``: a run's checkpoint of step ``step``."""
   return os.path.join(core.RunFiles(workdir).checkpoint_dir, str(step))

@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import time
 from typing import Any
 
 import jax
@@ -138,7 +137,8 @@ def load_or_build_data(bundle, cfg: EagleTrainConfig, workdir: str) -> dict[str,
 
 
 def draft_vocab(data: dict[str, np.ndarray], vocab_size: int, size: int) -> np.ndarray:
-  """The ``size`` most frequent training tokens and labels (:func:`partext_jax.models.eagle.select_draft_vocab`)."""
+  """The ``size`` most frequent training tokens and labels
+  (:func:`partext_jax.models.eagle.select_draft_vocab`)."""
   m = data["train_mask"]
   counts = np.bincount(np.concatenate([data["train_tokens"][m], data["train_labels"][m]]),
                        minlength=vocab_size)
@@ -310,11 +310,9 @@ def train_and_evaluate(config: Any, workdir: str, *, bundle=None) -> dict[str, A
   cfg = parse_config(config)
   bundle = pretrained.load_bundle() if bundle is None else bundle
   model, base_params, _ = bundle
-  start = time.perf_counter()
-  data = load_or_build_data(bundle, cfg, workdir)
-  t_data = time.perf_counter() - start
-  ecfg, head, vocab_ids, logs = train_head(data, base_params, model.config, cfg, workdir=workdir)
-  t_train = time.perf_counter() - start - t_data
+  data, t_data = distill.timed(load_or_build_data, bundle, cfg, workdir)
+  (ecfg, head, vocab_ids, logs), t_train = distill.timed(train_head, data, base_params,
+                                                         model.config, cfg, workdir=workdir)
   frozen = _frozen(base_params, vocab_ids, model.config)
   evaluate = lambda h: evaluate_head(h, frozen, data, config=ecfg, cfg=cfg)  # noqa: E731
   report = {"config": cfg.to_dict(), "train_rows": int(len(data["train_tokens"])),

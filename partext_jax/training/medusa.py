@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import time
 from typing import Any
 
 import jax
@@ -350,15 +349,10 @@ def train_and_evaluate(config: Any, workdir: str, *, bundle=None) -> dict[str, A
   cfg = parse_config(config)
   bundle = pretrained.load_bundle() if bundle is None else bundle
   model, base_params, _ = bundle
-  start = time.perf_counter()
-  data = load_or_build_data(bundle, cfg, workdir)
-  t_data = time.perf_counter() - start
-  mcfg, params, logs = train_heads(data, base_params, model.config, cfg, workdir=workdir)
-  t_train = time.perf_counter() - start - t_data
-  files = core.RunFiles(workdir)
-  core.plot_metrics(files.metrics_path, files.plot_path,
-                    curves=[(f"train/head{k}_ce", f"head {k} CE (train)")
-                            for k in range(1, mcfg.num_heads + 1)], ylabel="nats")
+  data, t_data = distill.timed(load_or_build_data, bundle, cfg, workdir)
+  (mcfg, params, logs), t_train = distill.timed(train_heads, data, base_params, model.config,
+                                                cfg, workdir=workdir)
+  distill.plot_cross_entropies(workdir, key="head", label="head", count=mcfg.num_heads)
   evaluate = lambda p: evaluate_heads(  # noqa: E731
       p, base_params, data["valid_hidden"], data["valid_targets"], config=mcfg,
       base_config=model.config, topk=cfg.topk_eval)

@@ -21,9 +21,9 @@ Data sources (``data``):
   as ``mtp_data_<hash>.npz``.
 * ``"markov"``: sequences of a seeded random Markov chain
   (:class:`~partext_jax.data.synthetic.MarkovChain`, transition matrix ``P``) under the exact
-  one-hot trunk :class:`OneHotMarkovLM` (``h_t = onehot(x_t)``, next-token law ``P[x_t]``). The Bayes-optimal Gloeckle head ``k + 1``
-  is ``P^{k+1}[x_t]`` and every DeepSeek module is ``P[x_t]``; :func:`markov_kl` measures the
-  learned conditionals against them.
+  one-hot trunk :class:`OneHotMarkovLM` (``h_t = onehot(x_t)``, next-token law ``P[x_t]``). The
+  Bayes-optimal Gloeckle head ``k + 1`` is ``P^{k+1}[x_t]`` and every DeepSeek module is
+  ``P[x_t]``; :func:`markov_kl` measures the learned conditionals against them.
 
 Usage::
 
@@ -49,7 +49,6 @@ from partext_jax.data.synthetic import MarkovChain
 from partext_jax.models import mtp as mtp_lib
 from partext_jax.models.attention import KVCache
 from partext_jax.models.medusa import lm_head_logits
-from partext_jax.training import core
 from partext_jax.training import distill
 from partext_jax.training.config import (ConfigError, check_choice, check_positive,
                                          parse_dataclass)
@@ -484,10 +483,7 @@ def train_and_evaluate(config: Any, workdir: str, *, bundle=None) -> dict[str, A
   t_data = time.perf_counter() - start
   mcfg, params, logs = train_predictors(data, trunk_params, trunk.config, cfg, workdir=workdir)
   t_train = time.perf_counter() - start - t_data
-  files = core.RunFiles(workdir)
-  core.plot_metrics(files.metrics_path, files.plot_path,
-                    curves=[(f"train/pred{k}_ce", f"predictor {k} CE (train)")
-                            for k in range(1, mcfg.depth + 1)], ylabel="nats")
+  distill.plot_cross_entropies(workdir, key="pred", label="predictor", count=mcfg.depth)
   ev = lambda p: evaluate(p, data, trunk_params, config=mcfg,  # noqa: E731
                           trunk_config=trunk.config)
   steps = distill.epoch_loop(len(data["train_tokens"]), cfg).num_steps
