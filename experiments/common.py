@@ -8,6 +8,9 @@ package itself is the installed ``partext_jax``.
 * Launcher flags: :func:`define_trained_run_flags` (``--workdir`` / ``--config`` of a trained
   run), :func:`define_distributed_flags` + :func:`initialize_distributed` (multi-host start),
   :func:`mesh_from_flag` (``--mesh=DATA,FSDP,TENSOR``).
+* Drafter trainers (``train_{medusa,eagle,mtp,diffusion_drafter}.py``):
+  :func:`define_drafter_training_flags` and :func:`train_drafter` (train, print the report,
+  export the committed asset with :func:`export_command` in its metadata).
 * Benchmarks: :func:`time_call` (wall time of a jitted call after a warm-up), :func:`machine`
   (the line that records where and when a table was measured), :func:`markdown_table` and
   :func:`write_report` (print it and keep it under ``experiments/results/``).
@@ -16,6 +19,7 @@ package itself is the installed ``partext_jax``.
 from __future__ import annotations
 
 import datetime
+import json
 import logging as std_logging
 import os
 import platform
@@ -34,6 +38,9 @@ from partext_jax import parallel
 from partext_jax.training.checkpoint import CheckpointError
 
 FLAGS = flags.FLAGS
+# The flags the define_* helpers below make belong to the launcher calling them: its --helpshort
+# lists them.
+flags.disclaim_key_flags()
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,6 +149,56 @@ def mesh_from_flag(sizes: Sequence[str] | None):
     raise app.UsageError(f"--mesh needs three sizes DATA,FSDP,TENSOR, got {sizes}")
   data, fsdp, tensor = (int(v) for v in sizes)
   return parallel.make_mesh(data=data, fsdp=fsdp, tensor=tensor)
+
+
+# --------------------------------------------------------------------------------------------
+# Drafter trainers.
+
+
+def define_drafter_training_flags(drafter: str, what: str, *,
+                                  default_config: Any | None = None) -> None:
+  """``--workdir`` (required), ``--export_asset`` (save the ``what``, e.g. "heads", as the
+  package's asset) and ``--config``: a ``configs/*.py`` file of the ``drafter``'s training
+  (required), or, given ``default_config`` (a ConfigDict), that config with
+  ``--config.<field>=...`` overrides."""
+  flags.DEFINE_string("workdir", None, "Directory for the data cache, checkpoints and report.")
+  flags.DEFINE_bool("export_asset", False,
+                    f"Also save the {what} as the package's committed asset.")
+  if default_config is None:
+    config_flags.DEFINE_config_file(
+        "config", None, f"File path to the {drafter} training configuration.", lock_config=True)
+    flags.mark_flags_as_required(["config", "workdir"])
+  else:
+    config_flags.DEFINE_config_dict(
+        "config", default_config,
+        "Training configuration (override fields with --config.<field>=...).", lock_config=True)
+    flags.declare_key_flag("config")  # DEFINE_config_dict names this module its owner.
+    flags.mark_flags_as_required(["workdir"])
+
+
+def export_command() -> str:
+  """How this launcher was called (``--workdir=<dir>`` for the workdir): the ``command`` an
+  exported asset records."""
+  args = ["--workdir=<dir>" if a.startswith("--workdir") else a for a in sys.argv[1:]]
+  return " ".join([f"python experiments/{os.path.basename(sys.argv[0])}"] + args)
+
+
+def train_drafter(train_and_evaluate: Callable[[Any, str], dict[str, Any]], *,
+                  summary: Sequence[str], what: str,
+                  export: Callable[..., str],
+                  format_report: Callable[[dict[str, Any]], str] | None = None
+                  ) -> dict[str, Any]:
+  """Runs ``train_and_evaluate(FLAGS.config, FLAGS.workdir)`` and prints its report:
+  ``format_report(report)`` (if given), then the ``summary`` keys as JSON. With
+  ``--export_asset``, also ``export(report, command=export_command())`` (returns where the
+  ``what`` went). Returns the report."""
+  report = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if format_report is not None:
+    print(format_report(report))
+  print(json.dumps({k: report[k] for k in summary}, indent=1))
+  if FLAGS.export_asset:
+    print(f"exported the {what} to {export(report, command=export_command())}")
+  return report
 
 
 # --------------------------------------------------------------------------------------------

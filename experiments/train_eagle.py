@@ -9,35 +9,24 @@ The head (with its optimiser state: a rerun resumes) lands in ``<workdir>/checkp
 (what ``bench_eagle.py`` loads by default).
 """
 
-import json
+import functools
 
-from absl import flags
 import jax
-from ml_collections import config_flags
 
 import common
 from partext_jax.training import eagle
 
-FLAGS = flags.FLAGS
-
-flags.DEFINE_string("workdir", None, "Directory for the data cache, checkpoints and report.")
-flags.DEFINE_bool("export_asset", False, "Also save the head as the package's committed asset.")
-config_flags.DEFINE_config_file(
-    "config", None, "File path to the EAGLE training configuration.", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+common.define_drafter_training_flags("EAGLE", "head")
 
 
 def main(argv):
   common.no_arguments(argv)
-  report = eagle.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  print(json.dumps({k: report[k] for k in ("valid", "valid_untrained", "draft_vocab_coverage",
-                                           "train_positions", "seconds_data", "seconds_train",
-                                           "head_params", "checkpoint")}, indent=1))
-  if FLAGS.export_asset:
-    dest = eagle.export_head(report, eagle.asset_directory(), command=(
-        "python experiments/train_eagle.py --config=configs/eagle.py --workdir=<dir> "
-        "--export_asset"))
-    print(f"exported the head to {dest}")
+  common.train_drafter(
+      eagle.train_and_evaluate,
+      summary=("valid", "valid_untrained", "draft_vocab_coverage", "train_positions",
+               "seconds_data", "seconds_train", "head_params", "checkpoint"),
+      what="head",
+      export=functools.partial(eagle.export_head, destination=eagle.asset_directory()))
 
 
 if __name__ == "__main__":

@@ -15,43 +15,34 @@ under 5 MB (the two commands above made the committed ones; see ``configs/mtp.py
 finished run resumes at its last step: it only evaluates and exports.
 """
 
-import json
-import sys
-
 from absl import app
 from absl import flags
 import jax
-from ml_collections import config_flags
 
 import common
 from partext_jax.training import mtp
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("workdir", None, "Directory for the data cache, checkpoints and report.")
-flags.DEFINE_bool("export_asset", False, "Also save the predictors as the package's asset.")
+common.define_drafter_training_flags("MTP", "predictors")
 flags.DEFINE_integer("asset_depth", None, "Export only the first predictors (default: all).")
 flags.DEFINE_enum("asset_dtype", "bfloat16", mtp.PARAM_DTYPES, "Storage dtype of the asset.")
-config_flags.DEFINE_config_file(
-    "config", None, "File path to the MTP training configuration.", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def export(report, *, command: str) -> str:
+  """The predictors of ``report``'s run as ``partext_jax/assets/mtp_smollm2_<kind>``."""
+  return mtp.export_params(report, mtp.asset_directory(FLAGS.config.kind), command=command,
+                           depth=FLAGS.asset_depth, param_dtype=FLAGS.asset_dtype)
 
 
 def main(argv):
   common.no_arguments(argv)
-  report = mtp.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  print(mtp.format_report(report))
-  print(json.dumps({k: report[k] for k in ("train_sequences", "seconds_data", "seconds_train",
-                                           "params", "checkpoint")}, indent=1))
-  if FLAGS.export_asset:
-    if FLAGS.config.data != "smollm2":
-      raise app.UsageError("--export_asset exports SmolLM2 predictors (config.data='smollm2')")
-    kind = FLAGS.config.kind
-    args = ["--workdir=<dir>" if a.startswith("--workdir") else a for a in sys.argv[1:]]
-    dest = mtp.export_params(report, mtp.asset_directory(kind),
-                             command=" ".join(["python experiments/train_mtp.py"] + args),
-                             depth=FLAGS.asset_depth, param_dtype=FLAGS.asset_dtype)
-    print(f"exported the predictors to {dest}")
+  if FLAGS.export_asset and FLAGS.config.data != "smollm2":
+    raise app.UsageError("--export_asset exports SmolLM2 predictors (config.data='smollm2')")
+  common.train_drafter(
+      mtp.train_and_evaluate, format_report=mtp.format_report,
+      summary=("train_sequences", "seconds_data", "seconds_train", "params", "checkpoint"),
+      what="predictors", export=export)
 
 
 if __name__ == "__main__":

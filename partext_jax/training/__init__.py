@@ -1,4 +1,4 @@
-"""Training: typed configs, checkpoints, the trainer core and the three trainers built on it.
+"""Training: typed configs, checkpoints, the trainer core and the trainers built on it.
 
 * :mod:`~partext_jax.training.config`: strict ConfigDict -> frozen dataclass parsing
   (:func:`parse_dataclass`) and the masked-diffusion experiment's config (:func:`parse_config`).
@@ -7,7 +7,12 @@
 * :mod:`~partext_jax.training.mdm`: the masked-diffusion denoiser (:func:`train_and_evaluate`);
   :mod:`~partext_jax.training.runs` loads a trained run for sampling and evaluation.
 * :mod:`~partext_jax.training.planner`: the P2 planner head on a frozen denoiser.
-* :mod:`~partext_jax.training.medusa`: Medusa heads on a frozen LM (self-distillation).
+* Drafters of a frozen LM, trained on its own greedy answers: the Medusa heads
+  (:mod:`~partext_jax.training.medusa`), the EAGLE feature head
+  (:mod:`~partext_jax.training.eagle`), MTP predictors (:mod:`~partext_jax.training.mtp`) and the
+  diffusion drafter (:mod:`~partext_jax.training.diffusion_drafter`);
+  :mod:`~partext_jax.training.distill` holds what they share (prompts, teacher answers, the data
+  cache, the loop, parameter-only exports).
 """
 
 from partext_jax.training.config import (

@@ -5,10 +5,10 @@ tokens reads a window ``[c_1 .. c_P, b_1 .. b_G]``: ``P = context_len`` committe
 block of ``G = block_len`` tokens after them, of which a suffix is masked.
 
 * **Data** (Medusa-2-style self-distillation plus the embedded corpus): chat prompts
-  (:func:`partext_jax.training.medusa.build_prompts`) answered greedily by the frozen target,
+  (:func:`partext_jax.training.distill.build_prompts`) answered greedily by the frozen target,
   cut into windows whose block lies in the answer (the tokens the drafter will be asked for are
   the target's own), and windows of the standard-library corpus tokenised with SmolLM2's
-  tokenizer. Prompts are split by Medusa's stable hash; the data is cached in the workdir
+  tokenizer. Prompts are split by their stable hash; the data is cached in the workdir
   (``diffusion_drafter_data_<hash>.npz``).
 * **Loss** (the choice): the denoiser's cross-entropy at the masked block positions, masks
   restricted to the block -- the first ``j`` block tokens shown and the rest masked, ``j = 0``
@@ -33,8 +33,6 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
 import time
@@ -46,15 +44,11 @@ import numpy as np
 
 from partext_jax import pretrained
 from partext_jax.ar.speculative.drafters.diffusion import DiffusionDrafter
-from partext_jax.data import corpus
 from partext_jax.models import denoiser as denoiser_lib
 from partext_jax.models.eagle import select_draft_vocab
 from partext_jax.training import checkpoint as checkpoint_lib
-from partext_jax.training import core
-from partext_jax.training import eagle as eagle_training
-from partext_jax.training import medusa as medusa_training
-from partext_jax.training.config import (ConfigError, LoopConfig, OptimizerConfig,
-                                         check_positive, parse_dataclass)
+from partext_jax.training import distill
+from partext_jax.training.config import ConfigError, check_positive, parse_dataclass
 
 DATA_FIELDS = ("num_prompts", "max_new_tokens", "gen_batch_size", "corpus_rows", "seq_len",
                "validation_fraction")
@@ -62,14 +56,14 @@ REPORT_FILE = "diffusion_drafter_report.json"
 
 
 @dataclasses.dataclass(frozen=True)
-class DiffusionDrafterTrainConfig(OptimizerConfig):
+class DiffusionDrafterTrainConfig(distill.DistillConfig):
   """Hyper-parameters of the drafter's training (the launcher's ``--config.<field>`` flags).
 
-  The optimiser fields of :class:`~partext_jax.training.config.OptimizerConfig`; data
-  (``num_prompts`` greedily answered chat prompts of up to ``max_new_tokens`` tokens,
-  ``gen_batch_size`` per generate call, ``corpus_rows`` corpus chunks of ``seq_len`` tokens,
-  ``validation_fraction`` of the prompts held out); the model (``draft_vocab_size`` ``K``,
-  ``context_len`` ``P``, ``block_len`` ``G``, ``d_model``, ``num_layers``, ``num_heads``,
+  The fields of :class:`~partext_jax.training.distill.DistillConfig` (the optimiser; the teacher
+  data: ``num_prompts`` greedily answered chat prompts of up to ``max_new_tokens`` tokens,
+  ``gen_batch_size`` per generate call, ``validation_fraction`` of the prompts held out); more
+  data (``corpus_rows`` corpus chunks of ``seq_len`` tokens); the model (``draft_vocab_size``
+  ``K``, ``context_len`` ``P``, ``block_len`` ``G``, ``d_model``, ``num_layers``, ``num_heads``,
   ``mlp_dim``); the loop (``batch_size`` windows per step, ``num_steps``, ``checkpoint_every``,
   ``seed``, ``progress_bar``).
   """
@@ -80,7 +74,6 @@ class DiffusionDrafterTrainConfig(OptimizerConfig):
   grad_clip_norm: float = 1.0
   num_prompts: int = 256
   max_new_tokens: int = 96
-  gen_batch_size: int = 32
   corpus_rows: int = 256
   seq_len: int = 160
   validation_fraction: float = 0.1
@@ -98,14 +91,12 @@ class DiffusionDrafterTrainConfig(OptimizerConfig):
   progress_bar: bool = True
 
   def __post_init__(self):
-    self.check_optimizer()
-    check_positive(self, "num_prompts", "max_new_tokens", "gen_batch_size", "seq_len",
-                   "draft_vocab_size", "context_len", "block_len", "d_model", "num_layers",
-                   "num_heads", "mlp_dim", "batch_size", "num_steps", "checkpoint_every")
+    self.check_distill()
+    check_positive(self, "seq_len", "draft_vocab_size", "context_len", "block_len", "d_model",
+                   "num_layers", "num_heads", "mlp_dim", "batch_size", "num_steps",
+                   "checkpoint_every")
     if self.corpus_rows < 0:
       raise ConfigError(f"corpus_rows={self.corpus_rows} must be >= 0")
-    if not 0.0 < self.validation_fraction < 1.0:
-      raise ConfigError(f"validation_fraction={self.validation_fraction} must be in (0, 1)")
     if self.context_len + self.block_len > self.seq_len:
       raise ConfigError(f"context_len + block_len = {self.context_len + self.block_len} must "
                         f"be <= seq_len={self.seq_len}")
@@ -119,9 +110,6 @@ class DiffusionDrafterTrainConfig(OptimizerConfig):
         vocab_size=self.draft_vocab_size, max_len=self.window_len, d_model=self.d_model,
         num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim)
 
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
 
 def parse_config(config: Any) -> DiffusionDrafterTrainConfig:
   """A ``ConfigDict`` / mapping -> :class:`DiffusionDrafterTrainConfig` (strict:
@@ -132,56 +120,29 @@ def parse_config(config: Any) -> DiffusionDrafterTrainConfig:
 # --------------------------------------------------------------------------------------- data
 
 
-def _data_key(cfg: DiffusionDrafterTrainConfig) -> str:
-  blob = json.dumps({"fields": {f: getattr(cfg, f) for f in DATA_FIELDS}, "version": 1},
-                    sort_keys=True)
-  return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def _pack(rows: list[list[int]], starts: list[int], seq_len: int):
-  tokens = np.zeros((len(rows), seq_len), np.int32)
-  lengths = np.zeros((len(rows),), np.int32)
-  for i, r in enumerate(rows):
-    r = r[:seq_len]
-    tokens[i, :len(r)] = r
-    lengths[i] = len(r)
-  return tokens, lengths, np.asarray(starts, np.int32)
-
-
 def load_or_build_data(bundle, cfg: DiffusionDrafterTrainConfig, workdir: str
                        ) -> dict[str, np.ndarray]:
   """``{train,valid}_{tokens,lengths,answer_start}``: rows of SmolLM2 token ids (prompt +
-  greedy answer, or a corpus chunk with ``answer_start = 0``), built once and cached."""
-  path = os.path.join(workdir, f"diffusion_drafter_data_{_data_key(cfg)}.npz")
-  if os.path.exists(path):
-    with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}
-  prompts = medusa_training.build_prompts(cfg.num_prompts)
-  pairs = medusa_training.self_distill(bundle, prompts, max_new_tokens=cfg.max_new_tokens,
-                                       batch_size=cfg.gen_batch_size, progress=cfg.progress_bar)
-  held = [medusa_training.is_validation_prompt(p, validation_fraction=cfg.validation_fraction)
-          for p in prompts]
-  split = {"train": ([], []), "valid": ([], [])}
-  for (p, a), h in zip(pairs, held):
-    rows, starts = split["valid" if h else "train"]
-    rows.append(list(p) + list(a))
-    starts.append(len(p))
-  for r in eagle_training.corpus_rows(bundle.tokenizer, num_rows=cfg.corpus_rows,
-                                      seq_len=cfg.seq_len):
-    split["train"][0].append(r)
-    split["train"][1].append(0)
-  data = {}
-  for name, (rows, starts) in split.items():
-    if not rows:
-      raise ConfigError(f"the {name} split has no rows: change num_prompts or "
-                        "validation_fraction")
-    for key, arr in zip(("tokens", "lengths", "answer_start"), _pack(rows, starts, cfg.seq_len)):
-      data[f"{name}_{key}"] = arr
-  os.makedirs(workdir, exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **data)
-  os.replace(tmp, path)
-  return data
+  greedy answer, or a corpus chunk with ``answer_start = 0``), built once and cached as
+  ``<workdir>/diffusion_drafter_data_<hash>.npz``: ``tokens int32[N, seq_len]`` (right padded),
+  ``lengths int32[N]``, ``answer_start int32[N]``. Raises ``ConfigError`` if a split is empty."""
+
+  def build():
+    pairs, held = distill.teacher_answers(bundle, cfg)
+    split = distill.split([(list(p) + list(a), len(p)) for p, a in pairs], held)
+    split["train"] += [(r, 0) for r in distill.corpus_rows(
+        bundle.tokenizer, num_rows=cfg.corpus_rows, seq_len=cfg.seq_len)]
+    distill.check_splits(split)
+    data = {}
+    for name, rows in split.items():
+      tokens, lengths = distill.pack_rows([r for r, _ in rows], cfg.seq_len)
+      data.update({f"{name}_tokens": tokens, f"{name}_lengths": lengths,
+                   f"{name}_answer_start": np.asarray([s for _, s in rows], np.int32)})
+    return data
+
+  key = distill.data_key(cfg, DATA_FIELDS)
+  return distill.cached_arrays(os.path.join(workdir, f"diffusion_drafter_data_{key}.npz"), build,
+                               label="diffusion drafter", unit="rows")
 
 
 def window_starts(tokens_len, answer_start, *, context_len: int, block_len: int) -> np.ndarray:
@@ -288,27 +249,15 @@ def train_and_evaluate(config: Any, workdir: str, *, bundle=None) -> dict[str, A
   win = _prepare(data, cfg, vocab_ids)
   t_data = time.perf_counter() - start
   mcfg = cfg.model_config()
-  loop = LoopConfig(num_steps=cfg.num_steps, log_every=min(50, cfg.num_steps),
-                    eval_every=cfg.num_steps, checkpoint_every=cfg.checkpoint_every,
-                    keep_checkpoints=1, progress_bar=cfg.progress_bar)
-  optimizer = core.make_optimizer(cfg, loop.num_steps)
   train = win["train"]
 
   def loss_fn(params, batch, rng):
     return block_loss(params, batch, rng, config=mcfg, context_len=cfg.context_len)
 
-  def batch_at(step):
-    idx = corpus.batch_indices(len(train), step=step, batch_size=cfg.batch_size, seed=cfg.seed)
-    return jnp.asarray(train[idx])
-
-  state = core.init_train_state(jax.random.PRNGKey(cfg.seed),
-                                lambda key: denoiser_lib.init_params(key, mcfg), optimizer,
-                                ema=False)
-  files = core.RunFiles(workdir)
-  result = core.train_loop(
-      state, core.make_train_step(loss_fn, optimizer), batch_at, loop=loop, files=files,
+  result = distill.train_params(
+      cfg, lambda key: denoiser_lib.init_params(key, mcfg), loss_fn, train,
+      loop=distill.step_loop(cfg, log_every=50), workdir=workdir,
       metadata={"train_config": cfg.to_dict(), "vocab_ids": vocab_ids.tolist()},
-      learning_rate=core.learning_rate_schedule(cfg, loop.num_steps),
       desc="train diffusion drafter")
   t_train = time.perf_counter() - start - t_data
   params = result.state.params
@@ -321,9 +270,8 @@ def train_and_evaluate(config: Any, workdir: str, *, bundle=None) -> dict[str, A
             "train_log": [r for r in result.history if "train/loss" in r],
             "seconds_data": t_data, "seconds_train": t_train,
             "params": int(denoiser_lib.count_params(params)),
-            "checkpoint": os.path.join(files.checkpoint_dir, str(cfg.num_steps))}
-  with open(os.path.join(workdir, REPORT_FILE), "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
+            "checkpoint": distill.checkpoint_path(workdir, cfg.num_steps)}
+  distill.write_report(workdir, REPORT_FILE, report)
   return report
 
 
@@ -331,14 +279,22 @@ def save_drafter(directory: str, params, cfg: DiffusionDrafterTrainConfig, vocab
                  step: int, metadata: dict[str, Any] | None = None, dtype=jnp.bfloat16) -> str:
   """Exports the denoiser alone in ``dtype`` under ``directory/<step>`` (atomic), the train
   config and ``vocab_ids`` in the metadata. Returns the step directory."""
-  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)
-  state = checkpoint_lib.TrainState(step=jnp.int32(step), params=params, ema_params={},
-                                    opt_state={}, rng=jnp.zeros((2,), jnp.uint32))
-  meta = {"train_config": cfg.to_dict(), "vocab_ids": np.asarray(vocab_ids).tolist(),
-          "param_dtype": jnp.dtype(dtype).name, **(metadata or {})}
-  with checkpoint_lib.Checkpointer(directory, keep=1) as ckpt:
-    ckpt.save(state, metadata=meta)
-    return ckpt.step_directory(step)
+  return distill.save_params(directory, params, step=step, param_dtype=jnp.dtype(dtype).name,
+                             metadata={"train_config": cfg.to_dict(),
+                                       "vocab_ids": np.asarray(vocab_ids).tolist(),
+                                       **(metadata or {})})
+
+
+def _read_config(meta) -> tuple[DiffusionDrafterTrainConfig, np.ndarray]:
+  return parse_config(meta["train_config"]), np.asarray(meta["vocab_ids"], np.int32)
+
+
+def _load(directory: str):
+  """``((train config, vocab_ids int32[K]), float32 params, metadata)`` of a checkpoint."""
+  return distill.load_params(
+      directory, name="diffusion drafter", fields="train_config / vocab_ids",
+      read_config=_read_config,
+      init_params=lambda c: denoiser_lib.init_params(jax.random.key(0), c[0].model_config()))
 
 
 def load_drafter(directory: str | None = None, *, gamma: int = 4, passes: int = 1,
@@ -352,29 +308,13 @@ def load_drafter(directory: str | None = None, *, gamma: int = 4, passes: int = 
   :class:`~partext_jax.training.checkpoint.CheckpointError` naming the directory when it holds no
   valid checkpoint, ``ValueError`` for ``gamma > block_len``.
   """
-  directory = asset_directory() if directory is None else directory
-  if not os.path.isdir(directory):
-    raise checkpoint_lib.CheckpointError(f"no diffusion drafter checkpoint directory "
-                                         f"{directory!r}")
-  with checkpoint_lib.Checkpointer(directory, keep=1) as ckpt:
-    meta = ckpt.restore_metadata()
-    try:
-      cfg = parse_config(meta["train_config"])
-      vocab_ids = np.asarray(meta["vocab_ids"], np.int32)
-    except (KeyError, TypeError, ConfigError) as e:
-      raise checkpoint_lib.CheckpointError(
-          f"checkpoint under {directory!r} has no valid train_config / vocab_ids: {e}") from e
-    mcfg = cfg.model_config()
-    dtype = jnp.dtype(meta.get("param_dtype", "float32"))
-    abstract = jax.eval_shape(lambda: jax.tree_util.tree_map(
-        lambda x: x.astype(dtype), denoiser_lib.init_params(jax.random.key(0), mcfg)))
-    params, _ = ckpt.restore_params(abstract)
+  (cfg, vocab_ids), params, _ = _load(asset_directory() if directory is None else directory)
   if gamma > cfg.block_len:
     raise ValueError(f"gamma={gamma} exceeds the trained block_len={cfg.block_len}")
+  mcfg = cfg.model_config()
   drafter = DiffusionDrafter(denoiser_lib.DenoiserApply(mcfg), vocab_size=vocab_size,
                              mask_id=mcfg.mask_id, gamma=gamma, context_len=cfg.context_len,
                              passes=passes, block_len=cfg.block_len)
-  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
   return drafter, {"denoiser": params, "vocab_ids": jnp.asarray(vocab_ids)}
 
 
@@ -387,24 +327,16 @@ def drafter_metadata(directory: str | None = None) -> dict[str, Any]:
 
 def asset_directory() -> str:
   """Where the committed SmolLM2 drafter lives (``partext_jax/assets/diffusion_drafter_smollm2``)."""
-  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
-                      "diffusion_drafter_smollm2")
+  return distill.asset_directory("diffusion_drafter_smollm2")
 
 
 def export_drafter(report: dict[str, Any], destination: str, *, command: str) -> str:
   """Replaces ``destination`` with a bfloat16 :func:`save_drafter` export (step 0) of a
   finished run, its metadata holding the validation metrics and ``command``."""
-  ckpt_dir = os.path.dirname(report["checkpoint"])
-  with checkpoint_lib.Checkpointer(ckpt_dir, keep=1) as ckpt:
-    meta = ckpt.restore_metadata()
-  cfg = parse_config(meta["train_config"])
-  abstract = jax.eval_shape(lambda: denoiser_lib.init_params(jax.random.key(0),
-                                                             cfg.model_config()))
-  with checkpoint_lib.Checkpointer(ckpt_dir, keep=1) as ckpt:
-    params, _ = ckpt.restore_params(abstract)
+  (cfg, vocab_ids), params, _ = _load(os.path.dirname(report["checkpoint"]))
   if os.path.isdir(destination):
     shutil.rmtree(destination)
-  save_drafter(destination, params, cfg, meta["vocab_ids"], step=0, metadata={
+  save_drafter(destination, params, cfg, vocab_ids, step=0, metadata={
       "valid": report["valid"], "command": command, "seconds_data": report["seconds_data"],
       "seconds_train": report["seconds_train"]})
   return destination

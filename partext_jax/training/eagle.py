@@ -4,7 +4,7 @@ Li et al. (2024), EAGLE-1; the optional second unrolled pass is EAGLE-3's "train
 ``docs/algorithms.md#eagle-feature-drafter``. Data: rows of tokens ``x_0 .. x_{L-1}`` with the
 frozen target's features ``f_i`` and greedy labels ``y_i = argmax f_i W`` (the token the target
 would put after ``x_i``), from (a) the target's own greedy answers to the chat prompts of
-:mod:`partext_jax.training.medusa` (the same prompts and answers as the Medusa heads: the same
+:mod:`partext_jax.training.distill` (the same prompts and answers as the Medusa heads: the same
 data budget) and (b) chunks of the embedded corpus (the Python standard library). Loss per
 pass ``r`` (``f^(0) = f``, the true features)::
 
@@ -33,11 +33,8 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
-import time
 from typing import Any
 
 import jax
@@ -45,27 +42,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from partext_jax import pretrained
-from partext_jax.data import corpus
 from partext_jax.models import eagle as eagle_lib
-from partext_jax.training import checkpoint as checkpoint_lib
-from partext_jax.training import core
-from partext_jax.training import medusa as medusa_training
-from partext_jax.training.config import (ConfigError, LoopConfig, OptimizerConfig,
-                                         check_positive, parse_dataclass)
+from partext_jax.training import distill
+from partext_jax.training.config import ConfigError, check_positive, parse_dataclass
 
 DATA_FIELDS = ("num_prompts", "max_new_tokens", "gen_batch_size", "corpus_rows", "seq_len",
                "validation_fraction")
 
 
 @dataclasses.dataclass(frozen=True)
-class EagleTrainConfig(OptimizerConfig):
+class EagleTrainConfig(distill.DistillConfig):
   """EAGLE head training hyper-parameters (``configs/eagle.py`` comments every field).
 
-  The optimiser fields of :class:`~partext_jax.training.config.OptimizerConfig`, plus the data
-  (``num_prompts``, ``max_new_tokens``, ``gen_batch_size``, ``corpus_rows``, ``seq_len``,
-  ``validation_fraction``), the head (``draft_vocab_size``), the loss (``unroll_steps``,
-  ``token_loss_weight``) and the loop (``batch_size`` rows per step, ``num_steps``,
-  ``checkpoint_every``, ``eval_depth``, ``seed``, ``progress_bar``).
+  The fields of :class:`~partext_jax.training.distill.DistillConfig` (the optimiser, the teacher
+  data), plus the corpus rows (``corpus_rows``, ``seq_len``), the head (``draft_vocab_size``),
+  the loss (``unroll_steps``, ``token_loss_weight``) and the loop (``batch_size`` rows per step,
+  ``num_steps``, ``checkpoint_every``, ``eval_depth``, ``seed``, ``progress_bar``).
   """
 
   learning_rate: float = 5e-4
@@ -75,10 +67,8 @@ class EagleTrainConfig(OptimizerConfig):
   grad_clip_norm: float = 0.5
   num_prompts: int = 64
   max_new_tokens: int = 96
-  gen_batch_size: int = 32
   corpus_rows: int = 8
   seq_len: int = 160
-  validation_fraction: float = 0.125
   draft_vocab_size: int = 4096
   unroll_steps: int = 2
   token_loss_weight: float = 0.1
@@ -90,19 +80,13 @@ class EagleTrainConfig(OptimizerConfig):
   progress_bar: bool = True
 
   def __post_init__(self):
-    self.check_optimizer()
-    check_positive(self, "num_prompts", "max_new_tokens", "gen_batch_size", "seq_len",
-                   "draft_vocab_size", "unroll_steps", "batch_size", "num_steps",
+    self.check_distill()
+    check_positive(self, "seq_len", "draft_vocab_size", "unroll_steps", "batch_size", "num_steps",
                    "checkpoint_every", "eval_depth")
     if self.corpus_rows < 0:
       raise ConfigError(f"corpus_rows={self.corpus_rows} must be >= 0")
-    if not 0.0 < self.validation_fraction < 1.0:
-      raise ConfigError(f"validation_fraction={self.validation_fraction} must be in (0, 1)")
     if self.token_loss_weight < 0:
       raise ConfigError(f"token_loss_weight={self.token_loss_weight} must be >= 0")
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
 
 
 def parse_config(config: Any) -> EagleTrainConfig:
@@ -113,98 +97,48 @@ def parse_config(config: Any) -> EagleTrainConfig:
 # --------------------------------------------------------------------------------------- data
 
 
-def _forward_features(model, params, tokens):
-  positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-  out = model(params, tokens, positions, None, None, None, return_hidden=True)
-  return out.hidden, jnp.argmax(out.logits, axis=-1).astype(jnp.int32)
-
-
-_forward_features_jit = jax.jit(_forward_features, static_argnames=("model",))
-
-
 def features_and_labels(model, params, rows, *, seq_len: int, batch_size: int = 8):
   """``(tokens int32[N, L], feats float32[N, L, E], labels int32[N, L], mask bool[N, L])``.
 
-  ``rows`` are token lists (truncated to ``L = seq_len``, right padded); ``labels`` the target's
-  greedy next token at every position, ``mask`` the real positions.
+  ``rows`` are token lists (truncated to ``L = seq_len``, right padded); ``feats`` the frozen
+  ``model``'s final hidden states, ``labels`` its greedy next token at every position
+  (:func:`partext_jax.training.distill.hidden_and_greedy`, ``batch_size`` rows at a time),
+  ``mask`` the real positions.
   """
-  n = len(rows)
-  tokens = np.zeros((n, seq_len), np.int32)
-  mask = np.zeros((n, seq_len), bool)
-  for i, r in enumerate(rows):
-    r = list(r)[:seq_len]
-    tokens[i, :len(r)] = r
-    mask[i, :len(r)] = True
-  feats, labels = [], []
-  for i in range(0, n, batch_size):
-    chunk = np.zeros((batch_size, seq_len), np.int32)
-    chunk[:min(batch_size, n - i)] = tokens[i:i + batch_size]
-    f, y = _forward_features_jit(model, params, jnp.asarray(chunk))
-    feats.append(np.asarray(f, np.float32)[:n - i])
-    labels.append(np.asarray(y)[:n - i])
-  return tokens, np.concatenate(feats), np.concatenate(labels), mask
-
-
-def corpus_rows(tokenizer, *, num_rows: int, seq_len: int) -> list[list[int]]:
-  """``num_rows`` consecutive ``seq_len``-token chunks of the standard-library corpus."""
-  if num_rows == 0:
-    return []
-  docs = corpus.load_stdlib(max_bytes=num_rows * seq_len * 8)
-  ids = []
-  for d in docs:
-    ids.extend(tokenizer.encode(d.text))
-    if len(ids) >= num_rows * seq_len:
-      break
-  return [ids[i * seq_len:(i + 1) * seq_len] for i in range(min(num_rows, len(ids) // seq_len))]
-
-
-def _data_key(cfg: EagleTrainConfig, model_config) -> str:
-  blob = json.dumps({"fields": {f: getattr(cfg, f) for f in DATA_FIELDS},
-                     "model": dataclasses.asdict(model_config), "version": 1}, sort_keys=True)
-  return hashlib.sha256(blob.encode()).hexdigest()[:12]
+  tokens, lengths = distill.pack_rows(rows, seq_len)
+  feats, labels = distill.hidden_and_greedy(model, params, tokens, batch_size=batch_size)
+  return tokens, feats, labels, np.arange(seq_len)[None] < lengths[:, None]
 
 
 def load_or_build_data(bundle, cfg: EagleTrainConfig, workdir: str) -> dict[str, np.ndarray]:
-  """``{train,valid}_{tokens,feats,labels,mask}`` (built and cached on the first call).
+  """``{train,valid}_{tokens,feats,labels,mask}`` (:func:`features_and_labels`), built and
+  cached on the first call as ``<workdir>/eagle_data_<hash>.npz``.
 
-  Validation rows are the held-out prompts' (Medusa's split); the corpus rows all train.
+  Validation rows are the held-out prompts' (:mod:`partext_jax.training.distill`'s split); the
+  corpus rows all train. Raises ``ConfigError`` if a split has no row.
   """
   model, params, tok = bundle
-  path = os.path.join(workdir, f"eagle_data_{_data_key(cfg, model.config)}.npz")
-  if os.path.exists(path):
-    try:
-      with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
-    except Exception as e:  # noqa: BLE001 - a truncated cache: say which file, rebuild.
-      print(f"cached data {path!r} is unreadable ({type(e).__name__}: {e}); rebuilding")
-  start = time.perf_counter()
-  prompts = medusa_training.build_prompts(cfg.num_prompts)
-  pairs = medusa_training.self_distill(bundle, prompts, max_new_tokens=cfg.max_new_tokens,
-                                       batch_size=cfg.gen_batch_size, progress=cfg.progress_bar)
-  held = [medusa_training.is_validation_prompt(p, validation_fraction=cfg.validation_fraction)
-          for p in prompts]
-  rows = {"train": [p + a for (p, a), h in zip(pairs, held) if not h],
-          "valid": [p + a for (p, a), h in zip(pairs, held) if h]}
-  rows["train"] += corpus_rows(tok, num_rows=cfg.corpus_rows, seq_len=cfg.seq_len)
-  data = {}
-  for split, rs in rows.items():
-    if not rs:
-      raise ConfigError(f"the {split} split has no rows: change num_prompts or "
-                        "validation_fraction")
-    out = features_and_labels(model, params, rs, seq_len=cfg.seq_len)
-    for name, arr in zip(("tokens", "feats", "labels", "mask"), out):
-      data[f"{split}_{name}"] = arr
-  os.makedirs(workdir, exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **data)
-  os.replace(tmp, path)
-  print(f"built EAGLE data in {time.perf_counter() - start:.0f} s: {len(rows['train'])} train / "
-        f"{len(rows['valid'])} validation rows -> {path}")
-  return data
+
+  def build():
+    pairs, held = distill.teacher_answers(bundle, cfg)
+    rows = distill.split([p + a for p, a in pairs], held)
+    rows["train"] += distill.corpus_rows(tok, num_rows=cfg.corpus_rows, seq_len=cfg.seq_len)
+    distill.check_splits(rows)
+    data = {}
+    for split, rs in rows.items():
+      out = features_and_labels(model, params, rs, seq_len=cfg.seq_len)
+      for name, arr in zip(("tokens", "feats", "labels", "mask"), out):
+        data[f"{split}_{name}"] = arr
+    return data
+
+  key = distill.data_key(cfg, DATA_FIELDS, model_config=model.config)
+  return distill.cached_arrays(os.path.join(workdir, f"eagle_data_{key}.npz"), build,
+                               label="EAGLE", unit="rows")
 
 
 def draft_vocab(data: dict[str, np.ndarray], vocab_size: int, size: int) -> np.ndarray:
-  """The ``size`` most frequent training tokens and labels (:func:`partext_jax.models.eagle.select_draft_vocab`)."""
+  """The ``size`` most frequent training tokens and labels
+  (:func:`partext_jax.models.eagle.select_draft_vocab`)."""
   m = data["train_mask"]
   counts = np.bincount(np.concatenate([data["train_tokens"][m], data["train_labels"][m]]),
                        minlength=vocab_size)
@@ -282,14 +216,10 @@ def evaluate_head(head, frozen, data, *, config, cfg: EagleTrainConfig) -> dict[
                                                 config=config, steps=steps,
                                                 token_loss_weight=cfg.token_loss_weight)[1])
   sums: dict[str, float] = {}
-  n = len(data["valid_tokens"])
-  b = cfg.batch_size
-  for i in range(0, n, b):
-    sl = slice(i, i + b)
-    pad = lambda x: np.concatenate([x, np.zeros((b - len(x),) + x.shape[1:], x.dtype)])  # noqa
-    w = float(data["valid_mask"][sl].sum())
-    out = fn(head, *(jnp.asarray(pad(data[f"valid_{k}"][sl]))
-                     for k in ("tokens", "feats", "labels", "mask")))
+  arrays = [data[f"valid_{k}"] for k in ("tokens", "feats", "labels", "mask")]
+  for _, _, batch in distill.padded_batches(arrays, cfg.batch_size):
+    w = float(batch[-1].sum())  # The padding rows are masked out.
+    out = fn(head, *(jnp.asarray(x) for x in batch))
     for k, v in out.items():
       sums[k] = sums.get(k, 0.0) + float(v) * w
   total = float(data["valid_mask"].sum())
@@ -305,31 +235,19 @@ def train_head(data, base_params, base_config, cfg: EagleTrainConfig, *,
   ecfg = eagle_lib.EagleConfig.from_base(base_config)
   vocab_ids = draft_vocab(data, base_config.vocab_size, cfg.draft_vocab_size)
   frozen = _frozen(base_params, vocab_ids, base_config)
-  n = len(data["train_tokens"])
-  loop = LoopConfig(num_steps=cfg.num_steps, log_every=min(cfg.checkpoint_every, cfg.num_steps),
-                    eval_every=cfg.num_steps, checkpoint_every=cfg.checkpoint_every,
-                    keep_checkpoints=1, progress_bar=cfg.progress_bar)
-  optimizer = core.make_optimizer(cfg, loop.num_steps)
 
   def loss_fn(params, batch, rng, frozen):
     del rng
     return eagle_loss({**frozen, "head": params}, *batch, config=ecfg, steps=cfg.unroll_steps,
                       token_loss_weight=cfg.token_loss_weight)
 
-  def batch_at(step):
-    idx = corpus.batch_indices(n, step=step, batch_size=cfg.batch_size, seed=cfg.seed)
-    return tuple(jnp.asarray(data[f"train_{k}"][idx]) for k in ("tokens", "feats", "labels",
-                                                               "mask"))
-
-  state = core.init_train_state(jax.random.PRNGKey(cfg.seed),
-                                lambda key: eagle_lib.init_params(key, ecfg), optimizer, ema=False)
-  result = core.train_loop(
-      state, core.make_train_step(loss_fn, optimizer), batch_at, loop=loop,
-      files=None if workdir is None else core.RunFiles(workdir),
+  result = distill.train_params(
+      cfg, lambda key: eagle_lib.init_params(key, ecfg), loss_fn,
+      tuple(data[f"train_{k}"] for k in ("tokens", "feats", "labels", "mask")),
+      loop=distill.step_loop(cfg, log_every=cfg.checkpoint_every), workdir=workdir,
       metadata={"eagle_config": dataclasses.asdict(ecfg), "train_config": cfg.to_dict(),
                 "vocab_ids": vocab_ids.tolist()},
-      frozen=(frozen,), learning_rate=core.learning_rate_schedule(cfg, loop.num_steps),
-      desc="train EAGLE head")
+      frozen=(frozen,), desc="train EAGLE head")
   logs = [r for r in result.history if "train/loss" in r]
   return ecfg, result.state.params, vocab_ids, logs
 
@@ -341,14 +259,14 @@ def save_head(directory: str, params, config: eagle_lib.EagleConfig, vocab_ids, 
               metadata: dict[str, Any] | None = None, dtype=jnp.bfloat16) -> str:
   """Exports the head alone (``dtype``: bfloat16 halves the asset), atomically, under
   ``directory/<step>``; the draft vocabulary goes into the metadata. Returns the step dir."""
-  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)
-  state = checkpoint_lib.TrainState(step=jnp.int32(step), params=params, ema_params={},
-                                    opt_state={}, rng=jnp.zeros((2,), jnp.uint32))
-  meta = {"eagle_config": dataclasses.asdict(config), "vocab_ids": np.asarray(vocab_ids).tolist(),
-          "param_dtype": jnp.dtype(dtype).name, **(metadata or {})}
-  with checkpoint_lib.Checkpointer(directory, keep=1) as ckpt:
-    ckpt.save(state, metadata=meta)
-    return ckpt.step_directory(step)
+  return distill.save_params(directory, params, step=step, param_dtype=jnp.dtype(dtype).name,
+                             metadata={"eagle_config": dataclasses.asdict(config),
+                                       "vocab_ids": np.asarray(vocab_ids).tolist(),
+                                       **(metadata or {})})
+
+
+def _read_config(meta) -> tuple[eagle_lib.EagleConfig, np.ndarray]:
+  return eagle_lib.EagleConfig(**meta["eagle_config"]), np.asarray(meta["vocab_ids"], np.int32)
 
 
 def load_head(directory: str):
@@ -358,28 +276,15 @@ def load_head(directory: str):
   Raises :class:`~partext_jax.training.checkpoint.CheckpointError` naming the directory when it
   holds no (or a corrupt) checkpoint.
   """
-  if not os.path.isdir(directory):
-    raise checkpoint_lib.CheckpointError(f"no EAGLE checkpoint directory {directory!r}")
-  with checkpoint_lib.Checkpointer(directory, read_only=True) as ckpt:
-    meta = ckpt.restore_metadata()
-    try:
-      config = eagle_lib.EagleConfig(**meta["eagle_config"])
-      vocab_ids = np.asarray(meta["vocab_ids"], np.int32)
-    except (KeyError, TypeError, ValueError) as e:
-      raise checkpoint_lib.CheckpointError(
-          f"checkpoint under {directory!r} has no valid eagle_config / vocab_ids: {e}") from e
-    dtype = jnp.dtype(meta.get("param_dtype", "float32"))
-    abstract = jax.eval_shape(lambda: jax.tree_util.tree_map(
-        lambda x: x.astype(dtype), eagle_lib.init_params(jax.random.key(0), config)))
-    params, meta = ckpt.restore_params(abstract)
-  return config, jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params), \
-      vocab_ids, meta
+  (config, vocab_ids), params, meta = distill.load_params(
+      directory, name="EAGLE", fields="eagle_config / vocab_ids", read_config=_read_config,
+      init_params=lambda c: eagle_lib.init_params(jax.random.key(0), c[0]))
+  return config, params, vocab_ids, meta
 
 
 def asset_directory() -> str:
   """Where the committed SmolLM2 head lives (``partext_jax/assets/eagle_smollm2``)."""
-  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
-                      "eagle_smollm2")
+  return distill.asset_directory("eagle_smollm2")
 
 
 def export_head(report: dict[str, Any], destination: str, *, command: str) -> str:
@@ -405,14 +310,11 @@ def train_and_evaluate(config: Any, workdir: str, *, bundle=None) -> dict[str, A
   cfg = parse_config(config)
   bundle = pretrained.load_bundle() if bundle is None else bundle
   model, base_params, _ = bundle
-  start = time.perf_counter()
-  data = load_or_build_data(bundle, cfg, workdir)
-  t_data = time.perf_counter() - start
-  ecfg, head, vocab_ids, logs = train_head(data, base_params, model.config, cfg, workdir=workdir)
-  t_train = time.perf_counter() - start - t_data
+  data, t_data = distill.timed(load_or_build_data, bundle, cfg, workdir)
+  (ecfg, head, vocab_ids, logs), t_train = distill.timed(train_head, data, base_params,
+                                                         model.config, cfg, workdir=workdir)
   frozen = _frozen(base_params, vocab_ids, model.config)
   evaluate = lambda h: evaluate_head(h, frozen, data, config=ecfg, cfg=cfg)  # noqa: E731
-  files = core.RunFiles(workdir)
   report = {"config": cfg.to_dict(), "train_rows": int(len(data["train_tokens"])),
             "train_positions": int(data["train_mask"].sum()),
             "valid": evaluate(head),
@@ -421,7 +323,6 @@ def train_and_evaluate(config: Any, workdir: str, *, bundle=None) -> dict[str, A
                                                   vocab_ids).mean()),
             "train_log": logs, "seconds_data": t_data, "seconds_train": t_train,
             "head_params": ecfg.num_params, "draft_vocab_size": int(len(vocab_ids)),
-            "checkpoint": os.path.join(files.checkpoint_dir, str(cfg.num_steps))}
-  with open(os.path.join(workdir, "eagle_report.json"), "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
+            "checkpoint": distill.checkpoint_path(workdir, cfg.num_steps)}
+  distill.write_report(workdir, "eagle_report.json", report)
   return report

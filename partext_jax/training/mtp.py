@@ -14,16 +14,16 @@ The means run over the positions whose target is a training token (``loss_mask``
 
 Data sources (``data``):
 
-* ``"smollm2"``: self-distillation as the Medusa heads (:mod:`partext_jax.training.medusa`, whose
-  prompt set and greedy answering are reused): the frozen SmolLM2 answers ``num_prompts`` chat
+* ``"smollm2"``: self-distillation as the Medusa heads (:mod:`partext_jax.training.distill`'s
+  prompt set and greedy answering): the frozen SmolLM2 answers ``num_prompts`` chat
   prompts greedily; sequences are prompt + answer, targets the answer tokens (the model's own
   greedy tokens, so top-1 accuracy is the greedy acceptance probability). Cached in the workdir
   as ``mtp_data_<hash>.npz``.
 * ``"markov"``: sequences of a seeded random Markov chain
   (:class:`~partext_jax.data.synthetic.MarkovChain`, transition matrix ``P``) under the exact
-  one-hot trunk :class:`OneHotMarkovLM` (``h_t = onehot(x_t)``, next-token law ``P[x_t]``). The Bayes-optimal Gloeckle head ``k + 1``
-  is ``P^{k+1}[x_t]`` and every DeepSeek module is ``P[x_t]``; :func:`markov_kl` measures the
-  learned conditionals against them.
+  one-hot trunk :class:`OneHotMarkovLM` (``h_t = onehot(x_t)``, next-token law ``P[x_t]``). The
+  Bayes-optimal Gloeckle head ``k + 1`` is ``P^{k+1}[x_t]`` and every DeepSeek module is
+  ``P[x_t]``; :func:`markov_kl` measures the learned conditionals against them.
 
 Usage::
 
@@ -34,9 +34,6 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
-import json
 import os
 import shutil
 import time
@@ -48,16 +45,13 @@ import numpy as np
 
 from partext_jax import pretrained
 from partext_jax.base import LMOutput
-from partext_jax.data import corpus
 from partext_jax.data.synthetic import MarkovChain
 from partext_jax.models import mtp as mtp_lib
 from partext_jax.models.attention import KVCache
 from partext_jax.models.medusa import lm_head_logits
-from partext_jax.training import checkpoint as checkpoint_lib
-from partext_jax.training import core
-from partext_jax.training import medusa as medusa_training
-from partext_jax.training.config import (ConfigError, LoopConfig, OptimizerConfig, check_choice,
-                                         check_positive, parse_dataclass)
+from partext_jax.training import distill
+from partext_jax.training.config import (ConfigError, check_choice, check_positive,
+                                         parse_dataclass)
 
 DATA_SOURCES = ("smollm2", "markov")
 SMOLLM2_DATA_FIELDS = ("num_prompts", "max_new_tokens", "gen_batch_size", "validation_fraction")
@@ -66,22 +60,20 @@ MARKOV_DATA_FIELDS = ("markov_seed", "num_states", "concentration", "num_sequenc
 
 
 @dataclasses.dataclass(frozen=True)
-class MTPTrainConfig(OptimizerConfig):
+class MTPTrainConfig(distill.DistillConfig):
   """MTP training hyper-parameters (``configs/mtp.py``, ``configs/mtp_markov.py``).
 
-  The optimiser fields of :class:`~partext_jax.training.config.OptimizerConfig`, plus:
+  The fields of :class:`~partext_jax.training.distill.DistillConfig`: the optimiser, the teacher
+  data (``num_prompts``, ``max_new_tokens``, ``gen_batch_size``: smollm2 only) and
+  ``validation_fraction`` (prompts by a stable hash; markov: the last sequences), plus:
 
   Attributes:
     kind: ``"gloeckle"`` (independent heads) or ``"deepseek"`` (sequential modules).
     depth: ``D``, tokens predicted beyond the trunk's next token.
     mlp_dim: SwiGLU width of each block; 0 = the trunk's.
     data: ``"smollm2"`` (self-distilled SmolLM2 answers) or ``"markov"`` (a Markov chain).
-    num_prompts: smollm2: chat prompts answered greedily by the frozen model.
-    max_new_tokens: smollm2: longest greedy answer (stops earlier at EOS).
-    gen_batch_size: smollm2: prompts per batched greedy ``generate`` call.
     markov_seed, num_states, concentration: markov: the chain (``MarkovChain.random``).
     num_sequences, seq_len: markov: sampled sequences and their length.
-    validation_fraction: fraction held out (prompts by a stable hash; markov: the last sequences).
     batch_size: sequences per optimiser step.
     num_epochs: passes over the training sequences.
     seed: seed of the predictors' initialisation and of the data order.
@@ -95,30 +87,24 @@ class MTPTrainConfig(OptimizerConfig):
   depth: int = 2
   mlp_dim: int = 384
   data: str = "smollm2"
-  num_prompts: int = 128
-  max_new_tokens: int = 128
-  gen_batch_size: int = 32
   markov_seed: int = 0
   num_states: int = 8
   concentration: float = 0.3
   num_sequences: int = 1024
   seq_len: int = 64
-  validation_fraction: float = 0.125
   batch_size: int = 4
   num_epochs: int = 6
   seed: int = 0
   progress_bar: bool = True
 
   def __post_init__(self):
-    self.check_optimizer()
+    self.check_distill()
     check_choice("kind", self.kind, mtp_lib.MTP_KINDS)
     check_choice("data", self.data, DATA_SOURCES)
-    check_positive(self, "depth", "num_prompts", "max_new_tokens", "gen_batch_size", "num_states",
-                   "concentration", "num_sequences", "seq_len", "batch_size", "num_epochs")
+    check_positive(self, "depth", "num_states", "concentration", "num_sequences", "seq_len",
+                   "batch_size", "num_epochs")
     if self.mlp_dim < 0:
       raise ConfigError(f"mlp_dim={self.mlp_dim} must be >= 0 (0: the trunk's)")
-    if not 0.0 < self.validation_fraction < 1.0:
-      raise ConfigError(f"validation_fraction={self.validation_fraction} must be in (0, 1)")
     if self.data == "markov" and self.seq_len <= self.depth + 1:
       raise ConfigError(f"seq_len={self.seq_len} leaves no target for depth={self.depth}")
 
@@ -126,9 +112,6 @@ class MTPTrainConfig(OptimizerConfig):
     """The predictors' :class:`~partext_jax.models.mtp.MTPConfig` on this trunk."""
     return mtp_lib.MTPConfig.for_trunk(trunk_config, kind=self.kind, depth=self.depth,
                                        mlp_dim=self.mlp_dim or None)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
 
 
 def parse_config(config: Any) -> MTPTrainConfig:
@@ -223,43 +206,16 @@ def markov_chain(cfg: MTPTrainConfig) -> MarkovChain:
 # ----------------------------------------------------------------------------------- data
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _hidden_jit(params, tokens, *, model):
-  positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-  return model(params, tokens, positions, None, None, None, return_hidden=True).hidden
-
-
-def trunk_hidden(model, params, tokens, *, batch_size: int = 8) -> np.ndarray:
-  """The frozen trunk's final hidden states over whole sequences ``tokens int32[N, T]`` (right
-  padded; causal, so padding never changes real positions): ``float32[N, T, E]``."""
-  out = []
-  for i in range(0, len(tokens), batch_size):
-    chunk = tokens[i:i + batch_size]
-    pad = np.zeros((batch_size - len(chunk), tokens.shape[1]), np.int32)
-    x = jnp.asarray(np.concatenate([chunk, pad]))
-    out.append(np.asarray(_hidden_jit(params, x, model=model))[:len(chunk)])
-  return np.concatenate(out).astype(np.float32)
-
-
-def _data_path(cfg: MTPTrainConfig, workdir: str, model_config) -> str:
-  fields = SMOLLM2_DATA_FIELDS if cfg.data == "smollm2" else MARKOV_DATA_FIELDS
-  blob = json.dumps({"data": cfg.data, "fields": {f: getattr(cfg, f) for f in fields},
-                     "model": dataclasses.asdict(model_config), "version": 1}, sort_keys=True)
-  return os.path.join(workdir, f"mtp_data_{hashlib.sha256(blob.encode()).hexdigest()[:12]}.npz")
+trunk_hidden = distill.hidden_states  # The frozen trunk's h over whole sequences.
 
 
 def _smollm2_sequences(bundle, cfg: MTPTrainConfig):
-  prompts = medusa_training.build_prompts(cfg.num_prompts)
-  pairs = medusa_training.self_distill(bundle, prompts, max_new_tokens=cfg.max_new_tokens,
-                                       batch_size=cfg.gen_batch_size, progress=cfg.progress_bar)
-  seq_len = medusa_training.corpus_bucket(max(len(p) + len(a) for p, a in pairs))
-  tokens = np.zeros((len(pairs), seq_len), np.int32)
-  loss_mask = np.zeros((len(pairs), seq_len), bool)
+  pairs, valid = distill.teacher_answers(bundle, cfg)
+  width = distill.corpus_bucket(max(len(p) + len(a) for p, a in pairs))
+  tokens, _ = distill.pack_rows([list(p) + list(a) for p, a in pairs], width)
+  loss_mask = np.zeros(tokens.shape, bool)
   for i, (p, a) in enumerate(pairs):
-    tokens[i, :len(p) + len(a)] = list(p) + list(a)
     loss_mask[i, len(p):len(p) + len(a)] = True  # the answer tokens are the targets
-  valid = np.array([medusa_training.is_validation_prompt(
-      p, validation_fraction=cfg.validation_fraction) for p in prompts])
   return tokens, loss_mask, valid
 
 
@@ -268,35 +224,31 @@ def load_or_build_data(cfg: MTPTrainConfig, workdir: str, *, trunk, trunk_params
   """``{train,valid}_{tokens,hidden,loss_mask}`` (cached in ``workdir`` for smollm2).
 
   ``tokens int32[N, T]`` (right padded), ``hidden float32[N, T, E]`` (the trunk's ``h``),
-  ``loss_mask bool[N, T]`` (positions whose token is a training target). Raises
-  ``ConfigError`` if a split is empty.
+  ``loss_mask bool[N, T]`` (positions whose token is a training target). smollm2: the target's
+  greedy answers to :mod:`partext_jax.training.distill`'s prompts, cached as
+  ``<workdir>/mtp_data_<hash>.npz``. Raises ``ConfigError`` if a split is empty.
   """
-  if cfg.data == "markov":
-    seqs = markov_chain(cfg).sample_numpy(np.random.default_rng(cfg.markov_seed + 1),
-                                          num_sequences=cfg.num_sequences, length=cfg.seq_len)
-    n_valid = int(round(cfg.validation_fraction * len(seqs)))
-    valid = np.arange(len(seqs)) >= len(seqs) - n_valid
-    tokens, loss_mask = seqs, np.ones(seqs.shape, bool)
-  else:
-    path = _data_path(cfg, workdir, trunk.config)
-    if os.path.exists(path):
-      with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
-    tokens, loss_mask, valid = _smollm2_sequences(bundle, cfg)
-  data = {}
-  hidden = trunk_hidden(trunk, trunk_params, tokens)
-  for split, keep in (("train", ~valid), ("valid", valid)):
-    if not keep.any():
-      raise ConfigError(f"the {split} split is empty: change the data size or "
-                        "validation_fraction")
-    data.update({f"{split}_tokens": tokens[keep], f"{split}_hidden": hidden[keep],
-                 f"{split}_loss_mask": loss_mask[keep]})
-  if cfg.data == "smollm2":
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **data)
-    os.replace(tmp, path)  # atomic
-  return data
+
+  def build():
+    if cfg.data == "markov":
+      seqs = markov_chain(cfg).sample_numpy(np.random.default_rng(cfg.markov_seed + 1),
+                                            num_sequences=cfg.num_sequences, length=cfg.seq_len)
+      n_valid = int(round(cfg.validation_fraction * len(seqs)))
+      valid = np.arange(len(seqs)) >= len(seqs) - n_valid
+      tokens, loss_mask = seqs, np.ones(seqs.shape, bool)
+    else:
+      tokens, loss_mask, valid = _smollm2_sequences(bundle, cfg)
+    hidden = trunk_hidden(trunk, trunk_params, tokens)
+    splits = {"train": ~valid, "valid": valid}
+    distill.check_splits({name: np.flatnonzero(keep) for name, keep in splits.items()})
+    return {f"{name}_{k}": v[keep] for name, keep in splits.items()
+            for k, v in (("tokens", tokens), ("hidden", hidden), ("loss_mask", loss_mask))}
+
+  if cfg.data == "markov":  # Cheap to sample: not cached.
+    return build()
+  key = distill.data_key(cfg, SMOLLM2_DATA_FIELDS, model_config=trunk.config, data=cfg.data)
+  return distill.cached_arrays(os.path.join(workdir, f"mtp_data_{key}.npz"), build, label="MTP",
+                               unit="sequences")
 
 
 # ----------------------------------------------------------------------------------- loss
@@ -351,13 +303,8 @@ def _probs(logits):
 
 def _batched_logits(params, data, split, trunk_params, *, config, trunk_config,
                     batch_size: int = 8):
-  tokens, hidden = data[f"{split}_tokens"], data[f"{split}_hidden"]
-  for i in range(0, len(tokens), batch_size):
-    t, h = tokens[i:i + batch_size], hidden[i:i + batch_size]
-    n = len(t)
-    pad = batch_size - n
-    t = np.concatenate([t, np.zeros((pad,) + t.shape[1:], t.dtype)])
-    h = np.concatenate([h, np.zeros((pad,) + h.shape[1:], h.dtype)])
+  arrays = [data[f"{split}_tokens"], data[f"{split}_hidden"]]
+  for i, n, (t, h) in distill.padded_batches(arrays, batch_size):
     yield i, n, _logits_jit(params, jnp.asarray(h), jnp.asarray(t), trunk_params,
                             config=config, trunk_config=trunk_config)
 
@@ -448,35 +395,20 @@ def train_predictors(data, trunk_params, trunk_config, cfg: MTPTrainConfig, *,
   ``(MTPConfig, params, per-epoch logs)``.
   """
   mcfg = cfg.model_config(trunk_config)
-  tokens, hidden, mask = (data[f"train_{k}"] for k in ("tokens", "hidden", "loss_mask"))
-  n = len(tokens)
-  steps_per_epoch = max(n // cfg.batch_size, 1)
-  loop = LoopConfig(num_steps=steps_per_epoch * cfg.num_epochs, log_every=steps_per_epoch,
-                    eval_every=steps_per_epoch * cfg.num_epochs,
-                    checkpoint_every=steps_per_epoch, keep_checkpoints=1,
-                    progress_bar=cfg.progress_bar)
-  optimizer = core.make_optimizer(cfg, loop.num_steps)
+  loop = distill.epoch_loop(len(data["train_tokens"]), cfg)
 
   def loss_fn(params, batch, rng, trunk_params):
     del rng  # Deterministic.
     loss, per = mtp_loss(params, batch, trunk_params, config=mcfg, trunk_config=trunk_config)
     return loss, {f"pred{k + 1}_ce": per[k] for k in range(mcfg.depth)}
 
-  def batch_at(step):
-    idx = corpus.batch_indices(n, step=step, batch_size=cfg.batch_size, seed=cfg.seed)
-    return jnp.asarray(tokens[idx]), jnp.asarray(hidden[idx]), jnp.asarray(mask[idx])
-
-  state = core.init_train_state(jax.random.PRNGKey(cfg.seed),
-                                lambda key: mtp_lib.init_params(key, mcfg), optimizer, ema=False)
-  result = core.train_loop(
-      state, core.make_train_step(loss_fn, optimizer), batch_at, loop=loop,
-      files=None if workdir is None else core.RunFiles(workdir),
+  result = distill.train_params(
+      cfg, lambda key: mtp_lib.init_params(key, mcfg), loss_fn,
+      tuple(data[f"train_{k}"] for k in ("tokens", "hidden", "loss_mask")), loop=loop,
+      workdir=workdir,
       metadata={"mtp_config": dataclasses.asdict(mcfg), "train_config": cfg.to_dict()},
-      frozen=(trunk_params,), learning_rate=core.learning_rate_schedule(cfg, loop.num_steps),
-      desc=f"train {mcfg.kind} MTP")
-  logs = [{"epoch": r["step"] // steps_per_epoch, "train_loss": r["train/loss"]}
-          for r in result.history if "train/loss" in r]
-  return mcfg, result.state.params, logs
+      frozen=(trunk_params,), desc=f"train {mcfg.kind} MTP")
+  return mcfg, result.state.params, distill.epoch_logs(result.history, loop)
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -494,13 +426,14 @@ def save_params(directory: str, params, config: mtp_lib.MTPConfig, *,
   check_choice("param_dtype", param_dtype, PARAM_DTYPES)
   if os.path.isdir(directory):
     shutil.rmtree(directory)
-  params = jax.tree.map(lambda x: jnp.asarray(x, param_dtype), params)
-  state = checkpoint_lib.TrainState(step=jnp.int32(0), params=params, ema_params={},
-                                    opt_state={}, rng=jnp.zeros((2,), jnp.uint32))
-  with checkpoint_lib.Checkpointer(directory, keep=1) as ckpt:
-    ckpt.save(state, metadata={"mtp_config": dataclasses.asdict(config),
-                               "param_dtype": param_dtype, **(metadata or {})})
-    return ckpt.step_directory(0)
+  return distill.save_params(directory, params, step=0, param_dtype=param_dtype,
+                             metadata={"mtp_config": dataclasses.asdict(config),
+                                       **(metadata or {})})
+
+
+def _read_config(meta) -> mtp_lib.MTPConfig:
+  check_choice("param_dtype", meta.get("param_dtype", "float32"), PARAM_DTYPES)
+  return mtp_lib.MTPConfig(**meta["mtp_config"])
 
 
 def load_params(directory: str) -> tuple[mtp_lib.MTPConfig, Any, dict[str, Any]]:
@@ -509,29 +442,15 @@ def load_params(directory: str) -> tuple[mtp_lib.MTPConfig, Any, dict[str, Any]]
   dtype they were stored in (metadata ``param_dtype``, float32 when absent). Raises
   :class:`~partext_jax.training.checkpoint.CheckpointError` naming the directory when it holds
   no valid checkpoint."""
-  if not os.path.isdir(directory):
-    raise checkpoint_lib.CheckpointError(f"no MTP checkpoint directory {directory!r}")
-  with checkpoint_lib.Checkpointer(directory, read_only=True) as ckpt:
-    meta = ckpt.restore_metadata()
-    try:
-      config = mtp_lib.MTPConfig(**meta["mtp_config"])
-      check_choice("param_dtype", meta.get("param_dtype", "float32"), PARAM_DTYPES)
-      dtype = jnp.dtype(meta.get("param_dtype", "float32"))
-    except (KeyError, TypeError, ValueError) as e:
-      raise checkpoint_lib.CheckpointError(
-          f"checkpoint under {directory!r} has no valid mtp_config / param_dtype metadata: {e}"
-      ) from e
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), jax.eval_shape(
-        lambda: mtp_lib.init_params(jax.random.key(0), config)))
-    params, meta = ckpt.restore_params(target)
-  return config, jax.tree.map(lambda x: x.astype(jnp.float32), params), meta
+  return distill.load_params(
+      directory, name="MTP", fields="mtp_config / param_dtype", read_config=_read_config,
+      init_params=lambda config: mtp_lib.init_params(jax.random.key(0), config))
 
 
 def asset_directory(kind: str) -> str:
   """Where the committed SmolLM2 predictors live: ``partext_jax/assets/mtp_smollm2_<kind>``."""
   check_choice("kind", kind, mtp_lib.MTP_KINDS)
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  return os.path.join(root, "assets", f"mtp_smollm2_{kind}")
+  return distill.asset_directory(f"mtp_smollm2_{kind}")
 
 
 # ------------------------------------------------------------------------------- entry point
@@ -564,25 +483,21 @@ def train_and_evaluate(config: Any, workdir: str, *, bundle=None) -> dict[str, A
   t_data = time.perf_counter() - start
   mcfg, params, logs = train_predictors(data, trunk_params, trunk.config, cfg, workdir=workdir)
   t_train = time.perf_counter() - start - t_data
-  files = core.RunFiles(workdir)
-  core.plot_metrics(files.metrics_path, files.plot_path,
-                    curves=[(f"train/pred{k}_ce", f"predictor {k} CE (train)")
-                            for k in range(1, mcfg.depth + 1)], ylabel="nats")
+  distill.plot_cross_entropies(workdir, key="pred", label="predictor", count=mcfg.depth)
   ev = lambda p: evaluate(p, data, trunk_params, config=mcfg,  # noqa: E731
                           trunk_config=trunk.config)
-  steps = max(len(data["train_tokens"]) // cfg.batch_size, 1) * cfg.num_epochs
+  steps = distill.epoch_loop(len(data["train_tokens"]), cfg).num_steps
   report = {"config": cfg.to_dict(), "mtp_config": dataclasses.asdict(mcfg),
             "train_sequences": int(len(data["train_tokens"])), "valid": ev(params),
             "valid_untrained": ev(mtp_lib.init_params(jax.random.key(cfg.seed), mcfg)),
             "epochs": logs, "seconds_data": t_data, "seconds_train": t_train,
             "params": mcfg.num_params, "bytes": 4 * mcfg.num_params,
-            "checkpoint": os.path.join(files.checkpoint_dir, str(steps))}
+            "checkpoint": distill.checkpoint_path(workdir, steps)}
   if cfg.data == "markov":
     kl = markov_kl(params, data, chain, trunk_params, config=mcfg, trunk_config=trunk.config)
     report["markov_kl"] = {"max_kl": kl["kl"].max(axis=1).tolist(),
                            "min_count": kl["count"].min(axis=1).tolist()}
-  with open(os.path.join(workdir, "mtp_report.json"), "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
+  distill.write_report(workdir, "mtp_report.json", report)
   return report
 
 
