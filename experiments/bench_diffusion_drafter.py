@@ -41,7 +41,7 @@ from partext_jax.ar.speculative.drafters import medusa as medusa_drafter
 from partext_jax.training import diffusion_drafter as tdd
 from partext_jax.training import medusa as tm
 
-# Open-ended requests, none built by the training templates of training/medusa.py.
+# Open-ended requests, none built by the training templates of training/distill.py.
 PROMPTS = (
     "Describe a quiet library on a rainy afternoon.",
     "Write a short story about a baker who opens a shop on the moon.",

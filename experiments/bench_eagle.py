@@ -45,7 +45,7 @@ _NUM = flags.DEFINE_integer("num_prompts", 20, "Open-ended prompts (<= 20).")
 _PARTS = flags.DEFINE_list("parts", ["spec", "quant"], "Parts to run: spec, quant.")
 _OUT = flags.DEFINE_string("out", None, "Write the markdown report here too.")
 
-# Open-ended requests; none is built by the training templates of training/medusa.py (those are
+# Open-ended requests; none is built by the training templates of training/distill.py (those are
 # "What is {topic}?"-style questions on a fixed topic list and stdlib questions).
 PROMPTS = (
     "Describe a walk through a busy fish market early in the morning.",

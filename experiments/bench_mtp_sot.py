@@ -47,7 +47,7 @@ _TIMED = flags.DEFINE_integer("timed_questions", 4, "SoT: questions timed one at
 _SKIP = flags.DEFINE_list("skip", [], "Parts to skip: mtp, sot.")
 _OUT = flags.DEFINE_string("out", None, "Write the markdown report here too.")
 
-# Held out from the MTP training prompts (partext_jax.training.medusa.build_prompts).
+# Held out from the MTP training prompts (partext_jax.training.distill.build_prompts).
 MTP_PROMPTS = [
     "Write a short paragraph about the history of the printing press.",
     "How do I make a cup of green tea? Give step-by-step instructions.",

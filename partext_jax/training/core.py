@@ -1,8 +1,10 @@
 """The trainer core: optimiser, train state, jitted step and the loop every trainer runs.
 
-Three trainers build on it and keep only what is theirs (loss, data, evaluation, report): the
+Every trainer builds on it and keeps only what is its own (loss, data, evaluation, report): the
 masked-diffusion denoiser (:mod:`partext_jax.training.mdm`), the P2 planner head
-(:mod:`partext_jax.training.planner`) and the Medusa heads (:mod:`partext_jax.training.medusa`).
+(:mod:`partext_jax.training.planner`), and the four SmolLM2 drafters trained by
+self-distillation through :mod:`partext_jax.training.distill` (Medusa heads, the EAGLE head, MTP
+predictors, the masked-diffusion drafter).
 
 * **Optimiser** (:func:`make_optimizer`): clipping by global norm, then AdamW with linear warmup
   and cosine decay to ``end_learning_rate_ratio * learning_rate``; weight decay on every
