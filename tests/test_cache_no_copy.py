@@ -99,9 +99,11 @@ def _cache_shape(model) -> tuple[int, ...]:
 
 
 def _decode_step(model):
-  """One greedy decode step at cache slot ``slot`` (the cache donated, as a serving loop does)."""
+  """One greedy step scoring a block ``tok [1, T]`` at cache slots ``slot ..`` (``T = 1``: a
+  decode step; ``T > 1``: a draft chain's verification forward), the cache donated as a serving
+  loop does; returns the cache and the argmax after the block's last token."""
   def step(params, cache, tok, slot):
-    q = jnp.full((1, 1), slot, jnp.int32)
+    q = slot + jnp.arange(tok.shape[1], dtype=jnp.int32)[None]
     out = model(params, tok, q, attention.causal_cache_mask(q, 0, cache.max_len), cache,
                 jnp.full((1,), slot, jnp.int32))
     return out.cache, jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)[:, None]
@@ -126,10 +128,11 @@ def tiny(request):
   return _model(request.param)
 
 
-def test_decode_step_updates_the_cache_in_place(tiny):
+@pytest.mark.parametrize("block", [1, 8])
+def test_decode_step_updates_the_cache_in_place(tiny, block):
   model, params = tiny
   cache = model.init_cache(1, MAX_LEN)
-  compiled = _decode_step(model).lower(params, cache, jnp.ones((1, 1), jnp.int32),
+  compiled = _decode_step(model).lower(params, cache, jnp.ones((1, block), jnp.int32),
                                        jnp.int32(len(PROMPT))).compile()
   in_place, rewrites = cache_writes(compiled.as_text(), _cache_shape(model), include_entry=True)
   assert len(in_place) >= 2 and rewrites == [], (in_place, rewrites)     # K and V written
