@@ -10,7 +10,8 @@ the entry too), must be a pass-through (parameter, get-tuple-element, bitcast) o
 update (a ``dynamic-update-slice`` / ``scatter``, bare or as the root of a fusion: XLA emits
 those in the operand's buffer, writing only the updated rows). A ``copy``, or a fusion with any
 other root (``select``, ``add``, ...), costs O(max_len) per step and fails the check; the checker
-itself is shown to fire on a deliberately copying cache write. A donated step must also need no
+itself is shown to fire on a cache write that selects over the whole cache and on a step that
+copies the cache (no donation). A donated step must also need no
 temporary buffer as large as one layer of the cache (``Compiled.memory_analysis``). Exactness: a
 greedy decode gives the same tokens whatever the allocated length, scanned or unrolled, and equal
 to recomputing the whole sequence without a cache.
@@ -37,7 +38,7 @@ PROMPT = [5, 17, 3, 44, 9, 12, 70]
 PASS_THROUGH = {"parameter", "get-tuple-element", "bitcast"}
 IN_PLACE = {"dynamic-update-slice", "scatter"}
 
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?)(?:\{[0-9,]*\})? ([a-z-]+)\(")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?)(?:\{[^}]*\})? ([a-z-]+)\(")
 _HEADER = re.compile(r"^(ENTRY )?%(\S+) .*\{$")
 
 
@@ -98,7 +99,7 @@ def _cache_shape(model) -> tuple[int, ...]:
   return (c.num_layers, 1, c.num_kv_heads, MAX_LEN, c.head_dim)
 
 
-def _decode_step(model):
+def _decode_step(model, *, donate: bool = True):
   """One greedy step scoring a block ``tok [1, T]`` at cache slots ``slot ..`` (``T = 1``: a
   decode step; ``T > 1``: a draft chain's verification forward), the cache donated as a serving
   loop does; returns the cache and the argmax after the block's last token."""
@@ -107,7 +108,7 @@ def _decode_step(model):
     out = model(params, tok, q, attention.causal_cache_mask(q, 0, cache.max_len), cache,
                 jnp.full((1,), slot, jnp.int32))
     return out.cache, jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)[:, None]
-  return jax.jit(step, donate_argnums=1)
+  return jax.jit(step, donate_argnums=1 if donate else ())
 
 
 _prefill = jax.jit(ar.prefill, static_argnums=(0, 4))
@@ -168,6 +169,15 @@ def test_checker_fires_on_a_copying_cache_write(monkeypatch):
                                          jnp.ones((1, 1), jnp.int32), jnp.int32(3)).compile()
     _, rewrites = cache_writes(compiled.as_text(), _cache_shape(model), include_entry=True)
     assert len(rewrites) >= 2, rewrites   # the K and the V rewrite (per layer when unrolled)
+
+
+def test_checker_fires_on_a_copied_cache():
+  """Without donation the step must copy the cache into a fresh output buffer: reported."""
+  model, params = _model(True)
+  compiled = _decode_step(model, donate=False).lower(
+      params, model.init_cache(1, MAX_LEN), jnp.ones((1, 1), jnp.int32), jnp.int32(3)).compile()
+  _, rewrites = cache_writes(compiled.as_text(), _cache_shape(model), include_entry=True)
+  assert any(" copy(" in r for r in rewrites), rewrites
 
 
 def test_greedy_tokens_do_not_depend_on_the_allocated_length():
