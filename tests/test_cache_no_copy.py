@@ -190,7 +190,7 @@ def test_greedy_tokens_do_not_depend_on_the_allocated_length():
     for s_len in (32, MAX_LEN):
       tok = jnp.asarray([[PROMPT[-1]]], jnp.int32)
       cache = _prefill(model, params, jnp.asarray([PROMPT[:-1]]), jnp.zeros(1, jnp.int32),
-                         s_len, logits_at=jnp.zeros((1, 1), jnp.int32)).cache
+                       s_len, logits_at=jnp.zeros((1, 1), jnp.int32)).cache
       step, out = _decode_step(model), []
       for i in range(n):
         cache, tok = step(params, cache, tok, jnp.int32(len(PROMPT) - 1 + i))
