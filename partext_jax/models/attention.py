@@ -87,7 +87,8 @@ class KVCache(NamedTuple):
     are dropped).
 
     Only the ``B * T`` new rows are scattered: inside a jit with the cache carried or donated
-    this is an in-place update, never a copy of the whole cache.
+    this is an in-place update, never a copy of the whole cache (scanned or unrolled layers;
+    the compiled HLO is checked by ``tests/test_cache_no_copy.py``).
     """
     b, t = k.shape[:2]
     rows = jnp.arange(b)[:, None]
