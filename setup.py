@@ -30,7 +30,8 @@ EXTRAS = {
     # HF-format (safetensors) LLaDA / Dream checkpoints; GGUF files need nothing more.
     "dllm": ["safetensors"],
     "notebook": ["jupyter", "ipykernel", "nbformat", "nbclient"],
-    # Benchmark peers: llama.cpp (builds from source, ~4 min) for experiments/bench_ar.py.
+    # Benchmark peers: llama.cpp (llama-cpp-python 0.3.36 builds from source: 18 min on a busy
+    # 2-core CPU) for experiments/bench_ar.py and bench_eagle.py.
     "benchmark": ["psutil", "llama-cpp-python"],
     # The API reference (docs/): `sphinx-build -W -b html docs build/docs` (test_docs_build.py).
     "docs": ["sphinx>=8.1", "myst-parser>=4", "myst-nb>=1.2", "furo>=2024.8.6"],
