@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -47,7 +47,6 @@ import numpy as np
 
 from partext_jax import pretrained
 from partext_jax.models import medusa as medusa_heads
-from partext_jax.training import core
 from partext_jax.training import distill
 from partext_jax.training.config import ConfigError, check_positive, parse_dataclass
 # The self-distillation data, public here before it moved to `distill` (shared by the trainers).
