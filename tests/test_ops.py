@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from partext_jax import ops
+from partext_jax.testing import stats
 
 
 def random_logits(rng, shape, kind):
@@ -190,3 +191,125 @@ def test_nucleus_traced_top_p_and_leading_axes():
                                   ops.nucleus_mask(logits.reshape(12, 60), top_p,
                                                    rule="inclusive").reshape(3, 4, 60))
   assert fn._cache_size() == 1
+
+
+# ------------------------------------------------------------------ Gumbel noise, grouped draw
+
+def test_gumbel_from_uniforms_is_jax_high_mode_transform():
+  """Fed the two uniforms JAX draws for its "high" mode, the transform gives its values bit for
+  bit; and near u = 1 it resolves steps of 2**-46 (the "low" mode stops at g ~ 15.9)."""
+  key = jax.random.key(3)
+  high, low = jax.random.uniform(key, (2, 4096), jnp.float32)
+  np.testing.assert_array_equal(ops.gumbel_from_uniforms(high, low),
+                                jax.random.gumbel(key, (4096,), jnp.float32, mode="high"))
+  lows = jnp.arange(1, 5, dtype=jnp.float32) * 2.0**-23        # high = 0: x = k 2**-46
+  tops = np.asarray(ops.gumbel_from_uniforms(jnp.zeros(4), lows))
+  np.testing.assert_allclose(tops, -np.log(np.arange(1, 5) * 2.0**-46), rtol=1e-6)
+  assert tops[0] > 31.8 and np.all(np.diff(tops) < 0)
+
+
+def _gumbel_ks(samples):
+  """Kolmogorov-Smirnov distance of ``samples`` from the standard Gumbel CDF exp(-exp(-g))."""
+  g = np.sort(np.asarray(samples, np.float64).ravel())
+  cdf = np.exp(-np.exp(-g))
+  n = g.size
+  return max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
+
+
+def test_gumbel_noise_law_tail_and_independence():
+  """2e6 values: KS distance below the alpha = 1e-6 critical value sqrt(ln(2 / alpha) / 2n);
+  P(g > 8) = 1 - exp(-e**-8) within 5 SE; lag-1 correlation and the correlation between two
+  keys' draws within 5 / sqrt(n). Each check fires on a deliberately wrong generator: values
+  scaled by 1.01 (KS), neighbouring pairs repeated (correlation)."""
+  n = 2_000_000
+  draw = jax.jit(ops.gumbel_noise, static_argnums=1)
+  g = np.asarray(draw(jax.random.key(0), (1000, 2000)), np.float64).ravel()
+  other = np.asarray(draw(jax.random.key(1), (1000, 2000)), np.float64).ravel()
+  critical = np.sqrt(np.log(2 / 1e-6) / (2 * n))
+  assert _gumbel_ks(g) < critical
+  assert _gumbel_ks(1.01 * g) > critical                                  # fires
+  p_tail = 1 - np.exp(-np.exp(-8.0))
+  assert abs(np.sum(g > 8) - n * p_tail) < 5 * np.sqrt(n * p_tail * (1 - p_tail))
+  bound = 5 / np.sqrt(n)
+  assert abs(np.corrcoef(g[:-1], g[1:])[0, 1]) < bound
+  assert abs(np.corrcoef(g, other)[0, 1]) < bound
+  repeated = np.repeat(g[::2], 2)                                         # wrong: pairs equal
+  assert abs(np.corrcoef(repeated[:-1], repeated[1:])[0, 1]) > bound      # fires
+
+
+def test_gumbel_noise_keys_dtypes_and_fallbacks():
+  """Typed and raw threefry keys give the same noise; per-row keys under vmap give each row its
+  own call's noise; rbg keys and float64 fall back to jax.random.gumbel's "high" mode."""
+  key = jax.random.key(5)
+  np.testing.assert_array_equal(ops.gumbel_noise(key, (7,)),
+                                ops.gumbel_noise(jax.random.key_data(key), (7,)))
+  keys = jax.random.split(key, 3)
+  rows = jax.jit(jax.vmap(lambda k: ops.gumbel_noise(k, (2, 5))))(keys)
+  for r in range(3):
+    np.testing.assert_array_equal(rows[r], ops.gumbel_noise(keys[r], (2, 5)))
+  assert not np.array_equal(rows[0], rows[1])
+  rbg = jax.random.key(5, impl="rbg")
+  np.testing.assert_array_equal(ops.gumbel_noise(rbg, (6,)),
+                                jax.random.gumbel(rbg, (6,), mode="high"))
+  with pytest.raises(ValueError, match="2\\*\\*31"):
+    ops.gumbel_noise(key, (2**16, 2**16))
+
+
+def _grouped_counts(key, logits, n, group_size):
+  draw = jax.jit(jax.vmap(lambda k: ops.grouped_categorical(k, logits, group_size=group_size)))
+  tokens = np.asarray(draw(jax.random.split(key, n)))
+  return np.bincount(tokens, minlength=logits.shape[-1])
+
+
+@pytest.mark.parametrize("group_size", [1, 4, 8, 37, 64])
+def test_grouped_categorical_law(group_size):
+  """V = 37 (a padded last group for G = 4, 8), probabilities spanning 1e-4 .. 0.3 with three
+  -inf tokens: 2e5 draws pass the pooled chi-square against softmax (alpha 1e-6), -inf tokens
+  never drawn."""
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=37) * 2.5
+  z[[3, 20, 36]] = -np.inf
+  logits = jnp.asarray(z, jnp.float32)
+  counts = _grouped_counts(jax.random.key(group_size), logits, 200_000, group_size)
+  result = stats.pooled_chi_square(counts, np.asarray(jax.nn.softmax(logits), np.float64))
+  assert result.passed, result
+  assert counts[[3, 20, 36]].sum() == 0
+
+
+def test_grouped_categorical_test_fires_on_wrong_group_mass():
+  """The same chi-square rejects a two-stage draw that weighs groups by their largest logit
+  instead of their log-mass (a plausible bug)."""
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=37) * 2.5, jnp.float32)
+
+  def wrong(key, z, g=8):
+    padded = jnp.pad(z, (0, 40 - 37), constant_values=-jnp.inf).reshape(5, g)
+    k1, k2 = jax.random.split(key)
+    group = ops.categorical(k1, jnp.max(padded, axis=-1))
+    return group * g + ops.categorical(k2, padded[group])
+
+  tokens = np.asarray(jax.jit(jax.vmap(lambda k: wrong(k, logits)))(
+      jax.random.split(jax.random.key(0), 200_000)))
+  result = stats.pooled_chi_square(np.bincount(tokens, minlength=37),
+                                           np.asarray(jax.nn.softmax(logits), np.float64))
+  assert not result.passed
+
+
+def test_grouped_categorical_edges_and_shapes():
+  """All -inf rows give 0 (as categorical); one finite token is always drawn; leading axes; the
+  default group size; bad group sizes and empty axes raise; traced logits compile once."""
+  key = jax.random.key(0)
+  z = jnp.full((2, 3, 10), -jnp.inf).at[0, 1, 7].set(0.0)
+  tokens = ops.grouped_categorical(key, z, group_size=4)
+  assert tokens.shape == (2, 3) and tokens.dtype == jnp.int32
+  assert int(tokens[0, 1]) == 7 and int(tokens[1, 2]) == 0
+  assert ops.default_group_size(1024) == 32 and ops.default_group_size(49152) == 256
+  assert ops.default_group_size(1) == 1
+  with pytest.raises(ValueError, match="group_size"):
+    ops.grouped_categorical(key, z, group_size=0)
+  with pytest.raises(ValueError, match="empty"):
+    ops.grouped_categorical(key, jnp.zeros((3, 0)))
+  draw = jax.jit(ops.grouped_categorical)
+  for i in range(3):
+    draw(jax.random.key(i), jax.random.normal(jax.random.key(i), (4, 100)))
+  assert draw._cache_size() == 1

@@ -56,10 +56,13 @@ of zero entropy are deterministic and carry no dependence, so this is still exac
 token per step only when no eligible entropy is exactly 0.
 
 Randomness: step ``i``, row ``r`` use ``fold_in(fold_in(rng_key, i), r)``
-(:func:`partext_jax.masked.driver.row_keys`), from which one ``[L, V + 1]`` Gumbel draw (JAX's
-"high" mode: rare tokens keep their probability) gives the token noise (``[:, :V]``) and the
-position noise (``[:, V]``, used by ``alg_temp``): a row's sample depends only on (key, row
-index, row contents), not on the rest of the batch. Pass the *same* key to every ``step`` call.
+(:func:`partext_jax.masked.driver.row_keys`), split into the token key (at ``temperature > 0``
+each position's proposal is a two-stage Gumbel-max draw,
+:func:`partext_jax.ops.grouped_categorical`: the law of ``softmax(logits / temperature)`` from
+``~2 sqrt(V)`` "high"-precision Gumbels, so rare tokens keep their probability) and the
+position key (one Gumbel per position, used by ``alg_temp``): a row's sample depends only on
+(key, row index, row contents), not on the rest of the batch. Pass the *same* key to every
+``step`` call.
 
 Example::
 
@@ -79,6 +82,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from partext_jax import ops
 from partext_jax.base import (DenoiseFn, checked_bool, checked_float, checked_hashable,
                               checked_int, checked_optional_int, model_jit)
 from partext_jax.masked import blocks, driver
@@ -281,13 +285,14 @@ def plan_step(config: DecodeConfig, masked, step, block_count, *,
 def select_row(row_key, logits, eligible, k, *, rule, temperature: float):
   """One row's proposal ``x0 int32[L]`` and chosen positions ``bool[L]`` for a step.
 
-  One draw per row and step: ``V`` Gumbels per position for the token, one more for the position
-  choice. "high" mode (two 23-bit uniforms) keeps rare tokens' probabilities right.
+  ``row_key`` splits into the token key (``tau > 0``: :func:`sample_x0`, two-stage Gumbel-max
+  at every position, ``~2 sqrt(V)`` "high"-precision Gumbels each) and the position key (one
+  Gumbel per position for a stochastic position choice).
   """
-  l, v = logits.shape
-  gumbel = jax.random.gumbel(row_key, (l, v + 1), jnp.float32, mode="high")
-  x0 = sample_x0(gumbel[:, :v], logits, temperature)
-  return x0, rule.select(gumbel[:, v], logits, x0, eligible, k)
+  key_token, key_position = jax.random.split(row_key)
+  x0 = sample_x0(key_token, logits, temperature)
+  position_gumbel = ops.gumbel_noise(key_position, logits.shape[:1])
+  return x0, rule.select(position_gumbel, logits, x0, eligible, k)
 
 
 def decode_chosen(rng_key, key_index, tokens, logits, plan: StepPlan, config: DecodeConfig):

@@ -50,9 +50,11 @@ Reference quirks and our choices:
 * At decoded positions the score is that of the fresh proposal ``x0`` there (not of the token
   held), as in the reference; for a carry-over (SUBS) denoiser, such as the exact toy denoisers,
   the two coincide and the self-planning score of a decoded position is 0.
-* The reference computes in float64 under autocast; we use float32 with JAX's "high"-precision
-  Gumbel noise (two 23-bit uniforms), or float64 with ``precision="float64"``
-  (needs ``jax_enable_x64``).
+* The reference computes in float64 under autocast; we use float32 with "high"-precision Gumbel
+  noise (two 23-bit uniforms per logit, :func:`partext_jax.ops.gumbel_noise`), or float64 with
+  ``precision="float64"`` (needs ``jax_enable_x64``). The score needs the whole perturbed row
+  ``log_softmax(z / tau + g)`` (not only its argmax), so P2 draws ``V`` Gumbels per position and
+  cannot use the two-stage draw of the confidence samplers.
 * A trained planner is a small head on the frozen denoiser's hidden states
   (:func:`partext_jax.models.planner.trained_planner`, trained by
   :mod:`partext_jax.training.planner`); like any planner it is passed as ``planner``.
@@ -208,7 +210,7 @@ def build_kernel(denoise_fn: DenoiseFn, config: P2Config, vocab_size: int,
     logits = jax.lax.cond(active, lambda: denoise_fn(x, t).astype(dtype),
                           lambda: jnp.zeros((b, l, vocab_size), dtype))
     if config.temperature > 0:
-      gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (l, vocab_size), dtype, mode="high"))(
+      gumbel = jax.vmap(lambda k: ops.gumbel_noise(k, (l, vocab_size), dtype))(
           driver.row_keys(rng_key, i, b))
       perturbed = logits / jnp.asarray(config.temperature, dtype) + gumbel
     else:

@@ -140,12 +140,13 @@ def token_edits(tokens, logits, editable, edit_threshold: float):
   return jnp.where(edited, top, tokens).astype(tokens.dtype), edited
 
 
-def sample_x0(token_gumbel, logits, temperature: float):
-  """Gumbel-max: ``argmax(logits / tau + g)`` ~ ``softmax(logits / tau)``; ``tau = 0``: argmax."""
+def sample_x0(rng_key, logits, temperature: float):
+  """``int32[..., L]``: a draw from ``softmax(logits / tau)`` at each position
+  (:func:`partext_jax.ops.grouped_categorical`, the two-stage Gumbel-max of
+  ``docs/algorithms.md#vocabulary-ops``); ``tau = 0``: the argmax (``rng_key`` unused)."""
   if temperature == 0.0:
     return ops.argmax(logits)
-  scaled = logits.astype(jnp.float32) / temperature
-  return ops.argmax(scaled + token_gumbel)
+  return ops.grouped_categorical(rng_key, logits.astype(jnp.float32) / temperature)
 
 
 # --------------------------------------------------------------------------- rules
