@@ -4,7 +4,8 @@ r"""AR decode on CPU, one run: ours vs llama.cpp f32 vs transformers f32 vs the 
 
 Model: the embedded SmolLM2-135M-Instruct GGUF, f32 weights everywhere (ours: dequantised by
 ``partext_jax.pretrained``; llama.cpp: the same file converted to an all-F32 GGUF with the
-``gguf`` package; transformers: ``from_pretrained(gguf_file=...)``). Batch 1, greedy, no EOS stop.
+``gguf`` package by ``gguf_peers.py``, once, then cached in the temporary directory;
+transformers: ``from_pretrained(gguf_file=...)``). Batch 1, greedy, no EOS stop.
 
 Tables (every ratio is taken between rows of this one run; the machine is shared, so compare
 ratios rather than absolute times across runs):
@@ -42,7 +43,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 # pylint: disable=wrong-import-position
 import functools
 import sys
-import tempfile
 import time
 
 from absl import app, flags
@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import common
+import gguf_peers
 from partext_jax import parallel, pretrained
 from partext_jax.ar import processors
 from partext_jax.ar import sampling as ar
@@ -217,30 +218,6 @@ def decode_steps(model, params, prompt_ids, s_lens, n: int, reps: int) -> dict[i
 # ------------------------------------------------------------------------------------- peers
 
 
-def gguf_to_f32(src: str, dst: str) -> None:
-  """Writes ``src`` with every tensor dequantised to F32 (metadata copied as is)."""
-  import gguf  # pylint: disable=import-outside-toplevel
-  from partext_jax.pretrained.gguf import dequantize  # pylint: disable=import-outside-toplevel
-  reader = gguf.GGUFReader(src)
-  arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
-  writer = gguf.GGUFWriter(dst, arch)
-  for field in reader.fields.values():
-    if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-      continue
-    if field.name == gguf.Keys.General.FILE_TYPE:
-      writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-      continue
-    vtype = field.types[0]
-    sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-    writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
-  for t in reader.tensors:
-    writer.add_tensor(t.name, dequantize(t, path=src).astype(np.float32))
-  writer.write_header_to_file()
-  writer.write_kv_data_to_file()
-  writer.write_tensors_to_file()
-  writer.close()
-
-
 def time_llama_cpp(path, prompt_ids, n, reps, threads):
   """``{threads: seconds per token}`` or a reason string when llama-cpp-python is missing."""
   try:
@@ -248,20 +225,13 @@ def time_llama_cpp(path, prompt_ids, n, reps, threads):
   except ImportError as e:
     return f"llama-cpp-python not installed ({e}; `pip install .[benchmark]`): rows skipped."
   out = {}
-  with tempfile.TemporaryDirectory() as tmp:
-    f32 = os.path.join(tmp, "model-f32.gguf")
-    gguf_to_f32(path, f32)
-    for th in threads:
-      llm = llama_cpp.Llama(f32, n_ctx=len(prompt_ids) + n + 8, n_threads=th,
-                            n_threads_batch=th, verbose=False)
-
-      def run(k, llm=llm):
-        llm.reset()                                     # no prefix reuse between runs
-        gen = llm.generate(prompt_ids, top_k=1, temp=0.0, repeat_penalty=1.0)
-        return [tok for _, tok in zip(range(k), gen)]
-
-      out[th] = (per_token(run, n, reps), llama_cpp.__version__)
-      del llm
+  f32 = gguf_peers.cached_gguf(path, "F32")
+  for th in threads:
+    llm = llama_cpp.Llama(f32, n_ctx=len(prompt_ids) + n + 8, n_threads=th,
+                          n_threads_batch=th, verbose=False)
+    run = functools.partial(gguf_peers.greedy_tokens, llm, prompt_ids)
+    out[th] = (per_token(run, n, reps), llama_cpp.__version__)
+    del llm, run
   return out
 
 

@@ -1,4 +1,4 @@
-r"""EAGLE feature drafter vs Medusa vs our AR decode, and weight-only int8 decode, in one run.
+r"""EAGLE drafter vs Medusa vs our AR decode; int8 weight-only decode vs llama.cpp; in one run.
 
     python experiments/bench_eagle.py --out experiments/results/bench_eagle_cpu.md
     python experiments/bench_eagle.py --head /tmp/eagle/checkpoints --num_prompts 8
@@ -13,10 +13,13 @@ Batch 1 greedy (EAGLE tree and chain, Medusa's default tree), batch 4 greedy, ba
 temperature 0.7.
 
 Quantized part: AR decode with int8 weight-only kernels vs f32 on the first 5 prompts (batch 1,
-greedy): ms/token ratio, tokens until the first divergence from f32; gen-PPL of the int8 model's
-own samples (temperature 1) vs the f32 model's own samples, both judged by the f32 model; and
-llama.cpp (``llama-cpp-python``, optional: skipped when absent) on the Q8_0 / Q4_1 files when
-available.
+greedy, ms/token = wall time of prefill + ``--new_tokens`` tokens / ``--new_tokens``), beside
+llama.cpp (``llama-cpp-python``, optional: the rows say why when it is absent) on the same
+prompt ids and token count, ``--llama_cpp_threads`` threads (default 2): f32 and Q8_0 (the
+embedded file re-encoded by ``gguf_peers.py``, converted once and cached in the temporary
+directory) and the embedded Q4_1 file. Every row: time / our f32 (per-prompt ratio, mean +- se)
+and tokens until the first divergence from our f32 greedy tokens. Also the gen-PPL of the int8
+model's own samples (temperature 1) vs the f32 model's own samples, both judged by the f32 model.
 """
 
 import os
@@ -29,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import common
+import gguf_peers
 from partext_jax import pretrained
 from partext_jax.ar import processors as lp
 from partext_jax.ar import sampling as ar
@@ -44,6 +48,11 @@ _NEW = flags.DEFINE_integer("new_tokens", 64, "Tokens per generation.")
 _NUM = flags.DEFINE_integer("num_prompts", 20, "Open-ended prompts (<= 20).")
 _PARTS = flags.DEFINE_list("parts", ["spec", "quant"], "Parts to run: spec, quant.")
 _OUT = flags.DEFINE_string("out", None, "Write the markdown report here too.")
+_LLAMA_THREADS = flags.DEFINE_list(
+    "llama_cpp_threads", ["2"], "llama.cpp thread counts of the quantized part's peer rows "
+    "(our decode uses every core XLA:CPU is given).")
+common.check_flag("llama_cpp_threads", lambda v: all(s.isdigit() and int(s) >= 1 for s in v),
+                  "must be positive integers")
 
 # Open-ended requests; none is built by the training templates of training/distill.py (those are
 # "What is {topic}?"-style questions on a fixed topic list and stdlib questions).
@@ -195,28 +204,51 @@ def _judge_nll(model, params, prompts, samples):
   return np.asarray(out)
 
 
-def _llama_cpp_rows(ids, n_new):
+# llama.cpp peers of the quantized table: (label, GGML type the embedded file is re-encoded to,
+# None for the embedded Q4_1 file itself).
+LLAMA_CPP_PEERS = (("f32", "F32"), ("Q8_0", "Q8_0"), ("Q4_1 (embedded file)", None))
+
+
+def _llama_cpp_rows(tok, ids, refs, t32, n_new):
+  """``(rows, notes)`` of llama.cpp decode (``--llama_cpp_threads``) on the prompt ids ``ids``,
+  timed as our rows (one call per prompt after a warm-up; wall time of prefill + ``n_new``
+  tokens / ``n_new``), against our f32 per-prompt ms/token ``t32`` and greedy tokens ``refs``;
+  one row with the reason when ``llama-cpp-python`` (optional) is absent."""
   try:
     import llama_cpp  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    return [("llama.cpp Q8_0 / Q4_1", "not run: llama-cpp-python is not installed (optional)",
-             "-", "-")]
-  rows = []
-  path = pretrained.gguf.smollm2_path()  # the embedded file is Q4_1
-  llm = llama_cpp.Llama(model_path=path, n_ctx=512, n_threads=2, verbose=False)
-  times = []
-  for p in ids:
-    llm.reset()
-    start = time.perf_counter()
-    n = 0
-    for tok in llm.generate(p, top_k=1, temp=0.0):
-      n += 1
-      if n >= n_new:
-        break
-    times.append((time.perf_counter() - start) / n_new * 1e3)
-  rows.append(("llama.cpp Q4_1 (embedded file), 2 threads", f"{np.mean(times):.1f}", "-", "-"))
-  rows.append(("llama.cpp Q8_0", "not run: no Q8_0 file of SmolLM2 offline", "-", "-"))
-  return rows
+  except ImportError as e:
+    return [("llama.cpp f32 / Q8_0 / Q4_1", f"not run: llama-cpp-python is not installed ({e}; "
+             "optional: `pip install .[benchmark]`)", "-", "-")], []
+  src = pretrained.gguf.smollm2_path()
+  rows, sizes = [], []
+  for label, qtype in LLAMA_CPP_PEERS:
+    path = src if qtype is None else gguf_peers.cached_gguf(src, qtype)
+    sizes.append(f"{label} {os.path.getsize(path) / 2**20:.0f} MiB")
+    for th in map(int, _LLAMA_THREADS.value):
+      name = f"llama.cpp {label} (llama-cpp-python {llama_cpp.__version__}), {th} thread(s)"
+      llm = llama_cpp.Llama(path, n_ctx=max(map(len, ids)) + n_new + 8, n_threads=th,
+                            n_threads_batch=th, verbose=False)
+      gguf_peers.greedy_tokens(llm, ids[0], n_new)  # warm-up
+      times, diverge = [], []
+      for i, (p, ref) in enumerate(zip(ids, refs)):
+        start = time.perf_counter()
+        out = gguf_peers.greedy_tokens(llm, p, n_new)
+        times.append((time.perf_counter() - start) / n_new * 1e3)
+        diverge.append(gguf_peers.first_divergence(out, ref))
+        print(name, i, f"{times[-1]:.1f} ms/token, first divergence {diverge[-1]}",
+              repr(tok.decode(out)) if i == 0 else "", flush=True)
+      del llm
+      rows.append((name, f"{np.mean(times):.1f}", _fmt(np.asarray(times) / np.asarray(t32)),
+                   f"{np.mean(diverge):.1f} (per prompt: {diverge})"))
+  notes = [
+      "llama.cpp rows: the prompt token ids fed as ours (no BOS added: the GGUF sets "
+      "`add_bos_token` false and the chat template starts with `<|im_start|>`), greedy = "
+      "`top_k=1, temp=0`, no repeat penalty, llama.cpp's default f16 KV cache. f32 and Q8_0 are "
+      "the embedded Q4_1 file dequantised (the weights of our f32 rows) and re-encoded with the "
+      "`gguf` package (Q8_0: every matrix, norms kept F32); files: " + ", ".join(sizes) + ". "
+      "llama.cpp's threads spin-wait at every barrier: when other jobs hold the cores, 2 threads "
+      "can be many times slower than 1 (`--llama_cpp_threads=1,2` shows both)."]
+  return rows, notes
 
 
 def bench_quant(bundle, n_new, num):
@@ -224,16 +256,16 @@ def bench_quant(bundle, n_new, num):
   qparams = quantize.quantize_params(params, "int8")
   err = quantize.quantization_error(params, qparams)
   ids = _prompt_ids(tok, num)
-  t32, t8, diverge = [], [], []
+  t32, t8, diverge, refs = [], [], [], []
   for p in ids[:5]:
     t, (ref, _) = _timed(_shape("f32", [p]), lambda: ar.generate(
         jax.random.key(0), model, params, [p], max_new_tokens=n_new, eos_id=None))
     t32.append(t / n_new * 1e3)
+    refs.append(np.asarray(ref[0]))
     t, (out, _) = _timed(_shape("int8", [p]), lambda: ar.generate(
         jax.random.key(0), model, qparams, [p], max_new_tokens=n_new, eos_id=None))
     t8.append(t / n_new * 1e3)
-    d = np.nonzero(np.asarray(out[0]) != np.asarray(ref[0]))[0]
-    diverge.append(int(d[0]) if d.size else n_new)
+    diverge.append(gguf_peers.first_divergence(out[0], ref[0]))
   samples = {}
   for name, prm in (("f32", params), ("int8", qparams)):
     out, info = ar.generate(jax.random.key(1), model, prm, ids, max_new_tokens=n_new,
@@ -245,10 +277,11 @@ def bench_quant(bundle, n_new, num):
   rows = [("partext-jax f32", f"{np.mean(t32):.1f}", "1.00", f"{n_new} (reference)"),
           ("partext-jax int8 weight-only", f"{np.mean(t8):.1f}", _fmt(ratio),
            f"{np.mean(diverge):.1f} (per prompt: {diverge})")]
-  rows += _llama_cpp_rows(ids[:5], n_new)
+  lcpp_rows, lcpp_notes = _llama_cpp_rows(tok, ids[:5], refs, t32, n_new)
+  rows += lcpp_rows
   table = common.markdown_table(["decoder (batch 1, greedy)", "ms / token",
-                                 "int8 / f32 time (mean +- se)",
-                                 "tokens until first divergence from f32"], rows)
+                                 "time / our f32 (per-prompt ratio, mean +- se)",
+                                 "tokens until first divergence from our f32"], rows)
   diff = nll["int8"] - nll["f32"]
   notes = [
       f"Quantization error (relative Frobenius, {err['num_tensors']} decoder kernels): mean "
@@ -259,7 +292,7 @@ def bench_quant(bundle, n_new, num):
       f"tokens, temperature 1, same keys): f32 {ppl['f32']:.2f}, int8 {ppl['int8']:.2f} "
       f"({100 * (ppl['int8'] / ppl['f32'] - 1):+.1f}%; per-prompt NLL difference "
       f"{_fmt(diff, 3)} nats, i.e. a PPL ratio of exp(mean) with that standard error).",
-  ]
+  ] + lcpp_notes
   return table, notes
 
 
@@ -275,7 +308,7 @@ def main(argv):
           "machine is shared with other jobs: absolute times are noisy, ratios are measured "
           "side by side.", ""]
   parts = {"spec": ("## Speculative decoding", bench_spec),
-           "quant": ("## Weight-only int8 decode", bench_quant)}
+           "quant": ("## Weight-only int8 decode and llama.cpp f32 / Q8_0 / Q4_1", bench_quant)}
   for name in _PARTS.value:
     title, fn = parts[name]
     table, notes = fn(bundle, n_new, num)
