@@ -283,6 +283,8 @@ def bench_quant(bundle, n_new, num):
                                  "time / our f32 (per-prompt ratio, mean +- se)",
                                  "tokens until first divergence from our f32"], rows)
   diff = nll["int8"] - nll["f32"]
+  # Paired and far less noisy: the same (f32) samples scored by both models.
+  cross = _judge_nll(model, qparams, ids, samples["f32"]) - nll["f32"]
   notes = [
       f"Quantization error (relative Frobenius, {err['num_tensors']} decoder kernels): mean "
       f"{err['mean_rel_error']:.4f}, max {err['max_rel_error']:.4f}, all "
@@ -292,6 +294,10 @@ def bench_quant(bundle, n_new, num):
       f"tokens, temperature 1, same keys): f32 {ppl['f32']:.2f}, int8 {ppl['int8']:.2f} "
       f"({100 * (ppl['int8'] / ppl['f32'] - 1):+.1f}%; per-prompt NLL difference "
       f"{_fmt(diff, 3)} nats, i.e. a PPL ratio of exp(mean) with that standard error).",
+      f"Paired: the f32 model's samples scored by the int8 model vs by the f32 model: "
+      f"{_fmt(cross, 4)} nats per token (PPL ratio {np.exp(cross.mean()):.4f}; the two "
+      "models' own samples differ from the first divergence on, which makes the unpaired "
+      "gen-PPL above noisy).",
   ] + lcpp_notes
   return table, notes
 
