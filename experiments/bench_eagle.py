@@ -2,6 +2,7 @@ r"""EAGLE drafter vs Medusa vs our AR decode; int8 weight-only decode vs llama.c
 
     python experiments/bench_eagle.py --out experiments/results/bench_eagle_cpu.md
     python experiments/bench_eagle.py --head /tmp/eagle/checkpoints --num_prompts 8
+    python experiments/bench_eagle.py --parts spec --medusa_same_data=/tmp/medusa_eagle_data
 
 Speculative part (SmolLM2-135M-Instruct f32 target, no EOS stop, ``--new_tokens`` tokens): on
 ``--num_prompts`` open-ended chat prompts that are not training prompts, every decoder generates
@@ -10,7 +11,13 @@ per prompt we record the wall time, the tokens committed per target forward and 
 output equals AR's. Reported: mean accepted tokens / forward and the per-prompt speed-up
 ``t_AR / t_decoder`` as mean +- standard error over prompts, and the ratio of total times.
 Batch 1 greedy (EAGLE tree and chain, Medusa's default tree), batch 4 greedy, batch 1 at
-temperature 0.7.
+temperature 0.7 (EAGLE's tree). The committed Medusa heads saw more teacher data than the EAGLE
+head (the notes give both budgets). ``--medusa_same_data=DIR``, the workdir of a finished
+``train_medusa.py`` run on the EAGLE head's teacher data (``--config.num_prompts`` and
+``--config.max_new_tokens`` as in ``configs/eagle.py``; checked against the head's metadata, a
+mismatch is an error), adds the row "Medusa default tree (EAGLE's data)" to every setting, so the
+two drafters are compared on one data budget; its notes give the heads' size, training data and
+held-out top-1 beside the EAGLE head's.
 
 Quantized part: AR decode with int8 weight-only kernels vs f32 on the first 5 prompts (batch 1,
 greedy, ms/token = wall time of prefill + ``--new_tokens`` tokens / ``--new_tokens``), beside
@@ -22,6 +29,8 @@ and tokens until the first divergence from our f32 greedy tokens. Also the gen-P
 model's own samples (temperature 1) vs the f32 model's own samples, both judged by the f32 model.
 """
 
+import dataclasses
+import json
 import os
 import sys
 import time
@@ -40,6 +49,8 @@ from partext_jax.ar.speculative import decode
 from partext_jax.ar.speculative.drafters import eagle as eagle_drafter
 from partext_jax.ar.speculative.drafters import medusa as medusa_drafter
 from partext_jax.pretrained import quantize
+from partext_jax.training import config as config_lib
+from partext_jax.training import distill
 from partext_jax.training import eagle as te
 from partext_jax.training import medusa as mt
 
@@ -51,6 +62,15 @@ _OUT = flags.DEFINE_string("out", None, "Write the markdown report here too.")
 _LLAMA_THREADS = flags.DEFINE_list(
     "llama_cpp_threads", ["2"], "llama.cpp thread counts of the quantized part's peer rows "
     "(our decode uses every core XLA:CPU is given).")
+_MEDUSA_REPORT = "medusa_report.json"  # what mt.train_and_evaluate writes in its workdir
+_MEDUSA_SAME_DATA = flags.DEFINE_string(
+    "medusa_same_data", None, "Workdir of a finished train_medusa.py run on the EAGLE head's "
+    "teacher data (e.g. --config.num_prompts=64 --config.max_new_tokens=96): adds the row "
+    "\"Medusa default tree (EAGLE's data)\" to every speculative setting. Default: off.")
+common.check_flag("medusa_same_data",
+                  lambda d: os.path.isfile(os.path.join(d, _MEDUSA_REPORT)),
+                  f"must be a finished train_medusa.py workdir (holding checkpoints/ and "
+                  f"{_MEDUSA_REPORT})")
 common.check_flag("llama_cpp_threads", lambda v: all(s.isdigit() and int(s) >= 1 for s in v),
                   "must be positive integers")
 
@@ -113,13 +133,61 @@ def _prompt_ids(tok, n):
           for p in PROMPTS[:n]]
 
 
+# The teacher-data fields every drafter trainer shares (prompts, answer length, split).
+_TEACHER_DATA_FIELDS = tuple(
+    f.name for f in dataclasses.fields(distill.DistillConfig)
+    if f.name not in {g.name for g in dataclasses.fields(config_lib.OptimizerConfig)})
+
+
+def _medusa_note(what, mcfg, train_config, valid, extra=""):
+  """A note line on Medusa heads: size, teacher data and held-out top-1 per head."""
+  top1 = ", ".join(f"{valid[f'head{k}_top1']:.3f}" for k in range(1, mcfg.num_heads + 1))
+  return (f"Medusa heads ({what}): {mcfg.num_params / 1e6:.2f} M parameters "
+          f"({mcfg.num_params * 4} bytes = {mcfg.num_params * 4 / 2**20:.1f} MiB f32), trained on "
+          f"{train_config['num_prompts']} prompts x <= {train_config['max_new_tokens']} answer "
+          f"tokens{extra}; held-out top-1 of heads 1..{mcfg.num_heads}: {top1} "
+          f"({valid['positions']} answer positions), top-1 chain accepted length "
+          f"{valid['chain_accept_len']:.2f}.")
+
+
+def _same_data_medusa(workdir, emeta):
+  """``(heads config, heads params, notes)`` of the ``train_medusa.py`` run in ``workdir``,
+  whose teacher data must be the EAGLE head's (``emeta``: its checkpoint metadata); raises
+  ``ValueError`` naming the fields that differ."""
+  with open(os.path.join(workdir, _MEDUSA_REPORT), encoding="utf-8") as f:
+    report = json.load(f)
+  etc = emeta["train_config"]
+  differ = {k: (report["config"][k], etc[k]) for k in _TEACHER_DATA_FIELDS
+            if report["config"][k] != etc[k]}
+  if differ:
+    raise ValueError(f"--medusa_same_data={workdir}: its teacher data differs from the EAGLE "
+                     f"head's ({{field: (Medusa run, EAGLE head)}}): {differ}")
+  mcfg, heads, _ = mt.load_heads(os.path.join(workdir, "checkpoints"))
+  notes = [_medusa_note(
+      f"`{workdir}`, on the EAGLE head's teacher data", mcfg, report["config"], report["valid"],
+      extra=(f" ({report['train_positions']} train positions, {report['config']['num_epochs']} "
+             f"epochs; {report['seconds_data']:.0f} s data, {report['seconds_train']:.0f} s "
+             "optimisation)"))]
+  if "valid" in emeta:  # an exported head (a training checkpoint has no validation metrics)
+    ev = emeta["valid"]
+    notes.append(
+        f"EAGLE head on the same teacher data (plus {etc['corpus_rows']} stdlib rows of "
+        f"{etc['seq_len']} tokens) and the same held-out prompts: top-1 {ev['top1_1']:.3f} at "
+        f"depth 1 (true features) and {ev['top1_2']:.3f} at depth 2 (its own features), over "
+        "every position of the held-out rows (prompt tokens included); estimated chain accepted "
+        f"length {ev['chain_accept_len']:.2f} (depth {etc['eval_depth']}). These estimators "
+        "differ from the Medusa heads'; the table's tokens / target forward compares like with "
+        "like.")
+  return mcfg, heads, notes
+
+
 def bench_spec(bundle, n_new, num):
   """Rows of the speculative table and the notes (sizes, identity checks)."""
   model, params, tok = bundle
   head_dir = _HEAD.value or te.asset_directory()
   ecfg, head, vocab_ids, emeta = te.load_head(head_dir)
   edp = eagle_drafter.drafter_params(head, params, vocab_ids, base_config=model.config)
-  mcfg, heads, _ = mt.load_heads(mt.asset_directory())
+  mcfg, heads, mmeta = mt.load_heads(mt.asset_directory())
   mdp = medusa_drafter.drafter_params(heads, params, base_config=model.config)
   drafters = {
       "EAGLE tree (D=5, k=4, 12 nodes)": (eagle_drafter.EagleDrafter(
@@ -127,6 +195,14 @@ def bench_spec(bundle, n_new, num):
       "EAGLE chain (D=4)": (eagle_drafter.EagleDrafter(ecfg, model, mode="chain", gamma=4), edp),
       "Medusa default tree (16 nodes)": (medusa_drafter.MedusaDrafter(mcfg, model.config), mdp),
   }
+  eagle_tree = next(iter(drafters))
+  every_setting, same_data_notes = [eagle_tree], []  # timed at batch 4 and temperature 0.7 too
+  if _MEDUSA_SAME_DATA.value:
+    scfg, sheads, same_data_notes = _same_data_medusa(_MEDUSA_SAME_DATA.value, emeta)
+    name = "Medusa default tree (EAGLE's data)"
+    drafters[name] = (medusa_drafter.MedusaDrafter(scfg, model.config),
+                      medusa_drafter.drafter_params(sheads, params, base_config=model.config))
+    every_setting.append(name)
   ids = _prompt_ids(tok, num)
   rows, identical = [], {}
 
@@ -162,10 +238,9 @@ def bench_spec(bundle, n_new, num):
                    f"{np.sum(t_ar) / np.sum(t_sp[name]):.2f}x",
                    identical.get((label, name), "n/a (sampling)")))
 
-  eagle_tree = next(iter(drafters))
   run_setting("batch 1, greedy", 1, lp.greedy(), list(drafters))
-  run_setting("batch 4, greedy", 4, lp.greedy(), [eagle_tree])
-  run_setting("batch 1, temperature 0.7", 1, lp.build(temperature=0.7), [eagle_tree])
+  run_setting("batch 4, greedy", 4, lp.greedy(), every_setting)
+  run_setting("batch 1, temperature 0.7", 1, lp.build(temperature=0.7), every_setting)
   cache = ecfg.init_cache(1, 1)
   per_slot = cache.nbytes
   notes = [
@@ -178,10 +253,8 @@ def bench_spec(bundle, n_new, num):
       f"{emeta.get('seconds_data', float('nan')):.0f} s data (self-distillation + target "
       f"features), {emeta.get('seconds_train', float('nan')):.0f} s optimisation; validation "
       f"{emeta.get('valid', {})}.",
-      f"Medusa heads (committed asset, trained on 128 prompts x 128 tokens, a superset of the "
-      f"EAGLE head's data): {mcfg.num_params / 1e6:.2f} M parameters "
-      f"({mcfg.num_params * 4 / 2**20:.1f} MiB).",
-  ]
+      _medusa_note("committed asset", mcfg, mmeta["train_config"], mmeta["valid"]),
+  ] + same_data_notes
   table = common.markdown_table(
       ["setting", "decoder", "tokens / target forward", "speed-up per prompt (mean +- se)",
        "tokens/s", "total-time ratio", "identical to AR"], rows)
