@@ -21,11 +21,8 @@ cache (mean +- standard error), plus the unigram entropy of the generated tokens
 import datetime
 import math
 import platform
-import statistics
 import sys
-import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -57,20 +54,6 @@ _OUT = flags.DEFINE_string("out", None, "Also write the markdown report here.")
 MODES = ("none", "exact", "prefix", "dual")
 
 
-def _timed_round_robin(fns, repeats):
-  """``{name: (median seconds, output)}``: one compiling warm-up call each, then ``repeats``
-  rounds timing every function once per round (a shared CPU's load drifts: interleaving
-  spreads it over all of them)."""
-  outs = {name: jax.block_until_ready(fn()) for name, fn in fns.items()}
-  times = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn())
-      times[name].append(time.perf_counter() - start)
-  return {name: (statistics.median(times[name]), outs[name]) for name in fns}
-
-
 def _rule_kwargs():
   if _RULE.value == "threshold":
     return dict(rule="threshold", threshold=_THRESHOLD.value)
@@ -92,19 +75,19 @@ def main(argv):
     raise ValueError(f"only {len(prompts)} validation sequences for --num_samples")
   x_init = jnp.full((_NUM_SAMPLES.value, seq_len), cfg.mask_id, jnp.int32)
   x_init = x_init.at[:, :_PROMPT.value].set(prompts)
-  common = dict(mask_id=cfg.mask_id, block_length=_BLOCK.value, gen_length=gen_length,
+  shared = dict(mask_id=cfg.mask_id, block_length=_BLOCK.value, gen_length=gen_length,
                 temperature=_TEMPERATURE.value, **_rule_kwargs())
-  samplers = {"none": confidence(denoiser.make_denoise_fn(cfg, params), **common)}
+  samplers = {"none": confidence(denoiser.make_denoise_fn(cfg, params), **shared)}
   kv_fn = denoiser.make_cached_denoise_fn(cfg, params)
   for mode in MODES[1:]:
-    samplers[mode] = block_cache(kv_fn, cache=mode, **common)
+    samplers[mode] = block_cache(kv_fn, cache=mode, **shared)
 
   key = jax.random.key(0)
   rows = {}
-  timed = _timed_round_robin({mode: (lambda s=samplers[mode]: s.sample(key, x_init))
-                              for mode in MODES}, _REPEATS.value)
+  timed = common.time_round_robin({mode: (lambda s=samplers[mode]: s.sample(key, x_init))
+                                   for mode in MODES}, repeats=_REPEATS.value)
   for mode in MODES:
-    seconds, out = timed[mode]
+    seconds, out = timed[mode].median, timed[mode].output
     tokens, info = jax.device_get(out)
     cost = float(info.nfe.sum()) if mode == "none" else float(info.cost.sum())
     rows[mode] = dict(seconds=seconds, tokens=np.asarray(tokens), nfe=int(info.nfe.sum()),

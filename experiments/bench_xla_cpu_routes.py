@@ -27,9 +27,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from absl import flags
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 import common
@@ -56,56 +57,42 @@ ROUTES = {   # name -> XLA_FLAGS
 }
 
 
-def _weights(jnp, rng):
+def _weights(rng):
   layers = [[jnp.asarray(rng.standard_normal(s, dtype=np.float32) * 0.02) for s in SHAPES]
             for _ in range(LAYERS)]
   head = jnp.asarray(rng.standard_normal((VOCAB, HIDDEN), dtype=np.float32) * 0.02)
   return layers, head
 
 
-def _stack(jax, jnp):
+@jax.jit
+def _forward(x, layers, head):
   """The decode-shaped matmul chain: ``x [T, 576] -> logits [T, 49152]``."""
-
-  def forward(x, layers, head):
-    for q, k, v, o, gate, up, down in layers:
-      attn = x @ q + jnp.tile(x @ k + x @ v, (1, HIDDEN // KV))
-      x = x + attn @ o
-      x = x + (jax.nn.silu(x @ gate) * (x @ up)) @ down
-      x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-5)
-    return x @ head.T
-
-  return jax.jit(forward)
+  for q, k, v, o, gate, up, down in layers:
+    attn = x @ q + jnp.tile(x @ k + x @ v, (1, HIDDEN // KV))
+    x = x + attn @ o
+    x = x + (jax.nn.silu(x @ gate) * (x @ up)) @ down
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-5)
+  return x @ head.T
 
 
-def _best_alternating(jax, fns: dict, reps: int) -> dict:
-  """``{name: best seconds}`` over ``reps`` rounds that call every ``fn`` once in turn (after
-  one untimed call each), so drifts of the shared machine hit all of them alike."""
-  for fn in fns.values():
-    jax.block_until_ready(fn())
-  best = dict.fromkeys(fns, float("inf"))
-  for _ in range(reps):
-    for name, fn in fns.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn())
-      best[name] = min(best[name], time.perf_counter() - start)
-  return best
+@jax.jit
+def _read(weights):
+  return sum(jnp.sum(w) for w in weights)
 
 
 def child(route: str) -> None:
-  """Times the chain at each T beside the read and GEMM rooflines; prints one JSON line."""
-  import jax  # pylint: disable=import-outside-toplevel  (XLA_FLAGS is set by the parent)
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  layers, head = _weights(jnp, np.random.default_rng(0))
-  forward = _stack(jax, jnp)
+  """Times the chain at each T beside the read and GEMM rooflines (in turn, best of
+  ``--reps``); prints one JSON line. Runs in a process whose ``XLA_FLAGS`` the parent set."""
+  layers, head = _weights(np.random.default_rng(0))
   flat = [w for layer in layers for w in layer] + [head]
-  read = jax.jit(lambda ws: sum(jnp.sum(w) for w in ws))
   a = jnp.ones((2048, 2048), jnp.float32)
   gemm = jax.jit(jnp.dot)
-  fns = {"read": lambda: read(flat), "gemm": lambda: gemm(a, a)}
+  fns = {"read": lambda: _read(flat), "gemm": lambda: gemm(a, a)}
   for t in _TOKENS.value:
     x = jnp.ones((int(t), HIDDEN), jnp.float32)
-    fns[t] = lambda x=x: forward(x, layers, head)
-  best = _best_alternating(jax, fns, _REPS.value)
+    fns[t] = lambda x=x: _forward(x, layers, head)
+  best = {name: timing.best
+          for name, timing in common.time_round_robin(fns, repeats=_REPS.value).items()}
   out = {"route": route, "times": {t: best[t] for t in _TOKENS.value}, "read_s": best["read"],
          "gemm_s": best["gemm"], "machine": common.machine()}
   print("RESULT " + json.dumps(out), flush=True)

@@ -11,7 +11,8 @@ package itself is the installed ``partext_jax``.
 * Drafter trainers (``train_{medusa,eagle,mtp,diffusion_drafter}.py``):
   :func:`define_drafter_training_flags` and :func:`train_drafter` (train, print the report,
   export the committed asset with :func:`export_command` in its metadata).
-* Benchmarks: :func:`time_call` (wall time of a jitted call after a warm-up), :func:`machine`
+* Benchmarks: :func:`time_call` (wall time of a jitted call after a warm-up),
+  :func:`time_round_robin` (several calls timed in turn), :func:`machine`
   (the line that records where and when a table was measured), :func:`markdown_table` and
   :func:`write_report` (print it and keep it under ``experiments/results/``).
 """
@@ -228,6 +229,24 @@ def time_call(fn: Callable[[], Any], *, repeats: int) -> Timing:
     output = jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
   return Timing(min(times), statistics.median(times), output)
+
+
+def time_round_robin(fns: dict[Any, Callable[[], Any]], *, repeats: int) -> dict[Any, Timing]:
+  """``{name: Timing}`` of every ``fns[name]()``: one untimed call each (compilation, warm-up),
+  then ``repeats`` rounds that time every function once in turn, so a drift of a shared
+  machine's load spreads over all of them instead of landing on one. Waits with
+  ``jax.block_until_ready`` like :func:`time_call`."""
+  if repeats < 1:
+    raise ValueError(f"repeats={repeats} must be >= 1")
+  outputs = {name: jax.block_until_ready(fn()) for name, fn in fns.items()}
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      outputs[name] = jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - start)
+  return {name: Timing(min(times[name]), statistics.median(times[name]), outputs[name])
+          for name in fns}
 
 
 def cpu_model() -> str:
